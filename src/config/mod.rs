@@ -1,0 +1,463 @@
+//! Configuration: the file's sections (`file`), scalar parsing (`units`), and the validated `Config`.
+//!
+//! Loading happens in two stages: serde reads the YAML into `file` structs (unknown keys rejected, defaults
+//! filled in), then `validate` checks everything that spans fields and builds the `Config` the proxy runs on.
+
+mod file;
+mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+pub use file::{
+    Algorithm, HealthCheckConfig, LogFormat, LoggingConfig, MetricsConfig, ServerConfig, Telemetry,
+    Timeouts, TlsConfig,
+};
+pub use units::{parse_duration, parse_listen_addr, parse_size};
+
+use file::{BalancerSection, FileBackend, FileConfig, FileRoute};
+
+/// The name of the pool built from the top-level `backends` list.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// A configuration that passed every check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    /// The upstream for requests that match no route.
+    pub default_upstream: Option<String>,
+    pub timeouts: Timeouts,
+    pub telemetry: Telemetry,
+}
+
+/// A named pool of backends with its balancing and health settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub backends: Vec<BackendConfig>,
+    pub algorithm: Algorithm,
+    pub health_check: HealthCheckConfig,
+}
+
+/// One backend server.
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+    pub weight: u32,
+}
+
+/// A route: which requests go to which upstream.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub host: HostMatch,
+    pub path: PathMatch,
+    pub upstream: String,
+}
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lowercase host, no port.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any name ending so, not the bare domain.
+    Suffix(String),
+}
+
+/// How a route matches the request's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    Exact(String),
+    /// `/api/*`, stored as `/api/`; `/api` itself matches too.
+    Prefix(String),
+}
+
+/// A configuration problem: the file, where in it, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// Key path such as `upstreams.api.backends[1].weight`; empty for file-level problems.
+    pub key: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": {}", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config text; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let error = |key: String, line: Option<usize>, message: String| ConfigError {
+            file: path.to_owned(),
+            key,
+            line,
+            message,
+        };
+        if text.trim().is_empty() {
+            return Err(error(String::new(), None, "the file is empty".to_owned()));
+        }
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let raw: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner.location().map(|l| l.line());
+            error(
+                if key == "." { String::new() } else { key },
+                line,
+                explain_serde_error(&inner),
+            )
+        })?;
+        validate(raw).map_err(|(key, message)| error(key, None, message))
+    }
+}
+
+/// serde's message without its location suffix, with a "did you mean" for near-miss keys and variants.
+fn explain_serde_error(e: &serde_yaml::Error) -> String {
+    let full = e.to_string();
+    let message = match full.find(" at line ") {
+        Some(end) => full[..end].to_owned(),
+        None => full,
+    };
+    if !(message.starts_with("unknown field") || message.starts_with("unknown variant")) {
+        return message;
+    }
+    let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let Some((given, candidates)) = quoted.split_first() else {
+        return message;
+    };
+    let best = candidates
+        .iter()
+        .map(|c| (strsim::jaro_winkler(given, c), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, suggestion)) => format!("{message}; did you mean `{suggestion}`?"),
+        None => message,
+    }
+}
+
+type Invalid = (String, String);
+
+fn validate(raw: FileConfig) -> Result<Config, Invalid> {
+    let FileConfig {
+        server,
+        backends,
+        load_balancer,
+        health_check,
+        upstreams: raw_upstreams,
+        routes: raw_routes,
+        timeouts,
+        telemetry,
+    } = raw;
+    let default_health = health_check.unwrap_or_else(HealthCheckConfig::disabled);
+    check_health("health_check", &default_health)?;
+
+    let mut upstreams = Vec::new();
+    if let Some(list) = backends {
+        if list.is_empty() {
+            return Err((
+                "backends".into(),
+                "the list is empty; add at least one backend".into(),
+            ));
+        }
+        upstreams.push(upstream(
+            DEFAULT_UPSTREAM,
+            "backends",
+            list,
+            load_balancer,
+            default_health.clone(),
+        )?);
+    }
+    for (name, raw_upstream) in raw_upstreams {
+        let key = format!("upstreams.{name}");
+        if name.is_empty() {
+            return Err((key, "an upstream needs a name".into()));
+        }
+        if upstreams.iter().any(|u: &UpstreamConfig| u.name == name) {
+            return Err((
+                key,
+                format!("`{name}` is taken by the top-level backends list; choose another name"),
+            ));
+        }
+        if raw_upstream.backends.is_empty() {
+            return Err((
+                format!("{key}.backends"),
+                "missing or empty; add at least one backend".into(),
+            ));
+        }
+        let health = raw_upstream
+            .health_check
+            .unwrap_or_else(|| default_health.clone());
+        check_health(&format!("{key}.health_check"), &health)?;
+        upstreams.push(upstream(
+            &name,
+            &format!("{key}.backends"),
+            raw_upstream.backends,
+            raw_upstream.load_balancer.unwrap_or(load_balancer),
+            health,
+        )?);
+    }
+    if upstreams.is_empty() {
+        return Err((
+            "backends".into(),
+            "missing: define `backends` or at least one entry in `upstreams`".into(),
+        ));
+    }
+
+    let routes = raw_routes
+        .into_iter()
+        .enumerate()
+        .map(|(index, route)| self::route(index, route, &upstreams))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let default_upstream = upstreams
+        .iter()
+        .find(|u| u.name == DEFAULT_UPSTREAM)
+        .map(|u| u.name.clone());
+    if default_upstream.is_none() && routes.is_empty() {
+        return Err((
+            "routes".into(),
+            "no top-level `backends` and no routes: no request could reach an upstream".into(),
+        ));
+    }
+    if server.max_header_bytes < 8192 {
+        return Err((
+            "server.max_header_bytes".into(),
+            "must be at least 8KiB".into(),
+        ));
+    }
+    if telemetry
+        .logging
+        .level
+        .parse::<tracing_subscriber::filter::EnvFilter>()
+        .is_err()
+    {
+        return Err((
+            "telemetry.logging.level".into(),
+            format!(
+                "`{}` is not a log level (error, warn, info, debug, trace)",
+                telemetry.logging.level
+            ),
+        ));
+    }
+    Ok(Config {
+        server,
+        upstreams,
+        routes,
+        default_upstream,
+        timeouts,
+        telemetry,
+    })
+}
+
+fn upstream(
+    name: &str,
+    key: &str,
+    backends: Vec<FileBackend>,
+    balancer: BalancerSection,
+    health_check: HealthCheckConfig,
+) -> Result<UpstreamConfig, Invalid> {
+    let mut checked: Vec<BackendConfig> = Vec::with_capacity(backends.len());
+    for (index, raw) in backends.into_iter().enumerate() {
+        let at = |field: &str| format!("{key}[{index}].{field}");
+        if raw.name.trim().is_empty() {
+            return Err((at("name"), "a backend needs a name".into()));
+        }
+        if checked.iter().any(|b| b.name == raw.name) {
+            return Err((at("name"), format!("duplicate backend name `{}`", raw.name)));
+        }
+        if raw.weight == 0 {
+            return Err((
+                at("weight"),
+                "must be at least 1 (drain a backend instead of weighting it 0)".into(),
+            ));
+        }
+        let (scheme, authority) = backend_url(&raw.url).map_err(|message| (at("url"), message))?;
+        checked.push(BackendConfig {
+            name: raw.name,
+            scheme,
+            authority,
+            weight: raw.weight,
+        });
+    }
+    Ok(UpstreamConfig {
+        name: name.to_owned(),
+        backends: checked,
+        algorithm: balancer.algorithm,
+        health_check,
+    })
+}
+
+fn backend_url(text: &str) -> Result<(Scheme, Authority), String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e}); write it like http://127.0.0.1:8001"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+        return Err(format!(
+            "`{text}` needs a scheme and a host, like http://127.0.0.1:8001"
+        ));
+    };
+    if scheme != &Scheme::HTTP {
+        return Err(format!("`{text}`: only http:// backends are supported"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(format!("`{text}`: a backend URL has no path or query"));
+    }
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "`{text}`: credentials in a backend URL are not supported"
+        ));
+    }
+    Ok((scheme.clone(), authority.clone()))
+}
+
+fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
+    if health.timeout > health.interval {
+        return Err((
+            format!("{key}.timeout"),
+            format!(
+                "{:?} is longer than the interval ({:?}); a probe must finish before the next one starts",
+                health.timeout, health.interval
+            ),
+        ));
+    }
+    if health.interval.is_zero() || health.timeout.is_zero() {
+        return Err((
+            format!("{key}.interval"),
+            "interval and timeout must be above zero".into(),
+        ));
+    }
+    if health.unhealthy_threshold == 0 {
+        return Err((
+            format!("{key}.unhealthy_threshold"),
+            "must be at least 1".into(),
+        ));
+    }
+    if health.healthy_threshold == 0 {
+        return Err((
+            format!("{key}.healthy_threshold"),
+            "must be at least 1".into(),
+        ));
+    }
+    if !health.path.starts_with('/') {
+        return Err((
+            format!("{key}.path"),
+            format!("`{}` must start with /", health.path),
+        ));
+    }
+    Ok(())
+}
+
+fn route(
+    index: usize,
+    raw: FileRoute,
+    upstreams: &[UpstreamConfig],
+) -> Result<RouteConfig, Invalid> {
+    let at = |field: &str| format!("routes[{index}].{field}");
+    if !upstreams.iter().any(|u| u.name == raw.upstream) {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Err((
+            at("upstream"),
+            format!(
+                "unknown upstream `{}`; defined: {}",
+                raw.upstream,
+                known.join(", ")
+            ),
+        ));
+    }
+    let host = match raw.host.as_deref().map(str::trim) {
+        None | Some("") | Some("*") => HostMatch::Any,
+        Some(host) => {
+            let host = host.to_ascii_lowercase();
+            if let Some(domain) = host.strip_prefix("*.") {
+                if domain.is_empty() || domain.contains('*') {
+                    return Err((
+                        at("host"),
+                        format!("`{host}` is not a valid wildcard; write *.example.com"),
+                    ));
+                }
+                HostMatch::Suffix(format!(".{domain}"))
+            } else if host.contains('*') || host.contains('/') || host.contains(':') {
+                return Err((
+                    at("host"),
+                    format!(
+                        "`{host}` is not a host name; write example.com or *.example.com (no port)"
+                    ),
+                ));
+            } else {
+                HostMatch::Exact(host)
+            }
+        }
+    };
+    let path = &raw.path;
+    if !path.starts_with('/') {
+        return Err((at("path"), format!("`{path}` must start with /")));
+    }
+    let path = match path.strip_suffix('*') {
+        Some(prefix) if prefix.ends_with('/') && !prefix.contains('*') => {
+            PathMatch::Prefix(prefix.to_owned())
+        }
+        Some(_) => {
+            return Err((
+                at("path"),
+                format!("`{path}`: a wildcard is only allowed as a final /*, like /api/*"),
+            ))
+        }
+        None if path.contains('*') => {
+            return Err((
+                at("path"),
+                format!("`{path}`: a wildcard is only allowed as a final /*, like /api/*"),
+            ))
+        }
+        None => PathMatch::Exact(path.clone()),
+    };
+    Ok(RouteConfig {
+        host,
+        path,
+        upstream: raw.upstream,
+    })
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::Weighted => "weighted",
+            Algorithm::LeastConnections => "least_connections",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,68 @@
+//! Typed errors of the request path and the one table that maps them to a status code.
+
+use http::StatusCode;
+
+/// Where an error came from: decides the status code, the metric label and whether a retry is safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Client,
+    Upstream,
+    Proxy,
+}
+
+/// Everything that can stop a request before a backend's response reaches the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("request head larger than the limit")]
+    HeadTooLarge,
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("no backend available in upstream {upstream}")]
+    NoBackend { upstream: String },
+    #[error("connect to {backend} failed: {cause}")]
+    ConnectFailed { backend: String, cause: String },
+    #[error("connect to {backend} timed out")]
+    ConnectTimeout { backend: String },
+    #[error("{backend} sent no response headers within {after:?}")]
+    ResponseTimeout {
+        backend: String,
+        after: std::time::Duration,
+    },
+    #[error("{backend} failed: {cause}")]
+    UpstreamFailed { backend: String, cause: String },
+}
+
+impl ProxyError {
+    /// The status code the client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// Who is to blame, for logs and metrics.
+    pub fn origin(&self) -> Origin {
+        match self {
+            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute => Origin::Client,
+            Self::NoBackend { .. } => Origin::Proxy,
+            Self::ConnectFailed { .. }
+            | Self::ConnectTimeout { .. }
+            | Self::ResponseTimeout { .. }
+            | Self::UpstreamFailed { .. } => Origin::Upstream,
+        }
+    }
+
+    /// True when the client's connection must be closed after the response (framing errors).
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, Self::BadRequest(_) | Self::HeadTooLarge)
+    }
+}

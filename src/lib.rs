@@ -1,0 +1,19 @@
+//! quic-proxy: a QUIC/HTTP-3-first edge reverse proxy.
+//!
+//! Every listener turns its protocol into `http::Request<Body>` and hands it to one [`proxy::Core`],
+//! which routes by host and path, balances over an upstream pool and forwards to a backend.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balancer;
+pub mod body;
+pub mod config;
+pub mod demo_backend;
+pub mod error;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+
+pub use body::Body;
+pub use config::Config;

@@ -1,0 +1,166 @@
+//! The `quic-proxy` command: run the proxy, check a config, or run a demo backend.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use quic_proxy::config::{parse_listen_addr, Config, LoggingConfig};
+use quic_proxy::demo_backend::DemoBackend;
+use quic_proxy::server::{self, bind_tcp, Shutdown};
+
+/// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "quic-proxy",
+    version,
+    about = "A QUIC/HTTP-3-first edge reverse proxy"
+)]
+struct Cli {
+    /// Config file to run with.
+    #[arg(long, short, default_value = "configs/proxy.yaml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config file and print a summary.
+    Check,
+    /// Run a demo backend.
+    Backend {
+        /// Address to listen on, like 127.0.0.1:8001.
+        #[arg(long)]
+        listen: String,
+        /// The name it answers with.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => check(&cli.config),
+        Some(Command::Backend { listen, name }) => run_backend(&listen, &name),
+        None => run_proxy(&cli.config),
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|error| {
+        eprintln!("quic-proxy: invalid config: {error}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    println!("{}: valid", path.display());
+    println!(
+        "listeners: quic+https {}, http {}",
+        config.server.address, config.server.fallback_address
+    );
+    if config.telemetry.metrics.enabled {
+        println!("admin: {}", config.telemetry.metrics.address);
+    }
+    let backends: usize = config.upstreams.iter().map(|u| u.backends.len()).sum();
+    println!(
+        "upstreams: {}, backends: {backends}, routes: {}",
+        config.upstreams.len(),
+        config.routes.len()
+    );
+    for upstream in &config.upstreams {
+        let names: Vec<String> = upstream
+            .backends
+            .iter()
+            .map(|b| format!("{} ({}, weight {})", b.name, b.authority, b.weight))
+            .collect();
+        println!(
+            "  {} [{}]: {}",
+            upstream.name,
+            upstream.algorithm,
+            names.join(", ")
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run_proxy(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    quic_proxy::logging::init(&config.telemetry.logging);
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let running = server::start(&config).await?;
+            tracing::info!(config = %path.display(), "quic-proxy started");
+            wait_for_signal().await?;
+            tracing::info!(timeout = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
+            if !running.shutdown().await {
+                tracing::warn!("drain timeout reached; closing remaining connections");
+            }
+            anyhow::Ok(())
+        })
+    });
+    exit_with(result)
+}
+
+fn run_backend(listen: &str, name: &str) -> ExitCode {
+    quic_proxy::logging::init(&LoggingConfig::default());
+    let address = match parse_listen_addr(listen) {
+        Ok(address) => address,
+        Err(message) => {
+            eprintln!("quic-proxy backend: --listen: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let listener = bind_tcp(address).with_context(|| format!("cannot bind {address}"))?;
+            tracing::info!(name, address = %listener.local_addr()?, "demo backend listening");
+            let shutdown = Shutdown::default();
+            tokio::spawn(DemoBackend::new(name).serve(listener, shutdown.clone()));
+            wait_for_signal().await?;
+            shutdown.drain(std::time::Duration::from_secs(5)).await;
+            anyhow::Ok(())
+        })
+    });
+    exit_with(result)
+}
+
+fn exit_with(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("quic-proxy: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}

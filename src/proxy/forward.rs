@@ -1,0 +1,95 @@
+//! The upstream side: one pooled hyper client, the request sent to a backend, and errors classified.
+
+use std::io;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::balancer::Backend;
+use crate::body::Body;
+use crate::config::Timeouts;
+use crate::error::ProxyError;
+
+/// Sends requests to backends over pooled keep-alive connections.
+#[derive(Debug, Clone)]
+pub struct Forwarder {
+    client: Client<HttpConnector, Body>,
+    response_header_timeout: Duration,
+}
+
+impl Forwarder {
+    /// A client with the configured connect, response-header and idle timeouts.
+    pub fn new(timeouts: &Timeouts) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(timeouts.pool_idle)
+            .build(connector);
+        Self {
+            client,
+            response_header_timeout: timeouts.response_header,
+        }
+    }
+
+    /// Sends `request` (already addressed to `backend`) and waits for the response head.
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        request: Request<Body>,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
+        {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(classify(backend, &error)),
+            Err(_) => Err(ProxyError::ResponseTimeout {
+                backend: backend.name.clone(),
+                after: self.response_header_timeout,
+            }),
+        }
+    }
+}
+
+fn classify(backend: &Backend, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    let io_kind = io_error_kind(error);
+    let cause = match io_kind {
+        Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),
+        Some(io::ErrorKind::ConnectionReset) => "connection reset".to_owned(),
+        Some(io::ErrorKind::ConnectionAborted) => "connection aborted".to_owned(),
+        _ => root_cause(error),
+    };
+    let backend = backend.name.clone();
+    if error.is_connect() {
+        if io_kind == Some(io::ErrorKind::TimedOut) {
+            ProxyError::ConnectTimeout { backend }
+        } else {
+            ProxyError::ConnectFailed { backend, cause }
+        }
+    } else {
+        ProxyError::UpstreamFailed { backend, cause }
+    }
+}
+
+fn io_error_kind(error: &(dyn std::error::Error + 'static)) -> Option<io::ErrorKind> {
+    let mut source = error.source();
+    while let Some(inner) = source {
+        if let Some(io_error) = inner.downcast_ref::<io::Error>() {
+            return Some(io_error.kind());
+        }
+        source = inner.source();
+    }
+    None
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = error;
+    while let Some(inner) = deepest.source() {
+        deepest = inner;
+    }
+    deepest.to_string()
+}

@@ -1,0 +1,305 @@
+//! The routing core: one request in, one response out, for every listener.
+//!
+//! `handle` is the outer layer (turns errors into responses, writes the access log and metrics);
+//! `proxy` is the inner one and just uses `?`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use ipnet::IpNet;
+
+use crate::balancer::{Backend, InFlight};
+use crate::body::Body;
+use crate::config::Config;
+use crate::error::{Origin, ProxyError};
+use crate::metrics;
+use crate::server::framing::FramingViolation;
+
+use super::forward::Forwarder;
+use super::headers::{self, Forwarding};
+use super::router::Router;
+use super::upstream::Upstream;
+
+/// The client side of a request, as the listener saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    pub peer: SocketAddr,
+    /// The request arrived over TLS (HTTPS or QUIC).
+    pub tls: bool,
+}
+
+/// The protocol a request arrived on, as logs and metrics name it.
+pub fn protocol_label(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_3 => "h3",
+        Version::HTTP_2 => "h2",
+        Version::HTTP_10 => "http/1.0",
+        _ => "http/1.1",
+    }
+}
+
+/// Routing, balancing and forwarding, shared by every listener.
+#[derive(Debug)]
+pub struct Core {
+    router: Router,
+    forwarder: Forwarder,
+    trusted_proxies: Vec<IpNet>,
+}
+
+/// What the access log and metrics learn while a request is proxied.
+#[derive(Default)]
+struct Outcome {
+    upstream: Option<Arc<Upstream>>,
+    backend: Option<Arc<Backend>>,
+}
+
+impl Core {
+    /// Builds the router, pools and upstream client from a validated config.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            router: Router::new(config),
+            forwarder: Forwarder::new(&config.timeouts),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        }
+    }
+
+    /// The route table and upstream pools.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// Proxies one request; never fails: errors become short plain-text responses.
+    pub async fn handle(&self, request: Request<Body>, client: ClientInfo) -> Response<Body> {
+        let started = Instant::now();
+        let method = request.method().clone();
+        let version = request.version();
+        let path = request.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let response = match self.proxy(request, client, &mut outcome).await {
+            Ok(response) => response,
+            Err(error) => {
+                if error.origin() != Origin::Client {
+                    tracing::warn!(
+                        upstream = outcome.upstream.as_ref().map(|u| u.name.as_str()),
+                        backend = outcome.backend.as_ref().map(|b| b.name.as_str()),
+                        "{error}"
+                    );
+                }
+                error_response(&error, version)
+            }
+        };
+        let elapsed = started.elapsed();
+        let protocol = protocol_label(version);
+        let upstream = outcome.upstream.as_ref().map_or("-", |u| u.name.as_str());
+        let backend = outcome.backend.as_ref().map_or("-", |b| b.name.as_str());
+        tracing::info!(
+            target: "access",
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            upstream,
+            backend,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            protocol,
+            client = %client.peer.ip(),
+        );
+        metrics::record_request(&method, response.status(), backend, protocol, elapsed);
+        response
+    }
+
+    async fn proxy(
+        &self,
+        mut request: Request<Body>,
+        client: ClientInfo,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, ProxyError> {
+        check_framing(&request)?;
+        let host = request_host(&request);
+        let upstream = self
+            .router
+            .route(host.as_deref(), request.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        outcome.upstream = Some(Arc::clone(upstream));
+        let backend = upstream
+            .select(|_| true)
+            .ok_or_else(|| ProxyError::NoBackend {
+                upstream: upstream.name.clone(),
+            })?;
+        outcome.backend = Some(Arc::clone(&backend));
+        let in_flight = backend.start_request();
+
+        let is_http1 = request.version() <= Version::HTTP_11;
+        let upgrade = is_http1 && headers::is_upgrade_request(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(header::HOST, value);
+                }
+            }
+        }
+        headers::add_forwarding(
+            &mut parts.headers,
+            &Forwarding {
+                client_ip: client.peer.ip(),
+                trusted_proxies: &self.trusted_proxies,
+                https: client.tls,
+                host: host.as_deref(),
+                via_version: via_version(parts.version),
+            },
+        );
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::builder()
+            .scheme(backend.scheme.clone())
+            .authority(backend.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+        parts.version = Version::HTTP_11;
+
+        let mut response = self
+            .forwarder
+            .send(&backend, Request::from_parts(parts, body))
+            .await?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let Some(client_upgrade) = client_upgrade else {
+                return Err(ProxyError::UpstreamFailed {
+                    backend: backend.name.clone(),
+                    cause: "101 Switching Protocols to a request that asked for no upgrade"
+                        .to_owned(),
+                });
+            };
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+            return Ok(response.map(|_| Body::empty()));
+        }
+        headers::remove_hop_by_hop(response.headers_mut(), false);
+        Ok(response.map(|body| Body::from(body).with_guard(in_flight)))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and backend until either side closes.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
+    let name = &in_flight.backend().name;
+    match tokio::try_join!(client, backend) {
+        Ok((client, backend)) => {
+            let mut client = TokioIo::new(client);
+            let mut backend = TokioIo::new(backend);
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                tracing::debug!(backend = %name, "upgraded connection ended: {error}");
+            }
+        }
+        Err(error) => tracing::warn!(backend = %name, "protocol upgrade failed: {error}"),
+    }
+}
+
+/// HTTP/1 framing checks hyper leaves to us: request smuggling vectors and the Host rules of RFC 9112.
+fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
+    if request.version() > Version::HTTP_11 {
+        return Ok(());
+    }
+    match request.extensions().get::<FramingViolation>() {
+        Some(FramingViolation::ConflictingLength) => {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ))
+        }
+        Some(FramingViolation::HeadTooLarge) => return Err(ProxyError::HeadTooLarge),
+        None => {}
+    }
+    let headers = request.headers();
+    let content_lengths: Vec<&HeaderValue> =
+        headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    if !content_lengths.is_empty() && headers.contains_key(header::TRANSFER_ENCODING) {
+        return Err(ProxyError::BadRequest(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    let mut declared: Option<&[u8]> = None;
+    for value in &content_lengths {
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return Err(ProxyError::BadRequest("invalid Content-Length"));
+            }
+            if declared.is_some_and(|first| first != item) {
+                return Err(ProxyError::BadRequest("conflicting Content-Length values"));
+            }
+            declared = Some(item);
+        }
+    }
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    if hosts == 0 && request.version() == Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("missing Host header"));
+    }
+    if let Some(host) = headers.get(header::HOST) {
+        if host.is_empty()
+            || host
+                .as_bytes()
+                .iter()
+                .any(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'@')
+        {
+            return Err(ProxyError::BadRequest("invalid Host header"));
+        }
+    }
+    Ok(())
+}
+
+/// The host the client asked for: the URI's authority (HTTP/2, HTTP/3, absolute-form), else `Host`.
+fn request_host(request: &Request<Body>) -> Option<String> {
+    if let Some(authority) = request.uri().authority() {
+        return Some(authority.as_str().to_owned());
+    }
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn via_version(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
+/// A short plain-text error response; framing errors also close an HTTP/1 connection.
+pub fn error_response(error: &ProxyError, version: Version) -> Response<Body> {
+    let status = error.status();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let text = match error.origin() {
+        Origin::Client => format!("{} {reason}: {error}\n", status.as_u16()),
+        Origin::Upstream | Origin::Proxy => format!("{} {reason}\n", status.as_u16()),
+    };
+    let mut response = Response::new(Body::full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if error.closes_connection() && version <= Version::HTTP_11 {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}

@@ -1,0 +1,194 @@
+//! Listeners and the process lifecycle: bind everything first, serve, then drain on shutdown.
+
+pub mod framing;
+pub mod http1;
+
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin;
+use crate::config::Config;
+use crate::proxy::Core;
+
+/// Stops accept loops and tells open connections to finish their requests and close.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shutdown {
+    /// Resolves once shutdown has begun.
+    pub async fn begun(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Runs `task` as part of the work shutdown waits for.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Begins shutdown and waits up to `timeout` for tracked work to finish; true if everything finished.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.token.cancel();
+        self.tasks.close();
+        tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// A running proxy: its bound addresses and the handle that stops it.
+#[derive(Debug)]
+pub struct Running {
+    /// The plain HTTP/1.1 listener.
+    pub fallback_addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/live`, `/ready`), when enabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub core: Arc<Core>,
+    shutdown: Shutdown,
+    ready: Arc<AtomicBool>,
+    drain_timeout: Duration,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish up to the drain timeout; true if all finished.
+    pub async fn shutdown(self) -> bool {
+        self.ready.store(false, Ordering::Relaxed);
+        self.shutdown.drain(self.drain_timeout).await
+    }
+}
+
+/// Binds every listener (failing before serving anything if one cannot be bound), then serves.
+pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let fallback = bind_tcp(config.server.fallback_address).with_context(|| {
+        format!(
+            "cannot bind server.fallback_address {}",
+            config.server.fallback_address
+        )
+    })?;
+    let admin_listener = if config.telemetry.metrics.enabled {
+        let address = config.telemetry.metrics.address;
+        Some(
+            bind_tcp(address)
+                .with_context(|| format!("cannot bind telemetry.metrics.address {address}"))?,
+        )
+    } else {
+        None
+    };
+    let metrics = if admin_listener.is_some() {
+        Some(crate::metrics::install().map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+
+    let core = Arc::new(Core::new(config));
+    let shutdown = Shutdown::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let fallback_addr = fallback.local_addr()?;
+    tracing::info!(address = %fallback_addr, "HTTP/1.1 listener bound");
+    shutdown.spawn(http1::serve(
+        fallback,
+        Arc::clone(&core),
+        http1::Settings::from(config),
+        shutdown.clone(),
+    ));
+
+    let admin_addr = match (admin_listener, metrics) {
+        (Some(listener), Some(metrics)) => {
+            let address = listener.local_addr()?;
+            tracing::info!(%address, "admin listener bound (/metrics /live /ready)");
+            let state = admin::State {
+                metrics,
+                ready: Arc::clone(&ready),
+            };
+            tokio::spawn(admin::serve(listener, state, shutdown.clone()));
+            Some(address)
+        }
+        _ => None,
+    };
+    ready.store(true, Ordering::Relaxed);
+    Ok(Running {
+        fallback_addr,
+        admin_addr,
+        core,
+        shutdown,
+        ready,
+        drain_timeout: config.server.drain_timeout,
+    })
+}
+
+/// A TCP listener; an unspecified IPv6 address (`:80`) takes IPv4 too, or falls back to IPv4 alone.
+pub fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
+    let listener = match bind_tcp_socket(address) {
+        Err(e)
+            if address.ip().is_unspecified()
+                && address.is_ipv6()
+                && e.kind() != io::ErrorKind::AddrInUse =>
+        {
+            bind_tcp_socket(SocketAddr::new(
+                Ipv4Addr::UNSPECIFIED.into(),
+                address.port(),
+            ))?
+        }
+        other => other?,
+    };
+    TcpListener::from_std(listener)
+}
+
+fn bind_tcp_socket(address: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(!address.ip().is_unspecified())?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Accepts connections until shutdown and hands each to `serve` as a tracked task.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.begun() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::debug!(%peer, "cannot set TCP_NODELAY: {error}");
+                }
+                shutdown.spawn(serve(stream, peer));
+            }
+            Err(error) => {
+                // Out of file descriptors or similar: pause instead of spinning on the same error.
+                tracing::warn!("accept failed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

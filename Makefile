@@ -2,13 +2,16 @@
 CARGO ?= cargo
 BIN := target/release/quic-proxy
 
-.PHONY: run build test lint bench clean
+.PHONY: run build certs test lint bench clean
 
 run: build
 	./scripts/run.sh
 
 build:
 	$(CARGO) build --release
+
+certs: build
+	$(BIN) cert generate --out certs
 
 test:
 	./scripts/test.sh

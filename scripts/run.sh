@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 bin=target/release/quic-proxy
 config=${CONFIG:-configs/proxy.yaml}
 
+if [ ! -f certs/server.crt ] || [ ! -f certs/server.key ]; then
+  "$bin" cert generate --out certs
+fi
+
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done

@@ -11,12 +11,14 @@ pub enum Origin {
 }
 
 /// Everything that can stop a request before a backend's response reaches the client.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     #[error("{0}")]
     BadRequest(&'static str),
     #[error("request head larger than the limit")]
     HeadTooLarge,
+    #[error("0-RTT early data is only accepted for safe methods; retry after the handshake")]
+    TooEarly,
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available in upstream {upstream}")]
@@ -41,6 +43,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::TooEarly => StatusCode::TOO_EARLY,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => {
@@ -52,7 +55,9 @@ impl ProxyError {
     /// Who is to blame, for logs and metrics.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute => Origin::Client,
+            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute | Self::TooEarly => {
+                Origin::Client
+            }
             Self::NoBackend { .. } => Origin::Proxy,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }

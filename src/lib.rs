@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 
 pub use body::Body;
 pub use config::Config;

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use quic_proxy::config::{parse_listen_addr, Config, LoggingConfig};
+use quic_proxy::config::{parse_listen_addr, Config, LogFormat, LoggingConfig};
 use quic_proxy::demo_backend::DemoBackend;
 use quic_proxy::server::{self, bind_tcp, Shutdown};
+use quic_proxy::tls::{self, CertStore};
 
 /// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -31,6 +32,9 @@ struct Cli {
 enum Command {
     /// Validate the config file and print a summary.
     Check,
+    /// Certificate tools.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Run a demo backend.
     Backend {
         /// Address to listen on, like 127.0.0.1:8001.
@@ -42,10 +46,25 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Write a self-signed certificate and key (server.crt, server.key) for development.
+    Generate {
+        /// Directory to write into.
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+        /// Names and addresses the certificate is valid for.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
+    },
+}
+
 fn main() -> ExitCode {
+    tls::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check) => check(&cli.config),
+        Some(Command::Cert(CertCommand::Generate { out, hosts })) => generate_cert(&out, &hosts),
         Some(Command::Backend { listen, name }) => run_backend(&listen, &name),
         None => run_proxy(&cli.config),
     }
@@ -100,17 +119,45 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+fn generate_cert(out: &Path, hosts: &[String]) -> ExitCode {
+    quic_proxy::logging::init(&LoggingConfig {
+        format: LogFormat::Text,
+        ..LoggingConfig::default()
+    });
+    match tls::generate_self_signed(out, hosts) {
+        Ok((cert, key)) => {
+            tracing::info!(cert = %cert.display(), key = %key.display(), hosts = %hosts.join(","), "generated a self-signed development certificate");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("quic-proxy: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn run_proxy(path: &Path) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
     quic_proxy::logging::init(&config.telemetry.logging);
+    // Certificates are part of the configuration: a bad one stops start-up before anything is bound.
+    let certs = match config.server.tls.as_ref().map(CertStore::load).transpose() {
+        Ok(certs) => certs,
+        Err(error) => {
+            eprintln!("quic-proxy: invalid config: {}: {error}", path.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if certs.is_none() {
+        tracing::info!("no server.tls section: HTTPS and HTTP/3 are off, plain HTTP/1.1 only");
+    }
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
-            let running = server::start(&config).await?;
+            let running = server::start(&config, certs.clone()).await?;
             tracing::info!(config = %path.display(), "quic-proxy started");
-            wait_for_signal().await?;
+            wait_for_signal(certs.as_deref()).await?;
             tracing::info!(timeout = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
             if !running.shutdown().await {
                 tracing::warn!("drain timeout reached; closing remaining connections");
@@ -136,7 +183,7 @@ fn run_backend(listen: &str, name: &str) -> ExitCode {
             tracing::info!(name, address = %listener.local_addr()?, "demo backend listening");
             let shutdown = Shutdown::default();
             tokio::spawn(DemoBackend::new(name).serve(listener, shutdown.clone()));
-            wait_for_signal().await?;
+            wait_for_signal(None).await?;
             shutdown.drain(std::time::Duration::from_secs(5)).await;
             anyhow::Ok(())
         })
@@ -154,13 +201,21 @@ fn exit_with(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the certificate (open connections keep theirs).
+async fn wait_for_signal(certs: Option<&CertStore>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => match certs.map(CertStore::reload) {
+                Some(Ok(())) => tracing::info!("SIGHUP: certificate reloaded"),
+                Some(Err(error)) => tracing::error!("SIGHUP: certificate not reloaded, keeping the current one: {error}"),
+                None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+            },
+        }
     }
-    Ok(())
 }

@@ -26,6 +26,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub routes: Vec<FileRoute>,
     #[serde(default)]
+    pub quic: QuicConfig,
+    #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
     pub telemetry: Telemetry,
@@ -44,8 +46,8 @@ pub struct ServerConfig {
         deserialize_with = "units::listen_addr"
     )]
     pub fallback_address: SocketAddr,
-    #[serde(default)]
-    pub tls: TlsConfig,
+    /// Certificate and key for HTTPS and QUIC; without it only the plain HTTP/1.1 listener runs.
+    pub tls: Option<TlsConfig>,
     /// Peers whose X-Forwarded-For is extended instead of replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
@@ -71,7 +73,7 @@ impl Default for ServerConfig {
         Self {
             address: default_address(),
             fallback_address: default_fallback_address(),
-            tls: TlsConfig::default(),
+            tls: None,
             trusted_proxies: Vec::new(),
             drain_timeout: default_drain_timeout(),
             header_read_timeout: default_header_read_timeout(),
@@ -80,23 +82,94 @@ impl Default for ServerConfig {
     }
 }
 
-/// Certificate and key for the TLS listeners.
-#[derive(Debug, Clone, Deserialize)]
+/// Certificate chain and key (PEM) for the TLS listeners.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    #[serde(default = "default_cert_file")]
     pub cert_file: PathBuf,
-    #[serde(default = "default_key_file")]
     pub key_file: PathBuf,
 }
 
-impl Default for TlsConfig {
+/// The QUIC transport and its HTTP/3 limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicConfig {
+    /// Concurrent request streams a client may open per connection.
+    #[serde(default = "default_max_streams")]
+    pub max_concurrent_streams: u32,
+    /// A connection with no traffic for this long is closed.
+    #[serde(default = "default_idle_timeout", deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
+    /// Flow-control window per stream.
+    #[serde(default = "default_stream_window", deserialize_with = "units::size")]
+    pub stream_receive_window: u64,
+    /// Flow-control window per connection, over all streams.
+    #[serde(
+        default = "default_connection_window",
+        deserialize_with = "units::size"
+    )]
+    pub receive_window: u64,
+    /// Largest request header section (QPACK-decoded); larger ones get 431.
+    #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
+    pub max_header_bytes: u64,
+    /// Connections open at once; new ones are refused beyond it.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// UDP socket receive buffer asked of the kernel.
+    #[serde(default = "default_socket_buffer", deserialize_with = "units::size")]
+    pub socket_receive_buffer: u64,
+    /// UDP socket send buffer asked of the kernel.
+    #[serde(default = "default_socket_buffer", deserialize_with = "units::size")]
+    pub socket_send_buffer: u64,
+    /// Address validation: `auto` sends Retry once unvalidated handshakes exceed `retry_threshold`.
+    #[serde(default)]
+    pub retry: RetryMode,
+    #[serde(default = "default_retry_threshold")]
+    pub retry_threshold: usize,
+    /// Hex secret (at least 32 bytes) for stateless reset and Retry tokens; share it between instances
+    /// behind one address. Random per process when absent.
+    pub stateless_reset_key: Option<String>,
+    /// Length of the connection IDs this server issues (4 to 20 bytes).
+    #[serde(default = "default_cid_length")]
+    pub connection_id_length: usize,
+    /// Accept 0-RTT requests (safe methods only; others get 425).
+    #[serde(default)]
+    pub early_data: bool,
+    /// The port advertised in Alt-Svc; the bound UDP port when absent (set it behind port forwarding).
+    pub alt_svc_port: Option<u16>,
+    /// UDP sockets (SO_REUSEPORT) each driven by its own task; defaults to the number of cores.
+    pub endpoints: Option<usize>,
+}
+
+impl Default for QuicConfig {
     fn default() -> Self {
         Self {
-            cert_file: default_cert_file(),
-            key_file: default_key_file(),
+            max_concurrent_streams: default_max_streams(),
+            idle_timeout: default_idle_timeout(),
+            stream_receive_window: default_stream_window(),
+            receive_window: default_connection_window(),
+            max_header_bytes: default_max_header_bytes(),
+            max_connections: default_max_connections(),
+            socket_receive_buffer: default_socket_buffer(),
+            socket_send_buffer: default_socket_buffer(),
+            retry: RetryMode::default(),
+            retry_threshold: default_retry_threshold(),
+            stateless_reset_key: None,
+            connection_id_length: default_cid_length(),
+            early_data: false,
+            alt_svc_port: None,
+            endpoints: None,
         }
     }
+}
+
+/// When the QUIC listener sends Retry packets to validate client addresses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryMode {
+    #[default]
+    Auto,
+    Always,
 }
 
 #[derive(Debug, Deserialize)]
@@ -281,11 +354,29 @@ fn default_fallback_address() -> SocketAddr {
 fn default_metrics_address() -> SocketAddr {
     SocketAddr::from(([0u16; 8], 9090))
 }
-fn default_cert_file() -> PathBuf {
-    PathBuf::from("certs/server.crt")
+fn default_max_streams() -> u32 {
+    100
 }
-fn default_key_file() -> PathBuf {
-    PathBuf::from("certs/server.key")
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_stream_window() -> u64 {
+    1 << 20
+}
+fn default_connection_window() -> u64 {
+    8 << 20
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_socket_buffer() -> u64 {
+    4 << 20
+}
+fn default_retry_threshold() -> usize {
+    128
+}
+fn default_cid_length() -> usize {
+    8
 }
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)

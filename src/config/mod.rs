@@ -13,8 +13,8 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 pub use file::{
-    Algorithm, HealthCheckConfig, LogFormat, LoggingConfig, MetricsConfig, ServerConfig, Telemetry,
-    Timeouts, TlsConfig,
+    Algorithm, HealthCheckConfig, LogFormat, LoggingConfig, MetricsConfig, QuicConfig, RetryMode,
+    ServerConfig, Telemetry, Timeouts, TlsConfig,
 };
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
@@ -31,6 +31,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The upstream for requests that match no route.
     pub default_upstream: Option<String>,
+    pub quic: QuicConfig,
+    /// `quic.stateless_reset_key`, decoded.
+    pub quic_secret: Option<Vec<u8>>,
     pub timeouts: Timeouts,
     pub telemetry: Telemetry,
 }
@@ -177,6 +180,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         health_check,
         upstreams: raw_upstreams,
         routes: raw_routes,
+        quic,
         timeouts,
         telemetry,
     } = raw;
@@ -271,14 +275,66 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             ),
         ));
     }
+    let quic_secret = check_quic(&quic)?;
     Ok(Config {
         server,
         upstreams,
         routes,
         default_upstream,
+        quic,
+        quic_secret,
         timeouts,
         telemetry,
     })
+}
+
+fn check_quic(quic: &QuicConfig) -> Result<Option<Vec<u8>>, Invalid> {
+    if !(4..=20).contains(&quic.connection_id_length) {
+        return Err((
+            "quic.connection_id_length".into(),
+            "must be between 4 and 20 bytes".into(),
+        ));
+    }
+    if quic.max_concurrent_streams == 0 {
+        return Err((
+            "quic.max_concurrent_streams".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    if quic.max_header_bytes < 1024 {
+        return Err((
+            "quic.max_header_bytes".into(),
+            "must be at least 1KiB".into(),
+        ));
+    }
+    if quic.stream_receive_window == 0 || quic.receive_window < quic.stream_receive_window {
+        return Err((
+            "quic.receive_window".into(),
+            "must be at least quic.stream_receive_window, and both above zero".into(),
+        ));
+    }
+    if quic.endpoints == Some(0) {
+        return Err(("quic.endpoints".into(), "must be at least 1".into()));
+    }
+    let Some(hex) = &quic.stateless_reset_key else {
+        return Ok(None);
+    };
+    let hex = hex.trim();
+    let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0)
+        .then(|| {
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect()
+        })
+        .flatten();
+    match bytes {
+        Some(bytes) if bytes.len() >= 32 => Ok(Some(bytes)),
+        _ => Err((
+            "quic.stateless_reset_key".into(),
+            "must be at least 32 bytes written as hex (64 hex digits); generate one with `openssl rand -hex 32`".into(),
+        )),
+    }
 }
 
 fn upstream(

@@ -1,1 +1,683 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use super::*;
+
+/// The sample from the issue, verbatim: it must keep working as the config grows.
+const SAMPLE: &str = r#"server:
+  address: ":443"
+  fallback_address: ":80"
+  tls:
+    cert_file: "certs/server.crt"
+    key_file: "certs/server.key"
+backends:
+  - name: "backend1"
+    url: "http://127.0.0.1:8001"
+    weight: 1
+load_balancer:
+  algorithm: "round_robin"
+health_check:
+  enabled: true
+  interval: "10s"
+  timeout: "5s"
+  path: "/health"
+  unhealthy_threshold: 3
+  healthy_threshold: 2
+telemetry:
+  metrics:
+    enabled: true
+    address: ":9090"
+  logging:
+    level: "info"
+    format: "json"
+"#;
+
+/// The smallest valid file: one backend. Error cases append a section to it, so the lines 1-3 are fixed.
+const ONE_BACKEND: &str = "backends:\n  - name: a\n    url: \"http://127.0.0.1:8001\"\n";
+
+fn parse(text: &str) -> Config {
+    Config::parse(Path::new("proxy.yaml"), text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn error(text: &str) -> ConfigError {
+    match Config::parse(Path::new("proxy.yaml"), text) {
+        Ok(config) => panic!("accepted an invalid config: {config:?}"),
+        Err(e) => e,
+    }
+}
+
+/// `ONE_BACKEND` followed by `extra`, rejected.
+fn error_with(extra: &str) -> ConfigError {
+    error(&format!("{ONE_BACKEND}{extra}"))
+}
+
+/// Asserts a problem found after reading (no line number) down to the last character.
+fn assert_invalid(e: &ConfigError, key: &str, message: &str) {
+    assert_eq!(e.file, PathBuf::from("proxy.yaml"));
+    assert_eq!(e.key, key);
+    assert_eq!(e.message, message);
+    assert_eq!(e.to_string(), format!("proxy.yaml: {key}: {message}"));
+}
+
+/// Asserts a problem serde found while reading: file, line and key path exact, and the message includes
+/// `problem`.
+fn assert_unreadable(e: &ConfigError, line: usize, key: &str, problem: &str) {
+    assert_eq!(e.file, PathBuf::from("proxy.yaml"));
+    assert_eq!(e.line, Some(line), "{e}");
+    assert_eq!(e.key, key, "{e}");
+    assert!(e.message.contains(problem), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("proxy.yaml:{line}: {key}: ")),
+        "{e}"
+    );
+}
+
+fn addr(text: &str) -> SocketAddr {
+    text.parse().unwrap()
+}
+
+fn backend_summary(upstream: &UpstreamConfig) -> Vec<(&str, String, u32)> {
+    upstream
+        .backends
+        .iter()
+        .map(|b| (b.name.as_str(), b.authority.to_string(), b.weight))
+        .collect()
+}
+
+#[test]
+fn the_issue_sample_is_accepted_as_is() {
+    let config = parse(SAMPLE);
+    assert_eq!(config.server.address, addr("[::]:443"));
+    assert_eq!(config.server.fallback_address, addr("[::]:80"));
+    let tls = config.server.tls.as_ref().expect("tls section kept");
+    assert_eq!(tls.cert_file, PathBuf::from("certs/server.crt"));
+    assert_eq!(tls.key_file, PathBuf::from("certs/server.key"));
+
+    assert_eq!(config.upstreams.len(), 1);
+    let default = &config.upstreams[0];
+    assert_eq!(default.name, DEFAULT_UPSTREAM);
+    assert_eq!(default.algorithm, Algorithm::RoundRobin);
+    assert_eq!(
+        backend_summary(default),
+        [("backend1", "127.0.0.1:8001".to_owned(), 1)]
+    );
+    assert_eq!(default.backends[0].scheme, Scheme::HTTP);
+    assert_eq!(
+        default.health_check,
+        HealthCheckConfig {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            path: "/health".into(),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+        }
+    );
+    assert!(config.routes.is_empty());
+    assert_eq!(config.default_upstream.as_deref(), Some(DEFAULT_UPSTREAM));
+
+    assert!(config.telemetry.metrics.enabled);
+    assert_eq!(config.telemetry.metrics.address, addr("[::]:9090"));
+    assert_eq!(config.telemetry.logging.level, "info");
+    assert_eq!(config.telemetry.logging.format, LogFormat::Json);
+}
+
+#[test]
+fn the_shipped_config_loads() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/proxy.yaml");
+    let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.upstreams.len(), 1);
+    assert_eq!(
+        backend_summary(&config.upstreams[0]),
+        [
+            ("backend1", "127.0.0.1:8001".to_owned(), 1),
+            ("backend2", "127.0.0.1:8002".to_owned(), 1),
+            ("backend3", "127.0.0.1:8003".to_owned(), 1),
+        ]
+    );
+    assert_eq!(config.default_upstream.as_deref(), Some(DEFAULT_UPSTREAM));
+}
+
+#[test]
+fn a_minimal_file_gets_the_documented_defaults() {
+    let config = parse(ONE_BACKEND);
+    assert_eq!(config.server.fallback_address, addr("[::]:80"));
+    assert_eq!(config.server.drain_timeout, Duration::from_secs(30));
+    assert_eq!(config.server.max_header_bytes, 64 * 1024);
+    let default = &config.upstreams[0];
+    assert_eq!(default.algorithm, Algorithm::RoundRobin);
+    assert_eq!(default.backends[0].weight, 1);
+    assert_eq!(default.health_check, HealthCheckConfig::disabled());
+    assert_eq!(config.timeouts.connect, Duration::from_secs(5));
+}
+
+const ROUTED: &str = r#"
+backends:
+  - name: web1
+    url: "http://127.0.0.1:8001"
+load_balancer:
+  algorithm: least_connections
+health_check:
+  interval: 20s
+  timeout: 2s
+upstreams:
+  static:
+    backends:
+      - name: s1
+        url: "http://10.0.0.1"
+  api:
+    load_balancer:
+      algorithm: weighted
+    health_check:
+      path: /ready
+      interval: 3s
+      timeout: 1s
+    backends:
+      - name: api1
+        url: "http://10.0.0.2:9000"
+        weight: 3
+      - name: api2
+        url: "http://[::1]:9001/"
+routes:
+  - host: API.Example.com
+    path: "/api/*"
+    upstream: api
+  - host: "*.example.com"
+    path: /x
+    upstream: static
+  - upstream: default
+"#;
+
+#[test]
+fn routed_form_builds_named_upstreams() {
+    let config = parse(ROUTED);
+    let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["default", "api", "static"]);
+    let [default, api, static_files] = &config.upstreams[..] else {
+        unreachable!()
+    };
+
+    assert_eq!(
+        backend_summary(default),
+        [("web1", "127.0.0.1:8001".into(), 1)]
+    );
+    assert_eq!(
+        backend_summary(api),
+        [
+            ("api1", "10.0.0.2:9000".into(), 3),
+            ("api2", "[::1]:9001".into(), 1)
+        ]
+    );
+    assert_eq!(
+        backend_summary(static_files),
+        [("s1", "10.0.0.1".into(), 1)]
+    );
+
+    // An upstream's own sections win; without them it inherits the top-level ones.
+    assert_eq!(api.algorithm, Algorithm::Weighted);
+    assert_eq!(api.health_check.path, "/ready");
+    assert_eq!(api.health_check.interval, Duration::from_secs(3));
+    assert_eq!(static_files.algorithm, Algorithm::LeastConnections);
+    assert_eq!(default.algorithm, Algorithm::LeastConnections);
+    assert_eq!(static_files.health_check, default.health_check);
+    assert_eq!(default.health_check.interval, Duration::from_secs(20));
+    assert!(default.health_check.enabled);
+
+    assert_eq!(config.default_upstream.as_deref(), Some("default"));
+}
+
+#[test]
+fn routed_form_parses_host_and_path_matches() {
+    let config = parse(ROUTED);
+    let routes: Vec<(HostMatch, PathMatch, &str)> = config
+        .routes
+        .iter()
+        .map(|r| (r.host.clone(), r.path.clone(), r.upstream.as_str()))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            (
+                HostMatch::Exact("api.example.com".into()),
+                PathMatch::Prefix("/api/".into()),
+                "api"
+            ),
+            (
+                HostMatch::Suffix(".example.com".into()),
+                PathMatch::Exact("/x".into()),
+                "static"
+            ),
+            (HostMatch::Any, PathMatch::Prefix("/".into()), "default"),
+        ]
+    );
+}
+
+#[test]
+fn routes_alone_need_no_top_level_backends() {
+    let config = parse(
+        "upstreams:\n  api:\n    backends:\n      - name: a\n        url: \"http://127.0.0.1:8001\"\n\
+         routes:\n  - path: /api/*\n    upstream: api\n",
+    );
+    assert_eq!(config.upstreams.len(), 1);
+    assert_eq!(config.upstreams[0].name, "api");
+    assert_eq!(config.default_upstream, None);
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key_path() {
+    let e = error_with("load_balancer:\n  algoritm: round_robin\n");
+    assert_unreadable(
+        &e,
+        5,
+        "load_balancer.algoritm",
+        "unknown field `algoritm`, expected `algorithm`",
+    );
+}
+
+#[test]
+#[ignore = "src bug: no \"did you mean\" is ever added: serde_yaml prefixes its message with the key path \
+            (`load_balancer: unknown field ...`), so explain_serde_error's starts_with(\"unknown field\") \
+            never matches; the key path is also printed twice"]
+fn unknown_key_suggests_the_closest_field() {
+    let e = error_with("load_balancer:\n  algoritm: round_robin\n");
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:5: load_balancer.algoritm: unknown field `algoritm`, expected `algorithm`; \
+         did you mean `algorithm`?"
+    );
+    let e = error_with("server:\n  adress: \":80\"\n");
+    assert_eq!(e.key, "server.adress");
+    assert!(
+        e.message.ends_with("; did you mean `address`?"),
+        "{}",
+        e.message
+    );
+}
+
+#[test]
+fn unknown_key_in_a_backend_entry() {
+    let e = error("backends:\n  - name: a\n    url: \"http://127.0.0.1:8001\"\n    wieght: 2\n");
+    assert_unreadable(
+        &e,
+        4,
+        "backends[0].wieght",
+        "unknown field `wieght`, expected one of `name`, `url`, `weight`",
+    );
+}
+
+#[test]
+fn unknown_top_level_key() {
+    let e = error_with("helth_check:\n  enabled: true\n");
+    assert_unreadable(
+        &e,
+        4,
+        "helth_check",
+        "unknown field `helth_check`, expected one of",
+    );
+}
+
+#[test]
+fn unknown_algorithm_names_the_choices() {
+    let e = error_with("load_balancer:\n  algorithm: round_robbin\n");
+    assert_unreadable(
+        &e,
+        5,
+        "load_balancer.algorithm",
+        "unknown variant `round_robbin`, expected one of `round_robin`, `weighted`, `least_connections`",
+    );
+}
+
+#[test]
+#[ignore = "src bug: unknown variants get no \"did you mean\" either (same starts_with check), \
+            and the key path is repeated inside the message"]
+fn unknown_algorithm_suggests_the_closest() {
+    let e = error_with("load_balancer:\n  algorithm: round_robbin\n");
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:5: load_balancer.algorithm: unknown variant `round_robbin`, expected one of \
+         `round_robin`, `weighted`, `least_connections`; did you mean `round_robin`?"
+    );
+}
+
+#[test]
+fn unknown_algorithm_in_an_upstream() {
+    let e = error(
+        "upstreams:\n  api:\n    load_balancer:\n      algorithm: weigthed\n    backends:\n      - name: a\n        \
+         url: \"http://127.0.0.1:8001\"\nroutes:\n  - upstream: api\n",
+    );
+    assert_unreadable(
+        &e,
+        4,
+        "upstreams.api.load_balancer.algorithm",
+        "unknown variant `weigthed`",
+    );
+}
+
+#[test]
+fn missing_backends() {
+    let e = error("load_balancer:\n  algorithm: round_robin\n");
+    assert_invalid(
+        &e,
+        "backends",
+        "missing: define `backends` or at least one entry in `upstreams`",
+    );
+}
+
+#[test]
+fn empty_backends_list() {
+    assert_invalid(
+        &error("backends: []\n"),
+        "backends",
+        "the list is empty; add at least one backend",
+    );
+}
+
+#[test]
+fn upstream_without_backends() {
+    let e = error("upstreams:\n  api: {}\nroutes:\n  - upstream: api\n");
+    assert_invalid(
+        &e,
+        "upstreams.api.backends",
+        "missing or empty; add at least one backend",
+    );
+}
+
+#[test]
+fn backend_without_url() {
+    let e = error("backends:\n  - name: a\n");
+    assert_unreadable(&e, 2, "backends[0]", "missing field `url`");
+}
+
+#[test]
+fn duplicate_backend_names() {
+    let e = error_with("  - name: a\n    url: \"http://127.0.0.1:8002\"\n");
+    assert_invalid(&e, "backends[1].name", "duplicate backend name `a`");
+}
+
+#[test]
+fn weight_zero() {
+    let e = error("backends:\n  - name: a\n    url: \"http://127.0.0.1:8001\"\n    weight: 0\n");
+    assert_invalid(
+        &e,
+        "backends[0].weight",
+        "must be at least 1 (drain a backend instead of weighting it 0)",
+    );
+}
+
+#[test]
+fn weight_zero_in_an_upstream_names_the_upstream() {
+    let e = error(
+        "upstreams:\n  api:\n    backends:\n      - name: a\n        url: \"http://127.0.0.1:8001\"\n        \
+         weight: 0\nroutes:\n  - upstream: api\n",
+    );
+    assert_invalid(
+        &e,
+        "upstreams.api.backends[0].weight",
+        "must be at least 1 (drain a backend instead of weighting it 0)",
+    );
+}
+
+fn url_error(url: &str) -> ConfigError {
+    error(&format!("backends:\n  - name: a\n    url: \"{url}\"\n"))
+}
+
+#[test]
+fn unparsable_backend_url() {
+    assert_invalid(
+        &url_error("http://[::1"),
+        "backends[0].url",
+        "`http://[::1` is not a URL (invalid authority); write it like http://127.0.0.1:8001",
+    );
+    assert_invalid(
+        &url_error("127.0.0.1:8001"),
+        "backends[0].url",
+        "`127.0.0.1:8001` needs a scheme and a host, like http://127.0.0.1:8001",
+    );
+}
+
+#[test]
+fn https_backend_url() {
+    assert_invalid(
+        &url_error("https://127.0.0.1:8001"),
+        "backends[0].url",
+        "`https://127.0.0.1:8001`: only http:// backends are supported",
+    );
+}
+
+#[test]
+fn backend_url_with_path_or_credentials() {
+    assert_invalid(
+        &url_error("http://127.0.0.1:8001/api"),
+        "backends[0].url",
+        "`http://127.0.0.1:8001/api`: a backend URL has no path or query",
+    );
+    assert_invalid(
+        &url_error("http://127.0.0.1:8001?x=1"),
+        "backends[0].url",
+        "`http://127.0.0.1:8001?x=1`: a backend URL has no path or query",
+    );
+    assert_invalid(
+        &url_error("http://u:p@127.0.0.1:8001"),
+        "backends[0].url",
+        "`http://u:p@127.0.0.1:8001`: credentials in a backend URL are not supported",
+    );
+}
+
+#[test]
+fn unparsable_listen_address() {
+    let e = error(&format!(
+        "server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"
+    ));
+    assert_unreadable(
+        &e,
+        2,
+        "server.fallback_address",
+        "`nope` is not a listen address; write it like :80, 127.0.0.1:8080 or [::1]:8443",
+    );
+    let e = error_with("server:\n  address: \":99999\"\n");
+    assert_unreadable(
+        &e,
+        5,
+        "server.address",
+        "`:99999` has no valid port; write it like :80",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let e = error_with("health_check:\n  interval: ten\n");
+    assert_unreadable(&e, 5, "health_check.interval", "`ten` is not a duration");
+    assert!(
+        e.message.ends_with("; write it like 500ms, 10s, 5m or 1h"),
+        "{e}"
+    );
+}
+
+#[test]
+#[ignore = "poor message: serde_yaml's message starts with the key path, which Display prints again \
+            (`proxy.yaml:2: server.fallback_address: server: `nope` ...`)"]
+fn scalar_errors_do_not_repeat_the_key_path() {
+    let e = error(&format!(
+        "server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"
+    ));
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:2: server.fallback_address: `nope` is not a listen address; \
+         write it like :80, 127.0.0.1:8080 or [::1]:8443"
+    );
+    let e = error("backends:\n  - name: a\n");
+    assert_eq!(
+        e.to_string(),
+        "proxy.yaml:2: backends[0]: missing field `url`"
+    );
+}
+
+#[test]
+fn route_to_an_unknown_upstream_lists_the_defined_ones() {
+    let e = error_with(
+        "upstreams:\n  api:\n    backends:\n      - name: b\n        url: \"http://127.0.0.1:8002\"\n\
+         routes:\n  - path: /x\n    upstream: apj\n",
+    );
+    assert_invalid(
+        &e,
+        "routes[0].upstream",
+        "unknown upstream `apj`; defined: default, api",
+    );
+}
+
+#[test]
+fn invalid_route_host_and_path() {
+    let route = |spec: &str| error_with(&format!("routes:\n  - upstream: default\n    {spec}\n"));
+    assert_invalid(
+        &route("host: \"*.\""),
+        "routes[0].host",
+        "`*.` is not a valid wildcard; write *.example.com",
+    );
+    assert_invalid(
+        &route("host: \"example.com:443\""),
+        "routes[0].host",
+        "`example.com:443` is not a host name; write example.com or *.example.com (no port)",
+    );
+    assert_invalid(
+        &route("path: api"),
+        "routes[0].path",
+        "`api` must start with /",
+    );
+    assert_invalid(
+        &route("path: \"/api*\""),
+        "routes[0].path",
+        "`/api*`: a wildcard is only allowed as a final /*, like /api/*",
+    );
+}
+
+#[test]
+fn health_check_timeout_longer_than_interval() {
+    let e = error_with("health_check:\n  interval: 1s\n  timeout: 5s\n");
+    assert_invalid(
+        &e,
+        "health_check.timeout",
+        "5s is longer than the interval (1s); a probe must finish before the next one starts",
+    );
+}
+
+#[test]
+fn health_check_timeout_in_an_upstream_names_the_upstream() {
+    let e = error(
+        "upstreams:\n  api:\n    health_check:\n      interval: 2s\n      timeout: 3s\n    backends:\n      \
+         - name: a\n        url: \"http://127.0.0.1:8001\"\nroutes:\n  - upstream: api\n",
+    );
+    assert_invalid(
+        &e,
+        "upstreams.api.health_check.timeout",
+        "3s is longer than the interval (2s); a probe must finish before the next one starts",
+    );
+}
+
+#[test]
+fn health_check_zero_durations() {
+    let e = error_with("health_check:\n  interval: 0s\n  timeout: 0s\n");
+    assert_invalid(
+        &e,
+        "health_check.interval",
+        "interval and timeout must be above zero",
+    );
+}
+
+#[test]
+#[ignore = "poor message: `interval: 0s` with the default timeout reports `health_check.timeout: 5s is \
+            longer than the interval (0ns)` instead of saying the interval must be above zero"]
+fn health_check_zero_interval_says_so() {
+    let e = error_with("health_check:\n  interval: 0s\n");
+    assert_invalid(
+        &e,
+        "health_check.interval",
+        "interval and timeout must be above zero",
+    );
+}
+
+#[test]
+fn upstream_named_default_clashes_with_top_level_backends() {
+    let e = error_with(
+        "upstreams:\n  default:\n    backends:\n      - name: b\n        url: \"http://127.0.0.1:8002\"\n",
+    );
+    assert_invalid(
+        &e,
+        "upstreams.default",
+        "`default` is taken by the top-level backends list; choose another name",
+    );
+}
+
+#[test]
+fn upstreams_without_routes_reach_nothing() {
+    let e = error("upstreams:\n  api:\n    backends:\n      - name: a\n        url: \"http://127.0.0.1:8001\"\n");
+    assert_invalid(
+        &e,
+        "routes",
+        "no top-level `backends` and no routes: no request could reach an upstream",
+    );
+}
+
+#[test]
+fn empty_file() {
+    for text in ["", "  \n\n"] {
+        let e = error(text);
+        assert_eq!(e.key, "");
+        assert_eq!(e.line, None);
+        assert_eq!(e.to_string(), "proxy.yaml: the file is empty");
+    }
+}
+
+#[test]
+fn header_limit_too_small() {
+    assert_invalid(
+        &error_with("server:\n  max_header_bytes: 100\n"),
+        "server.max_header_bytes",
+        "must be at least 8KiB",
+    );
+}
+
+#[test]
+#[ignore = "src bug: any word is accepted as a log level (`level: loud` parses as an EnvFilter target \
+            directive), so a typo silently changes what is logged"]
+fn unknown_log_level() {
+    assert_invalid(
+        &error_with("telemetry:\n  logging:\n    level: loud\n"),
+        "telemetry.logging.level",
+        "`loud` is not a log level (error, warn, info, debug, trace)",
+    );
+}
+
+#[test]
+fn missing_file_is_named() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/no-such-file.yaml");
+    let e = Config::load(&path).unwrap_err();
+    assert_eq!(e.file, path);
+    assert_eq!(e.key, "");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{}: cannot read the file: ", path.display())),
+        "{e}"
+    );
+}
+
+#[test]
+fn display_formats_each_part() {
+    let e = ConfigError {
+        file: PathBuf::from("conf/p.yaml"),
+        key: "upstreams.api.backends[1].weight".into(),
+        line: Some(12),
+        message: "must be at least 1".into(),
+    };
+    assert_eq!(
+        e.to_string(),
+        "conf/p.yaml:12: upstreams.api.backends[1].weight: must be at least 1"
+    );
+    let e = ConfigError {
+        key: String::new(),
+        line: None,
+        ..e
+    };
+    assert_eq!(e.to_string(), "conf/p.yaml: must be at least 1");
+}

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -19,12 +19,15 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::error::{Origin, ProxyError};
 use crate::metrics;
-use crate::server::framing::FramingViolation;
 
 use super::forward::Forwarder;
 use super::headers::{self, Forwarding};
 use super::router::Router;
 use super::upstream::Upstream;
+
+/// A problem a listener found in a request that the core must answer (and log) instead of forwarding it.
+#[derive(Debug, Clone)]
+pub struct Refused(pub ProxyError);
 
 /// The client side of a request, as the listener saw it.
 #[derive(Debug, Clone, Copy)]
@@ -209,17 +212,11 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
 
 /// HTTP/1 framing checks hyper leaves to us: request smuggling vectors and the Host rules of RFC 9112.
 fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
-    if request.version() > Version::HTTP_11 {
-        return Ok(());
+    if let Some(Refused(error)) = request.extensions().get::<Refused>() {
+        return Err(error.clone());
     }
-    match request.extensions().get::<FramingViolation>() {
-        Some(FramingViolation::ConflictingLength) => {
-            return Err(ProxyError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ))
-        }
-        Some(FramingViolation::HeadTooLarge) => return Err(ProxyError::HeadTooLarge),
-        None => {}
+    if request.version() > Version::HTTP_11 {
+        return check_fields(request);
     }
     let headers = request.headers();
     let content_lengths: Vec<&HeaderValue> =
@@ -258,6 +255,37 @@ fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
         {
             return Err(ProxyError::BadRequest("invalid Host header"));
         }
+    }
+    Ok(())
+}
+
+/// RFC 9113 8.2.2 and RFC 9114 4.2: HTTP/2 and HTTP/3 requests carry no connection-specific fields, and
+/// TE only as `trailers`.
+fn check_fields(request: &Request<Body>) -> Result<(), ProxyError> {
+    let headers = request.headers();
+    let connection_specific = [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ];
+    if connection_specific
+        .iter()
+        .any(|name| headers.contains_key(name))
+    {
+        return Err(ProxyError::BadRequest(
+            "connection-specific header field in an HTTP/2 or HTTP/3 request",
+        ));
+    }
+    if headers
+        .get_all(header::TE)
+        .iter()
+        .any(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return Err(ProxyError::BadRequest(
+            "TE other than \"trailers\" in an HTTP/2 or HTTP/3 request",
+        ));
     }
     Ok(())
 }

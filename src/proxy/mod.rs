@@ -6,6 +6,6 @@ mod headers;
 mod router;
 mod upstream;
 
-pub use handler::{error_response, protocol_label, ClientInfo, Core};
+pub use handler::{error_response, protocol_label, ClientInfo, Core, Refused};
 pub use router::Router;
 pub use upstream::Upstream;

@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 
-/// Why a request head was flagged; attached to the request as an extension.
+use crate::error::ProxyError;
+
+/// Why a request head was flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FramingViolation {
     /// Both Content-Length and Transfer-Encoding.
@@ -29,6 +31,18 @@ pub struct Verdicts {
     first_flagged: AtomicU64,
     too_large: AtomicBool,
     answered: AtomicU64,
+}
+
+impl FramingViolation {
+    /// The error the core answers with.
+    pub fn error(self) -> ProxyError {
+        match self {
+            Self::ConflictingLength => {
+                ProxyError::BadRequest("both Content-Length and Transfer-Encoding")
+            }
+            Self::HeadTooLarge => ProxyError::HeadTooLarge,
+        }
+    }
 }
 
 impl Verdicts {

@@ -1,11 +1,14 @@
-//! The plain HTTP/1.1 listener (the fallback port): keep-alive, header limits, upgrades, graceful close.
+//! HTTP/1.1 connections: the plain fallback listener, and HTTPS connections that negotiated http/1.1.
+//! Keep-alive, header limits and timeouts, framing checks under hyper, upgrades, graceful close.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
+use http::header::HeaderValue;
+use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::rt::{Read, Write};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -13,62 +16,100 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::config::Config;
-use crate::proxy::{ClientInfo, Core};
+use crate::proxy::{ClientInfo, Core, Refused};
 
 use super::framing::FramingWatch;
 use super::{accept_loop, Shutdown};
 
-/// Connection settings of the HTTP/1.1 listener.
-#[derive(Debug, Clone, Copy)]
+/// Connection settings shared by the HTTP/1.1 and HTTP/2 serving code.
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Added to every response (the HTTPS listener advertises HTTP/3 with it).
+    pub alt_svc: Option<HeaderValue>,
 }
 
-impl From<&Config> for Settings {
-    fn from(config: &Config) -> Self {
+impl Settings {
+    /// Settings from config, without Alt-Svc.
+    pub fn new(config: &Config) -> Self {
         Self {
             header_read_timeout: config.server.header_read_timeout,
             max_header_bytes: usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX),
+            alt_svc: None,
         }
     }
 }
 
-/// Serves HTTP/1.1 on `listener` until shutdown, then lets each connection finish its current request.
+/// Serves plain HTTP/1.1 on `listener` until shutdown.
 pub async fn serve(listener: TcpListener, core: Arc<Core>, settings: Settings, shutdown: Shutdown) {
+    let drain = shutdown.clone();
+    accept_loop(listener, shutdown, move |stream, peer| {
+        serve_connection(
+            TokioIo::new(stream),
+            Arc::clone(&core),
+            ClientInfo { peer, tls: false },
+            &settings,
+            drain.clone(),
+        )
+    })
+    .await;
+}
+
+/// Hands a hyper request to the core and adds Alt-Svc to the response when the listener advertises HTTP/3.
+pub async fn handle(
+    core: &Core,
+    request: Request<Incoming>,
+    client: ClientInfo,
+    alt_svc: Option<HeaderValue>,
+) -> Response<Body> {
+    let mut response = core.handle(request.map(Body::from), client).await;
+    if let Some(alt_svc) = alt_svc {
+        response
+            .headers_mut()
+            .insert(http::header::ALT_SVC, alt_svc);
+    }
+    response
+}
+
+/// Serves one HTTP/1.1 connection; on shutdown it finishes the current request and closes.
+pub fn serve_connection<I>(
+    io: I,
+    core: Arc<Core>,
+    client: ClientInfo,
+    settings: &Settings,
+    drain: Shutdown,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    I: Read + Write + Unpin + Send + 'static,
+{
+    let (io, verdicts) = FramingWatch::new(io, settings.max_header_bytes);
+    let alt_svc = settings.alt_svc.clone();
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        if let Some(violation) = verdicts.next_request() {
+            request.extensions_mut().insert(Refused(violation.error()));
+        }
+        let (core, alt_svc) = (Arc::clone(&core), alt_svc.clone());
+        async move { Ok::<_, Infallible>(handle(&core, request, client, alt_svc).await) }
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true)
         .max_buf_size(settings.max_header_bytes);
-    let drain = shutdown.clone();
-    accept_loop(listener, shutdown, move |stream, peer| {
-        let core = Arc::clone(&core);
-        let client = ClientInfo { peer, tls: false };
-        let (io, verdicts) = FramingWatch::new(TokioIo::new(stream), settings.max_header_bytes);
-        let service = service_fn(move |mut request: Request<Incoming>| {
-            if let Some(violation) = verdicts.next_request() {
-                request.extensions_mut().insert(violation);
+    let connection = builder.serve_connection(io, service).with_upgrades();
+    async move {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = drain.begun() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
             }
-            let core = Arc::clone(&core);
-            async move { Ok::<_, Infallible>(core.handle(request.map(Body::from), client).await) }
-        });
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        let drain = drain.clone();
-        async move {
-            tokio::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = drain.begun() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%peer, "HTTP/1.1 connection ended: {error}");
-            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(peer = %client.peer, "HTTP/1.1 connection ended: {error}");
         }
-    })
-    .await;
+    }
 }

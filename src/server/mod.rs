@@ -2,6 +2,8 @@
 
 pub mod framing;
 pub mod http1;
+pub mod quic;
+pub mod tls;
 
 use std::future::Future;
 use std::io;
@@ -11,14 +13,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use http::HeaderValue;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
 use crate::proxy::Core;
+use crate::tls::CertStore;
+
+use quic::QuicListener;
 
 /// Stops accept loops and tells open connections to finish their requests and close.
 #[derive(Debug, Clone, Default)]
@@ -56,6 +63,10 @@ impl Shutdown {
 pub struct Running {
     /// The plain HTTP/1.1 listener.
     pub fallback_addr: SocketAddr,
+    /// The HTTPS (TCP) listener, when TLS is configured.
+    pub https_addr: Option<SocketAddr>,
+    /// The QUIC (UDP) listener, when TLS is configured.
+    pub quic_addr: Option<SocketAddr>,
     /// The admin listener (`/metrics`, `/live`, `/ready`), when enabled.
     pub admin_addr: Option<SocketAddr>,
     pub core: Arc<Core>,
@@ -73,13 +84,18 @@ impl Running {
 }
 
 /// Binds every listener (failing before serving anything if one cannot be bound), then serves.
-pub async fn start(config: &Config) -> anyhow::Result<Running> {
+/// With `certs`, HTTPS (TCP) and QUIC (UDP) listen on `server.address`.
+pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Result<Running> {
     let fallback = bind_tcp(config.server.fallback_address).with_context(|| {
         format!(
             "cannot bind server.fallback_address {}",
             config.server.fallback_address
         )
     })?;
+    let secure = match &certs {
+        Some(certs) => Some(bind_secure(config, certs)?),
+        None => None,
+    };
     let admin_listener = if config.telemetry.metrics.enabled {
         let address = config.telemetry.metrics.address;
         Some(
@@ -89,23 +105,49 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     } else {
         None
     };
-    let metrics = if admin_listener.is_some() {
-        Some(crate::metrics::install().map_err(anyhow::Error::msg)?)
-    } else {
-        None
+    let metrics = match admin_listener {
+        Some(_) => Some(crate::metrics::install().map_err(anyhow::Error::msg)?),
+        None => None,
     };
 
     let core = Arc::new(Core::new(config));
     let shutdown = Shutdown::default();
     let ready = Arc::new(AtomicBool::new(false));
+    let settings = http1::Settings::new(config);
     let fallback_addr = fallback.local_addr()?;
     tracing::info!(address = %fallback_addr, "HTTP/1.1 listener bound");
     shutdown.spawn(http1::serve(
         fallback,
         Arc::clone(&core),
-        http1::Settings::from(config),
+        settings.clone(),
         shutdown.clone(),
     ));
+
+    let (mut https_addr, mut quic_addr) = (None, None);
+    if let Some((tcp, acceptor, quic)) = secure {
+        let (tcp_address, udp_address) = (tcp.local_addr()?, quic.local_addr()?);
+        let advertised = config.quic.alt_svc_port.unwrap_or(udp_address.port());
+        let alt_svc = HeaderValue::from_str(&format!("h3=\":{advertised}\"; ma=86400"))?;
+        tracing::info!(address = %tcp_address, "HTTPS listener bound (h2, http/1.1)");
+        tracing::info!(address = %udp_address, "QUIC listener bound (h3)");
+        let limits = tls::Http2Limits {
+            max_concurrent_streams: config.quic.max_concurrent_streams,
+        };
+        let https_settings = http1::Settings {
+            alt_svc: Some(alt_svc),
+            ..settings
+        };
+        shutdown.spawn(tls::serve(
+            tcp,
+            acceptor,
+            Arc::clone(&core),
+            https_settings,
+            limits,
+            shutdown.clone(),
+        ));
+        shutdown.spawn(quic.serve(Arc::clone(&core), shutdown.clone()));
+        (https_addr, quic_addr) = (Some(tcp_address), Some(udp_address));
+    }
 
     let admin_addr = match (admin_listener, metrics) {
         (Some(listener), Some(metrics)) => {
@@ -123,12 +165,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     ready.store(true, Ordering::Relaxed);
     Ok(Running {
         fallback_addr,
+        https_addr,
+        quic_addr,
         admin_addr,
         core,
         shutdown,
         ready,
         drain_timeout: config.server.drain_timeout,
     })
+}
+
+/// Binds HTTPS on TCP and QUIC on UDP at `server.address`; with port 0, UDP takes TCP's port.
+fn bind_secure(
+    config: &Config,
+    certs: &Arc<CertStore>,
+) -> anyhow::Result<(TcpListener, TlsAcceptor, QuicListener)> {
+    let address = config.server.address;
+    let tcp =
+        bind_tcp(address).with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
+    let tcp_config = certs
+        .tcp_server_config()
+        .context("cannot build the HTTPS TLS config")?;
+    let acceptor = TlsAcceptor::from(Arc::new(tcp_config));
+    let mut quic_config = config.clone();
+    if address.port() == 0 {
+        quic_config
+            .server
+            .address
+            .set_port(tcp.local_addr()?.port());
+    }
+    let quic = QuicListener::bind(&quic_config, certs)?;
+    Ok((tcp, acceptor, quic))
 }
 
 /// A TCP listener; an unspecified IPv6 address (`:80`) takes IPv4 too, or falls back to IPv4 alone.

@@ -1,0 +1,575 @@
+//! The QUIC listener: quinn endpoints on UDP, HTTP/3 via h3, every request handed to the shared core.
+//!
+//! Lifecycle of a connection: `Incoming` (maybe answered with Retry, or refused over the connection
+//! limit) -> handshake (0-RTT allowed only when configured) -> h3 connection -> one task per request
+//! stream -> GOAWAY on shutdown, open requests finish, the connection closes.
+//!
+//! A request stream is split: the receive half feeds a bounded channel that is the request body the
+//! core forwards; the send half writes the core's response. The receive half is always read to its end,
+//! or stopped, so clients never see a reset for a request the proxy answered.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use anyhow::Context as _;
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::FutureExt as _;
+use h3::error::Code;
+use h3::server::RequestStream;
+use http::header::{self, HeaderMap};
+use http::{Method, Request, Response};
+use http_body::Frame;
+use http_body_util::BodyExt as _;
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt, ZeroRttAccepted};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::body::{Body, BoxError};
+use crate::config::{Config, QuicConfig, RetryMode};
+use crate::error::ProxyError;
+use crate::proxy::{ClientInfo, Core, Refused};
+use crate::tls::CertStore;
+
+use super::Shutdown;
+
+/// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
+/// so a body that does not match its Content-Length is refused before any backend sees the request.
+const PREREAD_LIMIT: u64 = 64 * 1024;
+
+type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// The bound QUIC endpoints (one per SO_REUSEPORT socket).
+pub struct QuicListener {
+    endpoints: Vec<quinn::Endpoint>,
+    settings: Arc<Settings>,
+}
+
+struct Settings {
+    quic: QuicConfig,
+    /// Unvalidated handshakes in progress, for the Retry threshold.
+    handshaking: AtomicUsize,
+}
+
+impl QuicListener {
+    /// Binds the UDP sockets and builds the QUIC transport from config.
+    pub fn bind(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<Self> {
+        let quic = &config.quic;
+        let rustls_config = certs
+            .quic_server_config(quic.early_data)
+            .context("cannot build the QUIC TLS config")?;
+        let crypto = QuicServerConfig::try_from(rustls_config)
+            .context("cannot build the QUIC TLS config")?;
+        let mut server_config = match &config.quic_secret {
+            Some(secret) => {
+                let token_key =
+                    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens")
+                        .extract(secret);
+                quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key))
+            }
+            None => quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        };
+        server_config.transport_config(Arc::new(transport(quic)?));
+
+        let mut endpoint_config = match &config.quic_secret {
+            Some(secret) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                secret,
+            ))),
+            None => EndpointConfig::default(),
+        };
+        let cid_length = quic.connection_id_length;
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length))
+        });
+
+        let count = quic.endpoints.unwrap_or(1);
+        let mut address = config.server.address;
+        let mut endpoints = Vec::with_capacity(count);
+        for _ in 0..count {
+            let socket = bind_udp(address, quic, count > 1)
+                .with_context(|| format!("cannot bind server.address {address} (UDP)"))?;
+            // Later sockets join the first one's port (it may have been chosen by the OS).
+            address = socket.local_addr()?;
+            let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+            endpoints.push(
+                quinn::Endpoint::new(
+                    endpoint_config.clone(),
+                    Some(server_config.clone()),
+                    socket,
+                    runtime,
+                )
+                .context("cannot start the QUIC endpoint")?,
+            );
+        }
+        let settings = Arc::new(Settings {
+            quic: quic.clone(),
+            handshaking: AtomicUsize::new(0),
+        });
+        Ok(Self {
+            endpoints,
+            settings,
+        })
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoints
+            .first()
+            .ok_or_else(|| io::Error::other("no QUIC endpoint"))?
+            .local_addr()
+    }
+
+    /// Serves until shutdown, then sends GOAWAY, lets open requests finish and closes the endpoints.
+    pub async fn serve(self, core: Arc<Core>, shutdown: Shutdown) {
+        let mut accepting = Vec::new();
+        for endpoint in &self.endpoints {
+            let endpoint = endpoint.clone();
+            let (core, settings, shutdown) = (
+                Arc::clone(&core),
+                Arc::clone(&self.settings),
+                shutdown.clone(),
+            );
+            accepting.push(tokio::spawn(accept_loop(
+                endpoint, core, settings, shutdown,
+            )));
+        }
+        for task in accepting {
+            if let Err(error) = task.await {
+                tracing::error!("QUIC accept loop failed: {error}");
+            }
+        }
+        for endpoint in &self.endpoints {
+            endpoint.close(VarInt::from_u32(0), b"shutdown");
+        }
+    }
+}
+
+fn transport(quic: &QuicConfig) -> anyhow::Result<TransportConfig> {
+    let varint = |value: u64, key: &str| {
+        VarInt::from_u64(value).with_context(|| format!("quic.{key} is too large"))
+    };
+    let mut transport = TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(quic.max_concurrent_streams))
+        // The peer's control and QPACK streams; HTTP/3 needs no more.
+        .max_concurrent_uni_streams(VarInt::from_u32(3))
+        .max_idle_timeout(Some(
+            IdleTimeout::try_from(quic.idle_timeout).context("quic.idle_timeout is too large")?,
+        ))
+        .stream_receive_window(varint(quic.stream_receive_window, "stream_receive_window")?)
+        .receive_window(varint(quic.receive_window, "receive_window")?)
+        .send_window(quic.receive_window);
+    Ok(transport)
+}
+
+/// A UDP socket with explicit buffer sizes; warns when the kernel grants less than asked.
+fn bind_udp(
+    address: SocketAddr,
+    quic: &QuicConfig,
+    reuse_port: bool,
+) -> io::Result<std::net::UdpSocket> {
+    let socket = match udp_socket(address, reuse_port) {
+        Err(e)
+            if address.ip().is_unspecified()
+                && address.is_ipv6()
+                && e.kind() != io::ErrorKind::AddrInUse =>
+        {
+            udp_socket(
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), address.port()),
+                reuse_port,
+            )?
+        }
+        other => other?,
+    };
+    let asked = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
+    if let Err(error) = socket.set_recv_buffer_size(asked(quic.socket_receive_buffer)) {
+        tracing::warn!("cannot set the UDP receive buffer: {error}");
+    }
+    if let Err(error) = socket.set_send_buffer_size(asked(quic.socket_send_buffer)) {
+        tracing::warn!("cannot set the UDP send buffer: {error}");
+    }
+    // Linux reports twice the granted size (it counts bookkeeping); halve it to compare with the request.
+    let granted = |size: io::Result<usize>| size.map(|s| s as u64 / 2).unwrap_or(0);
+    for (name, wanted, got, sysctl) in [
+        (
+            "receive",
+            quic.socket_receive_buffer,
+            granted(socket.recv_buffer_size()),
+            "net.core.rmem_max",
+        ),
+        (
+            "send",
+            quic.socket_send_buffer,
+            granted(socket.send_buffer_size()),
+            "net.core.wmem_max",
+        ),
+    ] {
+        if got < wanted {
+            tracing::warn!(
+                wanted,
+                granted = got,
+                "the kernel capped the UDP {name} buffer; raise {sysctl} for high throughput"
+            );
+        }
+    }
+    Ok(socket.into())
+}
+
+fn udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(address),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if address.is_ipv6() {
+        socket.set_only_v6(!address.ip().is_unspecified())?;
+    }
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&address.into())?;
+    Ok(socket)
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    core: Arc<Core>,
+    settings: Arc<Settings>,
+    shutdown: Shutdown,
+) {
+    loop {
+        let incoming = tokio::select! {
+            () = shutdown.begun() => return,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => return,
+            },
+        };
+        if endpoint.open_connections() >= settings.quic.max_connections {
+            tracing::warn!(peer = %incoming.remote_address(), limit = settings.quic.max_connections, "QUIC connection refused: limit reached");
+            incoming.refuse();
+            continue;
+        }
+        let validated = incoming.remote_address_validated();
+        if !validated && incoming.may_retry() && wants_retry(&settings) {
+            if let Err(error) = incoming.retry() {
+                tracing::debug!("Retry not sent: {error}");
+            }
+            continue;
+        }
+        let (core, settings_for_conn, drain) =
+            (Arc::clone(&core), Arc::clone(&settings), shutdown.clone());
+        shutdown.spawn(async move {
+            let peer = incoming.remote_address();
+            if let Err(error) =
+                serve_connection(incoming, validated, core, settings_for_conn, drain).await
+            {
+                tracing::debug!(%peer, "QUIC connection ended: {error:#}");
+            }
+        });
+    }
+}
+
+fn wants_retry(settings: &Settings) -> bool {
+    match settings.quic.retry {
+        RetryMode::Always => true,
+        RetryMode::Auto => {
+            settings.handshaking.load(Ordering::Relaxed) >= settings.quic.retry_threshold
+        }
+    }
+}
+
+/// Counts an unvalidated handshake until it completes or fails.
+struct Handshaking(Arc<Settings>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    validated: bool,
+    core: Arc<Core>,
+    settings: Arc<Settings>,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let counted = (!validated).then(|| {
+        settings.handshaking.fetch_add(1, Ordering::Relaxed);
+        Handshaking(Arc::clone(&settings))
+    });
+    let connecting = incoming.accept()?;
+    let (connection, handshake) = if settings.quic.early_data {
+        match connecting.into_0rtt() {
+            Ok((connection, accepted)) => (connection, Handshake::pending(accepted)),
+            Err(connecting) => (connecting.await?, Handshake::complete()),
+        }
+    } else {
+        (connecting.await?, Handshake::complete())
+    };
+    let handshake = Arc::new(handshake);
+    drop(counted);
+    let peer = connection.remote_address();
+    let client = ClientInfo {
+        peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+        tls: true,
+    };
+
+    let mut h3 = h3::server::builder()
+        .max_field_section_size(settings.quic.max_header_bytes)
+        .send_grease(true)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .await?;
+    let mut draining = false;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.begun(), if !draining => {
+                draining = true;
+                // GOAWAY: the client opens no new requests here; those already accepted run to the end.
+                h3.shutdown(1).await?;
+                continue;
+            }
+            accepted = h3.accept() => accepted,
+        };
+        match accepted {
+            Ok(Some(resolver)) => {
+                let (core, handshake) = (Arc::clone(&core), Arc::clone(&handshake));
+                shutdown.spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((request, stream)) => {
+                            serve_request(request, stream, &core, client, &handshake).await
+                        }
+                        // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
+                        Err(error) => {
+                            tracing::debug!(peer = %client.peer, "HTTP/3 request refused: {error}")
+                        }
+                    }
+                });
+            }
+            Ok(None) => return Ok(()),
+            Err(error) if error.is_h3_no_error() => return Ok(()),
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+async fn serve_request(
+    request: Request<()>,
+    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    core: &Core,
+    client: ClientInfo,
+    handshake: &Handshake,
+) {
+    let (mut send, mut recv) = stream.split();
+    let (parts, ()) = request.into_parts();
+    let mut refusal = None;
+    if !is_safe(&parts.method) && !handshake.is_complete() {
+        refusal = Some(ProxyError::TooEarly);
+    }
+    let declared = match declared_length(&parts.headers) {
+        Ok(declared) => declared,
+        Err(error) => {
+            refusal.get_or_insert(error);
+            None
+        }
+    };
+
+    let (tx, body) = Body::channel(declared);
+    let mut pump = None;
+    if refusal.is_none() {
+        match declared {
+            Some(length) if length <= PREREAD_LIMIT => {
+                if let Err(error) = preread(&mut recv, length, &tx).await {
+                    refusal = Some(error);
+                }
+            }
+            None if body_already_ended(&mut recv) => {}
+            _ => pump = Some(pump_body(recv, tx, declared)),
+        }
+    }
+    let mut request = Request::from_parts(parts, body);
+    if let Some(error) = refusal {
+        request.extensions_mut().insert(Refused(error));
+    }
+    let respond = async {
+        let response = core.handle(request, client).await;
+        if let Err(error) = send_response(&mut send, response).await {
+            tracing::debug!(peer = %client.peer, "HTTP/3 response not completed: {error}");
+        }
+    };
+    match pump {
+        Some(pump) => {
+            tokio::join!(pump, respond);
+        }
+        None => respond.await,
+    }
+}
+
+/// Whether the TLS handshake has completed: before that, requests arrive as 0-RTT data that an attacker
+/// could replay, so only safe methods are served.
+struct Handshake {
+    /// Fulfilled by quinn's connection driver the moment the handshake completes; `None` once seen.
+    pending: Mutex<Option<ZeroRttAccepted>>,
+}
+
+impl Handshake {
+    fn complete() -> Self {
+        Self {
+            pending: Mutex::new(None),
+        }
+    }
+
+    fn pending(accepted: ZeroRttAccepted) -> Self {
+        Self {
+            pending: Mutex::new(Some(accepted)),
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(accepted) = pending.as_mut() else {
+            return true;
+        };
+        // Polled in place, never awaited: the answer is what quinn knows right now.
+        if accepted.now_or_never().is_some() {
+            *pending = None;
+            return true;
+        }
+        false
+    }
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    let mut declared = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let length = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .ok_or(ProxyError::BadRequest("invalid Content-Length"))?;
+        if declared.is_some_and(|d| d != length) {
+            return Err(ProxyError::BadRequest("conflicting Content-Length values"));
+        }
+        declared = Some(length);
+    }
+    Ok(declared)
+}
+
+const LENGTH_MISMATCH: ProxyError =
+    ProxyError::BadRequest("request body does not match its Content-Length");
+
+/// True when the client already finished the stream with the headers (no body); never waits.
+fn body_already_ended(recv: &mut RecvHalf) -> bool {
+    matches!(
+        std::future::poll_fn(|cx| recv.poll_recv_data(cx)).now_or_never(),
+        Some(Ok(None))
+    )
+}
+
+/// Reads a small body completely and checks it against its Content-Length before anything is forwarded.
+async fn preread(
+    recv: &mut RecvHalf,
+    length: u64,
+    tx: &tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+) -> Result<(), ProxyError> {
+    let mut buffer = BytesMut::with_capacity(usize::try_from(length).unwrap_or(0));
+    loop {
+        match recv.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                if (buffer.len() + chunk.remaining()) as u64 > length {
+                    recv.stop_sending(Code::H3_MESSAGE_ERROR);
+                    return Err(LENGTH_MISMATCH);
+                }
+                buffer.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
+            }
+            Ok(None) => break,
+            Err(_) => return Err(ProxyError::BadRequest("request stream failed")),
+        }
+    }
+    if buffer.len() as u64 != length {
+        return Err(LENGTH_MISMATCH);
+    }
+    let trailers = recv.recv_trailers().await.ok().flatten();
+    // The channel has room for both frames, so these sends never wait.
+    if !buffer.is_empty() {
+        drop(tx.send(Ok(Frame::data(buffer.freeze()))).await);
+    }
+    if let Some(trailers) = trailers {
+        drop(tx.send(Ok(Frame::trailers(trailers))).await);
+    }
+    Ok(())
+}
+
+/// Streams the request body into the channel, checking it against Content-Length as it goes.
+async fn pump_body(
+    mut recv: RecvHalf,
+    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    declared: Option<u64>,
+) {
+    let mut received = 0u64;
+    loop {
+        match recv.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                let data = chunk.copy_to_bytes(chunk.remaining());
+                received += data.len() as u64;
+                if declared.is_some_and(|length| received > length) {
+                    recv.stop_sending(Code::H3_MESSAGE_ERROR);
+                    drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
+                    return;
+                }
+                if tx.send(Ok(Frame::data(data))).await.is_err() {
+                    // The core stopped reading: the backend answered without the rest of the body.
+                    recv.stop_sending(Code::H3_NO_ERROR);
+                    return;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                drop(tx.send(Err(Box::new(error))).await);
+                return;
+            }
+        }
+    }
+    if declared.is_some_and(|length| received != length) {
+        drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
+        return;
+    }
+    if let Ok(Some(trailers)) = recv.recv_trailers().await {
+        drop(tx.send(Ok(Frame::trailers(trailers))).await);
+    }
+}
+
+/// Writes the core's response on the stream: head, data, trailers, then FIN.
+async fn send_response(send: &mut SendHalf, response: Response<Body>) -> Result<(), BoxError> {
+    let (parts, mut body) = response.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(error) => {
+                send.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(error);
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => send.send_data(data).await?,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}

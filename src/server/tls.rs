@@ -1,0 +1,104 @@
+//! HTTPS over TCP: rustls with ALPN, then HTTP/2 or HTTP/1.1 into the same core. Every response
+//! advertises HTTP/3 with Alt-Svc.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::proxy::{ClientInfo, Core};
+
+use super::http1::{self, Settings};
+use super::{accept_loop, Shutdown};
+
+/// HTTP/2 settings for HTTPS connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Http2Limits {
+    pub max_concurrent_streams: u32,
+}
+
+/// Serves HTTPS on `listener` until shutdown.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    core: Arc<Core>,
+    settings: Settings,
+    limits: Http2Limits,
+    shutdown: Shutdown,
+) {
+    let drain = shutdown.clone();
+    accept_loop(listener, shutdown, move |stream, peer| {
+        let (acceptor, core, settings, drain) = (
+            acceptor.clone(),
+            Arc::clone(&core),
+            settings.clone(),
+            drain.clone(),
+        );
+        let client = ClientInfo { peer, tls: true };
+        async move {
+            // The handshake shares the header read deadline: a client that stalls it holds no slot for long.
+            let tls =
+                match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, "TLS handshake failed: {error}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            if h2 {
+                serve_h2(io, core, client, &settings, limits, drain).await;
+            } else {
+                http1::serve_connection(io, core, client, &settings, drain).await;
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve_h2<I>(
+    io: I,
+    core: Arc<Core>,
+    client: ClientInfo,
+    settings: &Settings,
+    limits: Http2Limits,
+    drain: Shutdown,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let alt_svc = settings.alt_svc.clone();
+    let service = service_fn(move |request: Request<Incoming>| {
+        let (core, alt_svc) = (Arc::clone(&core), alt_svc.clone());
+        async move { Ok::<_, Infallible>(http1::handle(&core, request, client, alt_svc).await) }
+    });
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.begun() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(peer = %client.peer, "HTTP/2 connection ended: {error}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Connections over time: keep-alive, protocol upgrades, large streamed bodies and graceful shutdown.
+
+mod common;
+
+use std::io;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{stream, StreamExt as _};
+use http::header::HOST;
+use http::{Request, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, StreamBody};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_serves_many_requests_on_one_connection() {
+    guarded(async {
+        let running = proxy_with_backends(&["ka1", "ka2"], "round_robin").await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        for i in 0..10 {
+            let path = format!("/req/{i}");
+            let reply = connection
+                .get("app.test", &path, &[])
+                .await
+                .unwrap_or_else(|e| panic!("request {i} on the kept-alive connection: {e}"));
+            assert_eq!(reply.status, StatusCode::OK);
+            assert_eq!(reply.json()["path"], path.as_str());
+            assert_eq!(reply.backend(), if i % 2 == 0 { "ka1" } else { "ka2" });
+        }
+        assert!(
+            !connection.task.is_finished(),
+            "the proxy closed a healthy keep-alive connection"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_tunnels_bytes_both_ways() {
+    guarded(async {
+        let running = proxy_with_backends(&["ws"], "round_robin").await;
+        let mut stream = TcpStream::connect(running.fallback_addr)
+            .await
+            .expect("connect to the proxy");
+        stream
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n\
+                  Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            )
+            .await
+            .expect("send the upgrade request");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+        let lower = head.to_ascii_lowercase();
+        assert!(lower.contains("upgrade: websocket"), "{head:?}");
+
+        // Several round trips, one larger than a socket read, all through the same tunnel.
+        let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for message in [&b"hello tunnel"[..], &b"second message"[..], &large[..]] {
+            stream
+                .write_all(message)
+                .await
+                .expect("write into the tunnel");
+            let mut echoed = vec![0u8; message.len()];
+            stream
+                .read_exact(&mut echoed)
+                .await
+                .expect("echo comes back through the tunnel");
+            assert!(echoed == message, "echo differs from what was sent");
+        }
+    })
+    .await;
+}
+
+const LARGE: usize = 64 * 1024 * 1024;
+const CHUNK: usize = 64 * 1024;
+/// Streaming 64 MiB through unoptimised builds, hashing it on both ends, takes a while.
+const LARGE_GUARD: Duration = Duration::from_secs(120);
+
+/// Pseudo-random bytes from which upload chunks are cut at varying offsets, so a reordered, repeated
+/// or dropped chunk changes the digest.
+fn source_block() -> Bytes {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let block: Vec<u8> = (0..(1 << 20))
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect();
+    Bytes::from(block)
+}
+
+fn upload_chunk(block: &Bytes, index: usize) -> Bytes {
+    let offset = (index * 7919) % (block.len() - CHUNK);
+    block.slice(offset..offset + CHUNK)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_upload_streams_intact() {
+    guarded_for(LARGE_GUARD, async {
+        let running = proxy_with_backends(&["sink"], "round_robin").await;
+        let block = source_block();
+        let mut expected = Sha256::new();
+        for index in 0..LARGE / CHUNK {
+            expected.update(upload_chunk(&block, index));
+        }
+        let expected = format!("{:x}", expected.finalize());
+
+        // Generated lazily, chunk by chunk: the body is never held in memory as a whole.
+        let chunks = stream::iter(0..LARGE / CHUNK)
+            .map(move |index| Ok::<_, BoxError>(Frame::data(upload_chunk(&block, index))));
+        let body = BodyExt::boxed(StreamBody::new(chunks));
+        let client = HttpClient::new(running.fallback_addr);
+        let request = client
+            .request("POST", "/upload")
+            .header(HOST, "app.test")
+            .body(body)
+            .expect("request");
+        let reply = client.send(request).await;
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let json = reply.json();
+        assert_eq!(json["body_bytes"], LARGE as u64);
+        assert_eq!(json["body_sha256"], expected.as_str());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_download_arrives_complete() {
+    guarded_for(LARGE_GUARD, async {
+        let running = proxy_with_backends(&["source"], "round_robin").await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        let request = Request::builder()
+            .uri(format!("/bytes/{LARGE}"))
+            .header(HOST, "app.test")
+            .body(empty())
+            .expect("request");
+        let reply = connection.send(request).await.expect("download");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.header("content-length"), Some("67108864"));
+        assert_eq!(reply.body.len(), LARGE);
+        assert!(
+            reply.body.iter().all(|&b| b == b'x'),
+            "the demo backend sends only `x`"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_request_then_refuses_connections() {
+    guarded(async {
+        let running = proxy_with_backends(&["drain"], "round_robin").await;
+        let addr = running.fallback_addr;
+        let backend = running.core.router().upstreams()[0].backends[0].clone();
+
+        let mut connection = Connection::open(addr).await;
+        let slow = tokio::spawn(async move {
+            connection
+                .get("app.test", "/?delay_ms=500", &[])
+                .await
+                .expect("the in-flight request completes")
+        });
+        wait_until(|| backend.in_flight() == 1).await;
+
+        assert!(
+            running.shutdown().await,
+            "shutdown reported requests left unfinished"
+        );
+        let reply = slow.await.expect("client task");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.backend(), "drain");
+
+        let refused = TcpStream::connect(addr).await;
+        assert!(
+            matches!(&refused, Err(e) if e.kind() == io::ErrorKind::ConnectionRefused),
+            "connecting after shutdown: {refused:?}"
+        );
+    })
+    .await;
+}

@@ -1,0 +1,346 @@
+//! The HTTP/1.1 listener end to end: balancing, routing, header rewriting and upstream failures, with
+//! real demo backends and a proxy started from a YAML config, all on OS-assigned loopback ports.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+use http::StatusCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_cycles_through_backends_in_order() {
+    guarded(async {
+        let running =
+            proxy_with_backends(&["backend1", "backend2", "backend3"], "round_robin").await;
+        let client = HttpClient::new(running.fallback_addr);
+        let mut answered = Vec::new();
+        for _ in 0..9 {
+            let reply = client.get("/").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            answered.push(reply.backend().to_owned());
+        }
+        let expected: Vec<String> = ["backend1", "backend2", "backend3"]
+            .iter()
+            .cycle()
+            .take(9)
+            .map(|s| (*s).to_owned())
+            .collect();
+        assert_eq!(answered, expected);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn weighted_split_is_exact_over_whole_cycles() {
+    guarded(async {
+        let names = ["heavy", "light1", "light2"];
+        let addrs = start_backends(&names);
+        let list = backend_list(&[
+            (names[0], addrs[0], 3),
+            (names[1], addrs[1], 1),
+            (names[2], addrs[2], 1),
+        ]);
+        let running = start_proxy(&render_config(
+            &[],
+            &format!("backends: {list}\nload_balancer: {{algorithm: weighted}}"),
+        ))
+        .await;
+        let client = HttpClient::new(running.fallback_addr);
+        // Concurrent clients: the split over 100 whole cycles must not depend on request order.
+        let workers: Vec<_> = (0..10)
+            .map(|_| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    for _ in 0..50 {
+                        let reply = client.get("/").await;
+                        assert_eq!(reply.status, StatusCode::OK);
+                        seen.push(reply.backend().to_owned());
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for worker in workers {
+            for name in worker.await.expect("worker finished") {
+                *counts.entry(name).or_default() += 1;
+            }
+        }
+        let expected: BTreeMap<String, usize> = [("heavy", 300), ("light1", 100), ("light2", 100)]
+            .into_iter()
+            .map(|(n, c)| (n.to_owned(), c))
+            .collect();
+        assert_eq!(counts, expected);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn least_connections_avoids_backends_holding_slow_requests() {
+    guarded(async {
+        let names = ["lc1", "lc2", "lc3", "lc4"];
+        let running = proxy_with_backends(&names, "least_connections").await;
+        let backends = running.core.router().upstreams()[0].backends.clone();
+        let total_in_flight = {
+            let backends = backends.clone();
+            move || backends.iter().map(|b| b.in_flight()).sum::<usize>()
+        };
+
+        // Slow requests that outlive the test; they are abandoned when the runtime shuts down.
+        const SLOW: usize = 3;
+        let client = HttpClient::new(running.fallback_addr);
+        for _ in 0..SLOW {
+            let client = client.clone();
+            tokio::spawn(async move { client.get("/?delay_ms=60000").await });
+        }
+        wait_until(|| total_in_flight() == SLOW).await;
+        let busy: BTreeSet<String> = backends
+            .iter()
+            .filter(|b| b.in_flight() > 0)
+            .map(|b| b.name.clone())
+            .collect();
+        let idle: BTreeSet<String> = backends
+            .iter()
+            .filter(|b| b.in_flight() == 0)
+            .map(|b| b.name.clone())
+            .collect();
+        assert!(!idle.is_empty(), "more backends than slow requests");
+
+        for _ in 0..8 {
+            let reply = client.get("/").await;
+            assert_eq!(reply.status, StatusCode::OK);
+            assert!(
+                idle.contains(reply.backend()),
+                "fast request went to {} although it holds a slow request (busy: {busy:?})",
+                reply.backend()
+            );
+            // The response is complete for the client a moment before the proxy drops its in-flight
+            // guard; wait for that, or the next pick could see a tie with the busy backends.
+            wait_until(|| total_in_flight() == SLOW).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_exact_host_wildcard_host_path_prefix_and_exact_path() {
+    guarded(async {
+        let names = ["exact-host", "wildcard-host", "api-prefix", "exact-path"];
+        let addrs = start_backends(&names);
+        // No top-level `backends`, so there is no default upstream: unmatched requests get 404.
+        let rest = format!(
+            "upstreams:\n  \
+               exacthost: {{backends: {}}}\n  \
+               wildcard: {{backends: {}}}\n  \
+               api: {{backends: {}}}\n  \
+               exactpath: {{backends: {}}}\n\
+             routes:\n  \
+               - {{host: \"app.example.com\", upstream: exacthost}}\n  \
+               - {{host: \"*.example.com\", upstream: wildcard}}\n  \
+               - {{path: \"/api/*\", upstream: api}}\n  \
+               - {{path: \"/status-page\", upstream: exactpath}}",
+            equal_backends(&names[0..1], &addrs[0..1]),
+            equal_backends(&names[1..2], &addrs[1..2]),
+            equal_backends(&names[2..3], &addrs[2..3]),
+            equal_backends(&names[3..4], &addrs[3..4]),
+        );
+        let running = start_proxy(&render_config(&[], &rest)).await;
+        let client = HttpClient::new(running.fallback_addr);
+
+        let cases = [
+            ("app.example.com", "/anything", "exact-host"),
+            ("APP.Example.com:8080", "/api/users", "exact-host"),
+            ("foo.example.com", "/", "wildcard-host"),
+            ("a.b.example.com", "/api/x", "wildcard-host"),
+            // The wildcard needs a label before the domain.
+            ("example.com", "/api/users", "api-prefix"),
+            ("other.test", "/api", "api-prefix"),
+            ("other.test", "/api/v1/items?x=1", "api-prefix"),
+            ("other.test", "/status-page", "exact-path"),
+        ];
+        for (host, path, backend) in cases {
+            let reply = client.get_with_host(host, path).await;
+            assert_eq!(reply.status, StatusCode::OK, "{host}{path}");
+            assert_eq!(reply.backend(), backend, "{host}{path}");
+            assert_eq!(reply.seen_header("host"), Some(vec![host.to_owned()]));
+        }
+
+        for (host, path) in [
+            ("other.test", "/"),
+            ("other.test", "/apix"),
+            ("other.test", "/status-page/more"),
+            ("example.com", "/"),
+        ] {
+            let reply = client.get_with_host(host, path).await;
+            assert_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
+            assert_eq!(reply.header("x-backend"), None);
+            assert!(
+                reply
+                    .header("content-type")
+                    .is_some_and(|t| t.starts_with("text/plain")),
+                "{:?}",
+                reply.headers
+            );
+            assert!(
+                reply.body.len() < 200 && reply.text().starts_with("404"),
+                "{:?}",
+                reply.text()
+            );
+        }
+    })
+    .await;
+}
+
+/// Headers a client sends that must not cross the proxy, and the ones that must.
+const HOP_BY_HOP_REQUEST: &[(&str, &str)] = &[
+    ("connection", "keep-alive, X-Secret"),
+    ("keep-alive", "timeout=5"),
+    ("te", "trailers"),
+    // Upgrade without `Connection: upgrade` is not an upgrade request, so it is just a hop-by-hop header.
+    ("upgrade", "h2c"),
+    ("proxy-connection", "keep-alive"),
+    ("x-secret", "1"),
+    ("x-forwarded-for", "203.0.113.9"),
+    ("x-custom", "kept"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_sees_rewritten_headers() {
+    guarded(async {
+        let running = proxy_with_backends(&["echo"], "round_robin").await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        let reply = connection
+            .get("app.example.test:8080", "/inspect", HOP_BY_HOP_REQUEST)
+            .await
+            .expect("request through the proxy");
+        assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.body);
+        let json = reply.json();
+        let seen = json["headers"].as_object().expect("headers object");
+
+        for name in [
+            "connection",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-connection",
+            "x-secret",
+        ] {
+            assert!(
+                !seen.contains_key(name),
+                "hop-by-hop `{name}` reached the backend: {seen:?}"
+            );
+        }
+        assert_eq!(
+            reply.seen_header("host"),
+            Some(vec!["app.example.test:8080".to_owned()])
+        );
+        assert_eq!(reply.seen_header("x-custom"), Some(vec!["kept".to_owned()]));
+        assert_eq!(
+            reply.seen_header("x-forwarded-for"),
+            Some(vec!["127.0.0.1".to_owned()]),
+            "an untrusted client's X-Forwarded-For is replaced"
+        );
+        assert_eq!(
+            reply.seen_header("x-forwarded-proto"),
+            Some(vec!["http".to_owned()])
+        );
+        assert_eq!(
+            reply.seen_header("x-forwarded-host"),
+            Some(vec!["app.example.test:8080".to_owned()])
+        );
+        let via = reply.seen_header("via").expect("Via reaches the backend");
+        assert!(
+            via.len() == 1 && via[0].contains("quic-proxy"),
+            "Via: {via:?}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_forwarded_for_is_extended() {
+    guarded(async {
+        let addrs = start_backends(&["echo"]);
+        let running = start_proxy(&render_config(
+            &[r#"trusted_proxies: ["127.0.0.0/8"]"#],
+            &format!("backends: {}", equal_backends(&["echo"], &addrs)),
+        ))
+        .await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        let reply = connection
+            .get(
+                "app.example.test",
+                "/",
+                &[("x-forwarded-for", "203.0.113.9, 198.51.100.2")],
+            )
+            .await
+            .expect("request through the proxy");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.seen_header("x-forwarded-for"),
+            Some(vec!["203.0.113.9, 198.51.100.2, 127.0.0.1".to_owned()])
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_gives_prompt_502() {
+    // Well under the 30 s connect timeout: a refused connection must not wait for it.
+    guarded_for(Duration::from_secs(10), async {
+        let dead = dead_port_addr();
+        let running = start_proxy(&render_config(
+            &[],
+            &format!(
+                "backends: {}\ntimeouts: {{connect: 30s}}",
+                backend_list(&[("dead", dead, 1)])
+            ),
+        ))
+        .await;
+        let reply = HttpClient::new(running.fallback_addr).get("/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert!(
+            reply
+                .header("content-type")
+                .is_some_and(|t| t.starts_with("text/plain")),
+            "{:?}",
+            reply.headers
+        );
+        assert!(
+            !reply.body.is_empty() && reply.body.len() < 200 && reply.text().starts_with("502"),
+            "{:?}",
+            reply.text()
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_response_head_gives_504() {
+    guarded(async {
+        let addrs = start_backends(&["slow"]);
+        let running = start_proxy(&render_config(
+            &[],
+            &format!(
+                "backends: {}\ntimeouts: {{response_header: 300ms}}",
+                equal_backends(&["slow"], &addrs)
+            ),
+        ))
+        .await;
+        let started = Instant::now();
+        let reply = HttpClient::new(running.fallback_addr)
+            .get("/?delay_ms=5000")
+            .await;
+        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            started.elapsed() < Duration::from_millis(4500),
+            "504 came after {:?}, so the proxy waited for the backend",
+            started.elapsed()
+        );
+        assert!(reply.text().starts_with("504"), "{:?}", reply.text());
+    })
+    .await;
+}

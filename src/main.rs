@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -77,16 +78,41 @@ fn load(path: &Path) -> Result<Config, ExitCode> {
     })
 }
 
+/// Certificates are part of the configuration: a bad one stops start-up before anything is bound.
+fn load_certs(path: &Path, config: &Config) -> Result<Option<Arc<CertStore>>, ExitCode> {
+    config
+        .server
+        .tls
+        .as_ref()
+        .map(CertStore::load)
+        .transpose()
+        .map_err(|error| {
+            eprintln!("quic-proxy: invalid config: {}: {error}", path.display());
+            ExitCode::from(EXIT_USAGE)
+        })
+}
+
 fn check(path: &Path) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
+    if let Err(code) = load_certs(path, &config) {
+        return code;
+    }
     println!("{}: valid", path.display());
-    println!(
-        "listeners: quic+https {}, http {}",
-        config.server.address, config.server.fallback_address
-    );
+    match &config.server.tls {
+        Some(tls) => println!(
+            "listeners: http/1.1 {}, https+quic {} (cert {})",
+            config.server.fallback_address,
+            config.server.address,
+            tls.cert_file.display()
+        ),
+        None => println!(
+            "listeners: http/1.1 {} (no server.tls: HTTPS and HTTP/3 off)",
+            config.server.fallback_address
+        ),
+    }
     if config.telemetry.metrics.enabled {
         println!("admin: {}", config.telemetry.metrics.address);
     }
@@ -103,10 +129,16 @@ fn check(path: &Path) -> ExitCode {
             .map(|b| format!("{} ({}, weight {})", b.name, b.authority, b.weight))
             .collect();
         println!(
-            "  {} [{}]: {}",
+            "  upstream {} [{}]: {}",
             upstream.name,
             upstream.algorithm,
             names.join(", ")
+        );
+    }
+    for route in &config.routes {
+        println!(
+            "  route host={} path={} -> {}",
+            route.host, route.path, route.upstream
         );
     }
     ExitCode::SUCCESS
@@ -142,13 +174,9 @@ fn run_proxy(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     quic_proxy::logging::init(&config.telemetry.logging);
-    // Certificates are part of the configuration: a bad one stops start-up before anything is bound.
-    let certs = match config.server.tls.as_ref().map(CertStore::load).transpose() {
+    let certs = match load_certs(path, &config) {
         Ok(certs) => certs,
-        Err(error) => {
-            eprintln!("quic-proxy: invalid config: {}: {error}", path.display());
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(code) => return code,
     };
     if certs.is_none() {
         tracing::info!("no server.tls section: HTTPS and HTTP/3 are off, plain HTTP/1.1 only");

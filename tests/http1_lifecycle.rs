@@ -186,3 +186,49 @@ async fn graceful_shutdown_finishes_in_flight_request_then_refuses_connections()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_without_waiting() {
+    guarded(async {
+        let addrs = start_backends(&["idle"]);
+        // A drain timeout far below the header read timeout: shutdown reports false if it waits for a
+        // connection that is not in the middle of a request.
+        let running = start_proxy(&render_config(
+            &["drain_timeout: 3s", "header_read_timeout: 60s"],
+            &format!("backends: {}", equal_backends(&["idle"], &addrs)),
+        ))
+        .await;
+        let addr = running.fallback_addr;
+
+        let mut kept_alive = Connection::open(addr).await;
+        let reply = kept_alive
+            .get("app.test", "/", &[])
+            .await
+            .expect("request before shutdown");
+        assert_eq!(reply.status, StatusCode::OK);
+        // A client that connected and has not sent anything yet; a round trip on another connection
+        // cannot prove the proxy accepted it, so wait until a request after it has been served.
+        let mut silent = TcpStream::connect(addr).await.expect("connect");
+        let mut probe = Connection::open(addr).await;
+        probe
+            .get("app.test", "/", &[])
+            .await
+            .expect("request after the silent connection was accepted");
+
+        assert!(
+            running.shutdown().await,
+            "shutdown waited for idle connections"
+        );
+        let mut rest = Vec::new();
+        let closed = tokio::time::timeout(CLOSE_BOUND, silent.read_to_end(&mut rest)).await;
+        assert!(
+            closed.is_ok(),
+            "the silent connection is still open after shutdown"
+        );
+        let finished = tokio::time::timeout(CLOSE_BOUND, kept_alive.task)
+            .await
+            .expect("the kept-alive connection ended after shutdown");
+        assert!(finished.is_ok(), "client connection task panicked");
+    })
+    .await;
+}

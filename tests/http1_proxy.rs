@@ -204,6 +204,9 @@ const HOP_BY_HOP_REQUEST: &[(&str, &str)] = &[
     ("proxy-connection", "keep-alive"),
     ("x-secret", "1"),
     ("x-forwarded-for", "203.0.113.9"),
+    ("x-forwarded-proto", "https"),
+    ("x-forwarded-host", "spoofed.test"),
+    ("forwarded", "for=203.0.113.9;proto=https"),
     ("x-custom", "kept"),
 ];
 
@@ -245,7 +248,12 @@ async fn backend_sees_rewritten_headers() {
         );
         assert_eq!(
             reply.seen_header("x-forwarded-proto"),
-            Some(vec!["http".to_owned()])
+            Some(vec!["http".to_owned()]),
+            "an untrusted client's X-Forwarded-Proto is replaced"
+        );
+        assert!(
+            !seen.contains_key("forwarded"),
+            "an untrusted client's Forwarded header reached the backend"
         );
         assert_eq!(
             reply.seen_header("x-forwarded-host"),
@@ -256,6 +264,118 @@ async fn backend_sees_rewritten_headers() {
             via.len() == 1 && via[0].contains("quic-proxy"),
             "Via: {via:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_named_in_connection_still_reaches_backend() {
+    // Host is end to end: a client listing it in Connection must not make the backend see another host
+    // than the one the proxy routed on.
+    guarded(async {
+        let running = proxy_with_backends(&["echo"], "round_robin").await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        let reply = connection
+            .get("app.example.test", "/", &[("connection", "host")])
+            .await
+            .expect("request through the proxy");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(
+            reply.seen_header("host"),
+            Some(vec!["app.example.test".to_owned()])
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_target_decides_host_for_routing_and_backend() {
+    // RFC 9112 3.2.2: with an absolute-form target the Host field is ignored, and a proxy forwards a Host
+    // generated from the target. Routing and the backend must agree on that host.
+    guarded(async {
+        let names = ["app", "fallback"];
+        let addrs = start_backends(&names);
+        let rest = format!(
+            "backends: {}\nupstreams:\n  app: {{backends: {}}}\n\
+             routes:\n  - {{host: \"app.example.com\", upstream: app}}",
+            equal_backends(&names[1..2], &addrs[1..2]),
+            equal_backends(&names[0..1], &addrs[0..1]),
+        );
+        let running = start_proxy(&render_config(&[], &rest)).await;
+        let exchange = raw_exchange(
+            running.fallback_addr,
+            b"GET http://app.example.com/x HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(exchange.status(), Some(200), "{:?}", exchange.text());
+        let json: serde_json::Value =
+            serde_json::from_slice(exchange.body()).expect("the demo backend's JSON");
+        assert_eq!(json["backend"], "app", "routed by the target's host");
+        assert_eq!(
+            json["headers"]["host"],
+            serde_json::json!(["app.example.com"]),
+            "the backend sees the host the request was routed by"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_response_headers_are_removed() {
+    guarded(async {
+        let (backend, _received) = start_raw_backend(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, X-Internal\r\n\
+              X-Internal: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\n\
+              X-Public: yes\r\n\r\nok",
+        );
+        let running = start_proxy(&render_config(
+            &[],
+            &format!("backends: {}", backend_list(&[("raw", backend, 1)])),
+        ))
+        .await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        let reply = connection
+            .get("app.test", "/", &[])
+            .await
+            .expect("request through the proxy");
+        assert_eq!(reply.status, StatusCode::OK);
+        assert_eq!(reply.text(), "ok");
+        assert_eq!(reply.header("x-public"), Some("yes"));
+        for name in ["x-internal", "keep-alive", "proxy-connection", "connection"] {
+            assert_eq!(
+                reply.header(name),
+                None,
+                "`{name}` crossed the proxy: {:?}",
+                reply.headers
+            );
+        }
+        // The backend closing its connection does not close the client's.
+        let again = connection
+            .get("app.test", "/", &[])
+            .await
+            .expect("the client connection is still usable");
+        assert_eq!(again.status, StatusCode::OK);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_hanging_up_without_response_gives_502() {
+    guarded(async {
+        let (backend, mut received) = start_raw_backend(b"");
+        let running = start_proxy(&render_config(
+            &[],
+            &format!("backends: {}", backend_list(&[("mute", backend, 1)])),
+        ))
+        .await;
+        let reply = HttpClient::new(running.fallback_addr).get("/").await;
+        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert!(reply.text().starts_with("502"), "{:?}", reply.text());
+        let head = received
+            .recv()
+            .await
+            .expect("the request reached the backend");
+        assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head:?}");
     })
     .await;
 }

@@ -1,6 +1,7 @@
 //! Weighted least connections: the backend with the fewest requests in flight per unit of weight; ties go
-//! round robin, so idle backends share the load instead of the first one taking it all.
+//! round robin among the tied backends, so idle backends share the load instead of the first one taking it all.
 
+use std::cmp::Ordering as Compare;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -12,35 +13,53 @@ pub struct LeastConnections {
     next: AtomicUsize,
 }
 
+/// In-flight requests per unit of weight, compared without division.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    in_flight: u128,
+    weight: u128,
+}
+
+impl Load {
+    fn of(backend: &Backend) -> Self {
+        Self {
+            in_flight: backend.in_flight() as u128,
+            weight: u128::from(backend.weight.max(1)),
+        }
+    }
+
+    fn compare(self, other: Self) -> Compare {
+        (self.in_flight * other.weight).cmp(&(other.in_flight * self.weight))
+    }
+}
+
 impl LeastConnections {
     pub(super) fn select(
         &self,
         backends: &[Arc<Backend>],
         accept: &impl Fn(&Backend) -> bool,
     ) -> Option<usize> {
-        let count = backends.len();
-        if count == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut best: Option<(usize, u128, u128)> = None;
-        for offset in 0..count {
-            let index = (start + offset) % count;
-            let backend = &backends[index];
-            if !accept(backend) {
-                continue;
-            }
-            let load = backend.in_flight() as u128;
-            let weight = u128::from(backend.weight.max(1));
-            // load / weight < best_load / best_weight, compared without division.
-            let lighter = match best {
-                None => true,
-                Some((_, best_load, best_weight)) => load * best_weight < best_load * weight,
-            };
-            if lighter {
-                best = Some((index, load, weight));
+        let mut lightest: Option<Load> = None;
+        let mut tied = 0usize;
+        for backend in backends.iter().filter(|b| accept(b)) {
+            let load = Load::of(backend);
+            match lightest.map(|l| load.compare(l)) {
+                None | Some(Compare::Less) => {
+                    lightest = Some(load);
+                    tied = 1;
+                }
+                Some(Compare::Equal) => tied += 1,
+                Some(Compare::Greater) => {}
             }
         }
-        best.map(|(index, _, _)| index)
+        let lightest = lightest?;
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % tied;
+        let candidates = || backends.iter().enumerate().filter(|(_, b)| accept(b));
+        // Counters move under concurrent requests; if the tie changed between the passes, take the lightest now.
+        candidates()
+            .filter(|(_, b)| Load::of(b).compare(lightest) != Compare::Greater)
+            .nth(turn)
+            .or_else(|| candidates().min_by(|(_, a), (_, b)| Load::of(a).compare(Load::of(b))))
+            .map(|(index, _)| index)
     }
 }

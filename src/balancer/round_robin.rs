@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::Backend;
 
-/// A rotating cursor.
+/// A rotating cursor over the backends the caller accepts.
 #[derive(Debug, Default)]
 pub struct RoundRobin {
     next: AtomicUsize,
@@ -17,13 +17,18 @@ impl RoundRobin {
         backends: &[Arc<Backend>],
         accept: &impl Fn(&Backend) -> bool,
     ) -> Option<usize> {
-        let count = backends.len();
-        if count == 0 {
+        // Rotating over the accepted backends only (not skipping forward from a refused one) keeps
+        // the share even: a refused backend's turn is spread over all the others, not given to its neighbour.
+        let accepted = backends.iter().filter(|b| accept(b)).count();
+        if accepted == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..count)
-            .map(|offset| (start + offset) % count)
-            .find(|&index| accept(&backends[index]))
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) % accepted;
+        backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| accept(b))
+            .nth(turn)
+            .map(|(index, _)| index)
     }
 }

@@ -127,7 +127,11 @@ impl Config {
             line,
             message,
         };
-        if text.trim().is_empty() {
+        let has_content = text.lines().any(|line| {
+            let line = line.trim();
+            !line.is_empty() && !line.starts_with('#') && line != "---"
+        });
+        if !has_content {
             return Err(error(String::new(), None, "the file is empty".to_owned()));
         }
         let deserializer = serde_yaml::Deserializer::from_str(text);
@@ -145,20 +149,31 @@ impl Config {
     }
 }
 
-/// serde's message without its location suffix, with a "did you mean" for near-miss keys and variants.
+/// serde's message without its location suffix or serde_yaml's own path prefix (the key path is printed
+/// once, from `serde_path_to_error`), with a "did you mean" for near-miss keys and variants.
 fn explain_serde_error(e: &serde_yaml::Error) -> String {
     let full = e.to_string();
-    let message = match full.find(" at line ") {
-        Some(end) => full[..end].to_owned(),
-        None => full,
+    let mut message = match full.find(" at line ") {
+        Some(end) => &full[..end],
+        None => full.as_str(),
     };
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if !prefix.contains(char::is_whitespace) && !prefix.contains('`') {
+            message = rest;
+        }
+    }
     if !(message.starts_with("unknown field") || message.starts_with("unknown variant")) {
-        return message;
+        return message.to_owned();
     }
     let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
-    let Some((given, candidates)) = quoted.split_first() else {
-        return message;
-    };
+    match quoted.split_first() {
+        Some((given, candidates)) => with_suggestion(message, given, candidates),
+        None => message.to_owned(),
+    }
+}
+
+/// Appends "did you mean `x`?" when one of `candidates` is close to `given`.
+fn with_suggestion(message: &str, given: &str, candidates: &[&str]) -> String {
     let best = candidates
         .iter()
         .map(|c| (strsim::jaro_winkler(given, c), c))
@@ -166,7 +181,7 @@ fn explain_serde_error(e: &serde_yaml::Error) -> String {
         .max_by(|a, b| a.0.total_cmp(&b.0));
     match best {
         Some((_, suggestion)) => format!("{message}; did you mean `{suggestion}`?"),
-        None => message,
+        None => message.to_owned(),
     }
 }
 
@@ -261,12 +276,8 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             "must be at least 8KiB".into(),
         ));
     }
-    if telemetry
-        .logging
-        .level
-        .parse::<tracing_subscriber::filter::EnvFilter>()
-        .is_err()
-    {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    if !LEVELS.contains(&telemetry.logging.level.to_ascii_lowercase().as_str()) {
         return Err((
             "telemetry.logging.level".into(),
             format!(
@@ -399,6 +410,12 @@ fn backend_url(text: &str) -> Result<(Scheme, Authority), String> {
 }
 
 fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
+    if health.interval.is_zero() {
+        return Err((format!("{key}.interval"), "must be above zero".into()));
+    }
+    if health.timeout.is_zero() {
+        return Err((format!("{key}.timeout"), "must be above zero".into()));
+    }
     if health.timeout > health.interval {
         return Err((
             format!("{key}.timeout"),
@@ -406,12 +423,6 @@ fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
                 "{:?} is longer than the interval ({:?}); a probe must finish before the next one starts",
                 health.timeout, health.interval
             ),
-        ));
-    }
-    if health.interval.is_zero() || health.timeout.is_zero() {
-        return Err((
-            format!("{key}.interval"),
-            "interval and timeout must be above zero".into(),
         ));
     }
     if health.unhealthy_threshold == 0 {
@@ -445,10 +456,14 @@ fn route(
         let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         return Err((
             at("upstream"),
-            format!(
-                "unknown upstream `{}`; defined: {}",
-                raw.upstream,
-                known.join(", ")
+            with_suggestion(
+                &format!(
+                    "unknown upstream `{}`; defined: {}",
+                    raw.upstream,
+                    known.join(", ")
+                ),
+                &raw.upstream,
+                &known,
             ),
         ));
     }
@@ -503,6 +518,25 @@ fn route(
         path,
         upstream: raw.upstream,
     })
+}
+
+impl fmt::Display for HostMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostMatch::Any => f.write_str("*"),
+            HostMatch::Exact(host) => f.write_str(host),
+            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathMatch::Exact(path) => f.write_str(path),
+            PathMatch::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
 }
 
 impl fmt::Display for Algorithm {

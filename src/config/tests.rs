@@ -277,9 +277,6 @@ fn unknown_key_names_file_line_and_key_path() {
 }
 
 #[test]
-#[ignore = "src bug: no \"did you mean\" is ever added: serde_yaml prefixes its message with the key path \
-            (`load_balancer: unknown field ...`), so explain_serde_error's starts_with(\"unknown field\") \
-            never matches; the key path is also printed twice"]
 fn unknown_key_suggests_the_closest_field() {
     let e = error_with("load_balancer:\n  algoritm: round_robin\n");
     assert_eq!(
@@ -330,8 +327,6 @@ fn unknown_algorithm_names_the_choices() {
 }
 
 #[test]
-#[ignore = "src bug: unknown variants get no \"did you mean\" either (same starts_with check), \
-            and the key path is repeated inside the message"]
 fn unknown_algorithm_suggests_the_closest() {
     let e = error_with("load_balancer:\n  algorithm: round_robbin\n");
     assert_eq!(
@@ -496,8 +491,6 @@ fn bad_duration() {
 }
 
 #[test]
-#[ignore = "poor message: serde_yaml's message starts with the key path, which Display prints again \
-            (`proxy.yaml:2: server.fallback_address: server: `nope` ...`)"]
 fn scalar_errors_do_not_repeat_the_key_path() {
     let e = error(&format!(
         "server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"
@@ -523,7 +516,7 @@ fn route_to_an_unknown_upstream_lists_the_defined_ones() {
     assert_invalid(
         &e,
         "routes[0].upstream",
-        "unknown upstream `apj`; defined: default, api",
+        "unknown upstream `apj`; defined: default, api; did you mean `api`?",
     );
 }
 
@@ -578,23 +571,15 @@ fn health_check_timeout_in_an_upstream_names_the_upstream() {
 #[test]
 fn health_check_zero_durations() {
     let e = error_with("health_check:\n  interval: 0s\n  timeout: 0s\n");
-    assert_invalid(
-        &e,
-        "health_check.interval",
-        "interval and timeout must be above zero",
-    );
+    assert_invalid(&e, "health_check.interval", "must be above zero");
+    let e = error_with("health_check:\n  interval: 1s\n  timeout: 0s\n");
+    assert_invalid(&e, "health_check.timeout", "must be above zero");
 }
 
 #[test]
-#[ignore = "poor message: `interval: 0s` with the default timeout reports `health_check.timeout: 5s is \
-            longer than the interval (0ns)` instead of saying the interval must be above zero"]
 fn health_check_zero_interval_says_so() {
     let e = error_with("health_check:\n  interval: 0s\n");
-    assert_invalid(
-        &e,
-        "health_check.interval",
-        "interval and timeout must be above zero",
-    );
+    assert_invalid(&e, "health_check.interval", "must be above zero");
 }
 
 #[test]
@@ -639,8 +624,6 @@ fn header_limit_too_small() {
 }
 
 #[test]
-#[ignore = "src bug: any word is accepted as a log level (`level: loud` parses as an EnvFilter target \
-            directive), so a typo silently changes what is logged"]
 fn unknown_log_level() {
     assert_invalid(
         &error_with("telemetry:\n  logging:\n    level: loud\n"),

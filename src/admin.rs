@@ -1,9 +1,10 @@
-//! The admin listener: Prometheus metrics and the liveness/readiness endpoints.
+//! The admin listener: Prometheus metrics, health endpoints for load balancers and Kubernetes, and the
+//! backend API (state, drain, undrain).
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -12,9 +13,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::body::Body;
+use crate::health::active::Prober;
+use crate::proxy::{Core, Upstream};
 use crate::server::{accept_loop, Shutdown};
 
 /// What the admin endpoints report on.
@@ -23,6 +27,10 @@ pub struct State {
     pub metrics: PrometheusHandle,
     /// Listeners are bound and the proxy is not draining.
     pub ready: Arc<AtomicBool>,
+    pub core: Arc<Core>,
+    pub prober: Prober,
+    /// `admin.token`: required by drain and undrain.
+    pub token: Option<String>,
 }
 
 /// Serves the admin endpoints until shutdown; runs the metrics upkeep alongside.
@@ -61,23 +69,175 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
 }
 
 fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    match request.uri().path() {
-        "/metrics" => {
-            let mut response = Response::new(Body::full(state.metrics.render()));
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            response
+    let path = request.uri().path();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (request.method(), segments.as_slice()) {
+        (&Method::POST, ["api", "backends", upstream, name, action @ ("drain" | "undrain")]) => {
+            drain(state, request, upstream, name, *action == "drain")
         }
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        (&Method::GET | &Method::HEAD, _) => match path {
+            "/metrics" => {
+                let mut response = Response::new(Body::full(state.metrics.render()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                response
+            }
+            "/live" => text(StatusCode::OK, "live\n"),
+            "/ready" => {
+                if !state.ready.load(Ordering::Relaxed) {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n")
+                } else if !state.prober.first_round_done() {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: first health check round running\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
+                }
+            }
+            "/health" => health(state),
+            "/api/backends" => backends(state),
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
+}
+
+/// Overall status: healthy when every backend is, degraded when every upstream still has one, else unhealthy.
+fn health(state: &State) -> Response<Body> {
+    let upstreams = state.core.router().upstreams();
+    let mut summary = serde_json::Map::new();
+    let (mut healthy_total, mut backends_total, mut any_empty) = (0, 0, false);
+    for upstream in upstreams {
+        let (healthy, total) = (upstream.usable_count(), upstream.backends.len());
+        healthy_total += healthy;
+        backends_total += total;
+        any_empty |= healthy == 0;
+        summary.insert(
+            upstream.name.clone(),
+            json!({ "status": status_word(healthy, total), "healthy_backends": healthy, "total_backends": total }),
+        );
+    }
+    let status = if any_empty {
+        "unhealthy"
+    } else {
+        status_word(healthy_total, backends_total)
+    };
+    let body = json!({
+        "status": status,
+        "healthy_backends": healthy_total,
+        "total_backends": backends_total,
+        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "upstreams": summary,
+    });
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(code, &body)
+}
+
+fn status_word(healthy: usize, total: usize) -> &'static str {
+    match healthy {
+        0 => "unhealthy",
+        n if n == total => "healthy",
+        _ => "degraded",
+    }
+}
+
+fn backends(state: &State) -> Response<Body> {
+    let list: Vec<Value> = state
+        .core
+        .router()
+        .upstreams()
+        .iter()
+        .flat_map(|upstream| upstream.backends.iter().map(move |b| (upstream, b)))
+        .map(|(upstream, backend)| {
+            let report = backend.health.report();
+            json!({
+                "upstream": upstream.name,
+                "name": backend.name,
+                "url": format!("{}://{}", backend.scheme, backend.authority),
+                "state": if report.healthy { "healthy" } else { "unhealthy" },
+                "consecutive_successes": report.consecutive_successes,
+                "consecutive_failures": report.consecutive_failures,
+                "last_check": report.last_check.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                "last_latency_ms": report.last_latency.map(|d| d.as_secs_f64() * 1000.0),
+                "last_error": report.last_error,
+                "in_flight": backend.in_flight(),
+                "weight": backend.weight,
+                "effective_weight": backend.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
+                "drained": backend.is_drained(),
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({ "backends": list }))
+}
+
+fn drain(state: &State, request: &Request<Incoming>, upstream: &str, name: &str, drained: bool) -> Response<Body> {
+    let Some(token) = &state.token else {
+        return text(
+            StatusCode::FORBIDDEN,
+            "drain and undrain are disabled: set admin.token to enable them\n",
+        );
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        let mut response = text(
+            StatusCode::UNAUTHORIZED,
+            "a valid Authorization: Bearer token is required\n",
+        );
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    }
+    let found = state
+        .core
+        .router()
+        .upstreams()
+        .iter()
+        .filter(|u: &&Arc<Upstream>| u.name == upstream)
+        .flat_map(|u| u.backends.iter())
+        .find(|b| b.name == name);
+    let Some(backend) = found else {
+        return text(StatusCode::NOT_FOUND, "no such upstream/backend\n");
+    };
+    let was = backend.set_drained(drained);
+    if was != drained {
+        tracing::info!(
+            upstream,
+            backend = name,
+            in_flight = backend.in_flight(),
+            "backend {}",
+            if drained { "drained" } else { "undrained" }
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({ "upstream": upstream, "name": name, "drained": drained, "in_flight": backend.in_flight() }),
+    )
+}
+
+/// Compares secrets without leaking where they differ through timing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Body::full(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {

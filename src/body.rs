@@ -60,10 +60,7 @@ impl Body {
         (
             tx,
             Self {
-                kind: Kind::Channel {
-                    rx,
-                    remaining: length,
-                },
+                kind: Kind::Channel { rx, remaining: length },
                 guard: None,
             },
         )
@@ -89,10 +86,7 @@ impl http_body::Body for Body {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
@@ -125,12 +119,9 @@ impl http_body::Body for Body {
             Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
             Kind::Channel {
-                remaining: Some(left),
-                ..
+                remaining: Some(left), ..
             } => SizeHint::with_exact(*left),
-            Kind::Channel {
-                remaining: None, ..
-            } => SizeHint::default(),
+            Kind::Channel { remaining: None, .. } => SizeHint::default(),
         }
     }
 }

@@ -77,8 +77,8 @@ impl DemoBackend {
     }
 
     async fn respond(&self, mut request: Request<Incoming>) -> Response<Body> {
-        let delay = self.latency_ms.load(Ordering::Relaxed)
-            + query_number(request.uri().query(), "delay_ms").unwrap_or(0);
+        let delay =
+            self.latency_ms.load(Ordering::Relaxed) + query_number(request.uri().query(), "delay_ms").unwrap_or(0);
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
@@ -86,31 +86,18 @@ impl DemoBackend {
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let mut response = match (request.method(), segments.as_slice()) {
             (_, ["health"]) => {
-                let status = StatusCode::from_u16(self.health_status.load(Ordering::Relaxed))
-                    .unwrap_or(StatusCode::OK);
-                text(
-                    status,
-                    if status.is_success() {
-                        "ok\n"
-                    } else {
-                        "failing\n"
-                    },
-                )
+                let status = StatusCode::from_u16(self.health_status.load(Ordering::Relaxed)).unwrap_or(StatusCode::OK);
+                text(status, if status.is_success() { "ok\n" } else { "failing\n" })
             }
-            (&Method::POST, ["control", "health", status]) => match status
-                .parse::<u16>()
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-            {
-                Some(status) => {
-                    self.health_status.store(status.as_u16(), Ordering::Relaxed);
-                    text(StatusCode::OK, "health status set\n")
+            (&Method::POST, ["control", "health", status]) => {
+                match status.parse::<u16>().ok().and_then(|s| StatusCode::from_u16(s).ok()) {
+                    Some(status) => {
+                        self.health_status.store(status.as_u16(), Ordering::Relaxed);
+                        text(StatusCode::OK, "health status set\n")
+                    }
+                    None => text(StatusCode::BAD_REQUEST, "expected /control/health/{status}\n"),
                 }
-                None => text(
-                    StatusCode::BAD_REQUEST,
-                    "expected /control/health/{status}\n",
-                ),
-            },
+            }
             (&Method::POST, ["control", "latency", ms]) => match ms.parse::<u64>() {
                 Ok(ms) => {
                     self.latency_ms.store(ms, Ordering::Relaxed);
@@ -122,11 +109,7 @@ impl DemoBackend {
                 Ok(count) => stream_bytes(count),
                 Err(_) => text(StatusCode::BAD_REQUEST, "expected /bytes/{count}\n"),
             },
-            (_, ["status", code]) => match code
-                .parse::<u16>()
-                .ok()
-                .and_then(|c| StatusCode::from_u16(c).ok())
-            {
+            (_, ["status", code]) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                 Some(status) => text(status, "as requested\n"),
                 None => text(StatusCode::BAD_REQUEST, "expected /status/{code}\n"),
             },
@@ -154,12 +137,7 @@ impl DemoBackend {
                         hasher.update(data);
                     }
                 }
-                Err(error) => {
-                    return text(
-                        StatusCode::BAD_REQUEST,
-                        &format!("body read failed: {error}\n"),
-                    )
-                }
+                Err(error) => return text(StatusCode::BAD_REQUEST, &format!("body read failed: {error}\n")),
             }
         }
         let headers: BTreeMap<&str, Vec<&str>> = parts
@@ -186,10 +164,9 @@ impl DemoBackend {
             "body_sha256": format!("{:x}", hasher.finalize()),
         });
         let mut response = Response::new(Body::full(description.to_string()));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }

@@ -22,7 +22,7 @@ pub enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,
     #[error("no backend available in upstream {upstream}")]
-    NoBackend { upstream: String },
+    NoBackend { upstream: String, retry_after: Option<u64> },
     #[error("connect to {backend} failed: {cause}")]
     ConnectFailed { backend: String, cause: String },
     #[error("connect to {backend} timed out")]
@@ -46,23 +46,39 @@ impl ProxyError {
             Self::TooEarly => StatusCode::TOO_EARLY,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
     /// Who is to blame, for logs and metrics.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute | Self::TooEarly => {
-                Origin::Client
-            }
+            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute | Self::TooEarly => Origin::Client,
             Self::NoBackend { .. } => Origin::Proxy,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }
             | Self::ResponseTimeout { .. }
             | Self::UpstreamFailed { .. } => Origin::Upstream,
+        }
+    }
+
+    /// True when the request may be sent again to another backend: always when it never reached one
+    /// (the connect failed), otherwise only for idempotent methods.
+    pub fn retryable(&self, idempotent: bool) -> bool {
+        match self {
+            Self::ConnectFailed { .. } | Self::ConnectTimeout { .. } => true,
+            Self::UpstreamFailed { .. } | Self::ResponseTimeout { .. } => idempotent,
+            _ => false,
+        }
+    }
+
+    /// A short cause for health logs: what went wrong with the backend.
+    pub fn cause(&self) -> String {
+        match self {
+            Self::ConnectFailed { cause, .. } | Self::UpstreamFailed { cause, .. } => cause.clone(),
+            Self::ConnectTimeout { .. } => "connect timed out".to_owned(),
+            Self::ResponseTimeout { .. } => "response headers timed out".to_owned(),
+            other => other.to_string(),
         }
     }
 

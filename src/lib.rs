@@ -10,6 +10,7 @@ pub mod body;
 pub mod config;
 pub mod demo_backend;
 pub mod error;
+pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;

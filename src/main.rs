@@ -16,11 +16,7 @@ use quic_proxy::tls::{self, CertStore};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "quic-proxy",
-    version,
-    about = "A QUIC/HTTP-3-first edge reverse proxy"
-)]
+#[command(name = "quic-proxy", version, about = "A QUIC/HTTP-3-first edge reverse proxy")]
 struct Cli {
     /// Config file to run with.
     #[arg(long, short, default_value = "configs/proxy.yaml", global = true)]
@@ -131,15 +127,12 @@ fn check(path: &Path) -> ExitCode {
         println!(
             "  upstream {} [{}]: {}",
             upstream.name,
-            upstream.algorithm,
+            upstream.balancer.algorithm,
             names.join(", ")
         );
     }
     for route in &config.routes {
-        println!(
-            "  route host={} path={} -> {}",
-            route.host, route.path, route.upstream
-        );
+        println!("  route host={} path={} -> {}", route.host, route.path, route.upstream);
     }
     ExitCode::SUCCESS
 }

@@ -80,10 +80,7 @@ impl CertStore {
     }
 
     /// rustls config for QUIC: TLS 1.3 only, ALPN h3; 0-RTT when `early_data`.
-    pub fn quic_server_config(
-        self: &Arc<Self>,
-        early_data: bool,
-    ) -> Result<rustls::ServerConfig, rustls::Error> {
+    pub fn quic_server_config(self: &Arc<Self>, early_data: bool) -> Result<rustls::ServerConfig, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
@@ -167,8 +164,7 @@ pub fn generate_self_signed(dir: &Path, hosts: &[String]) -> Result<(PathBuf, Pa
     let cert_path = dir.join("server.crt");
     let key_path = dir.join("server.key");
     fs::write(&cert_path, certified.cert.pem()).map_err(write_error(&cert_path))?;
-    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes())
-        .map_err(write_error(&key_path))?;
+    write_private(&key_path, certified.signing_key.serialize_pem().as_bytes()).map_err(write_error(&key_path))?;
     Ok((cert_path, key_path))
 }
 

@@ -64,10 +64,7 @@ fn config_file(text: &str) -> ConfigFile {
 /// The binary, run from `dir` so relative paths in a config can never reach the repository.
 fn quic_proxy(dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_quic-proxy"));
-    command
-        .current_dir(dir)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
+    command.current_dir(dir).env_remove("RUST_LOG").stdin(Stdio::null());
     command
 }
 
@@ -170,7 +167,7 @@ fn check_reports_a_misspelt_key_with_file_line_and_key() {
         "{stderr}"
     );
     assert!(
-        stderr.contains("unknown field `algoritm`, expected `algorithm`"),
+        stderr.contains("unknown field `algoritm`, expected one of `algorithm`,"),
         "{stderr}"
     );
 }
@@ -184,7 +181,8 @@ fn check_suggests_the_intended_key() {
         stderr(&output),
         format!(
             "quic-proxy: invalid config: {}:5: load_balancer.algoritm: unknown field `algoritm`, \
-             expected `algorithm`; did you mean `algorithm`?\n",
+             expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`; \
+             did you mean `algorithm`?\n",
             config.path.display()
         )
     );
@@ -215,11 +213,7 @@ fn check_rejects_unreadable_certificates() {
     ));
     let output = check(&config);
     assert_status(&output, EXIT_USAGE);
-    assert!(
-        stderr(&output).contains("missing.crt"),
-        "{}",
-        stderr(&output)
-    );
+    assert!(stderr(&output).contains("missing.crt"), "{}", stderr(&output));
 }
 
 /// A port that stays taken for as long as the listener lives; whatever tries to bind it fails.

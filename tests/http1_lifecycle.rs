@@ -62,10 +62,7 @@ async fn upgrade_tunnels_bytes_both_ways() {
         // Several round trips, one larger than a socket read, all through the same tunnel.
         let large: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         for message in [&b"hello tunnel"[..], &b"second message"[..], &large[..]] {
-            stream
-                .write_all(message)
-                .await
-                .expect("write into the tunnel");
+            stream.write_all(message).await.expect("write into the tunnel");
             let mut echoed = vec![0u8; message.len()];
             stream
                 .read_exact(&mut echoed)
@@ -146,10 +143,7 @@ async fn large_download_arrives_complete() {
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.header("content-length"), Some("67108864"));
         assert_eq!(reply.body.len(), LARGE);
-        assert!(
-            reply.body.iter().all(|&b| b == b'x'),
-            "the demo backend sends only `x`"
-        );
+        assert!(reply.body.iter().all(|&b| b == b'x'), "the demo backend sends only `x`");
     })
     .await;
 }
@@ -170,10 +164,7 @@ async fn graceful_shutdown_finishes_in_flight_request_then_refuses_connections()
         });
         wait_until(|| backend.in_flight() == 1).await;
 
-        assert!(
-            running.shutdown().await,
-            "shutdown reported requests left unfinished"
-        );
+        assert!(running.shutdown().await, "shutdown reported requests left unfinished");
         let reply = slow.await.expect("client task");
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(reply.backend(), "drain");
@@ -215,16 +206,10 @@ async fn shutdown_closes_idle_connections_without_waiting() {
             .await
             .expect("request after the silent connection was accepted");
 
-        assert!(
-            running.shutdown().await,
-            "shutdown waited for idle connections"
-        );
+        assert!(running.shutdown().await, "shutdown waited for idle connections");
         let mut rest = Vec::new();
         let closed = tokio::time::timeout(CLOSE_BOUND, silent.read_to_end(&mut rest)).await;
-        assert!(
-            closed.is_ok(),
-            "the silent connection is still open after shutdown"
-        );
+        assert!(closed.is_ok(), "the silent connection is still open after shutdown");
         let finished = tokio::time::timeout(CLOSE_BOUND, kept_alive.task)
             .await
             .expect("the kept-alive connection ended after shutdown");

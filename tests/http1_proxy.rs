@@ -12,8 +12,7 @@ use http::StatusCode;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_cycles_through_backends_in_order() {
     guarded(async {
-        let running =
-            proxy_with_backends(&["backend1", "backend2", "backend3"], "round_robin").await;
+        let running = proxy_with_backends(&["backend1", "backend2", "backend3"], "round_robin").await;
         let client = HttpClient::new(running.fallback_addr);
         let mut answered = Vec::new();
         for _ in 0..9 {
@@ -198,7 +197,8 @@ async fn routes_by_exact_host_wildcard_host_path_prefix_and_exact_path() {
 const HOP_BY_HOP_REQUEST: &[(&str, &str)] = &[
     ("connection", "keep-alive, X-Secret"),
     ("keep-alive", "timeout=5"),
-    ("te", "trailers"),
+    // Removed as hop-by-hop; only `TE: trailers` would be re-added, as the proxy's own.
+    ("te", "gzip"),
     // Upgrade without `Connection: upgrade` is not an upgrade request, so it is just a hop-by-hop header.
     ("upgrade", "h2c"),
     ("proxy-connection", "keep-alive"),
@@ -260,10 +260,7 @@ async fn backend_sees_rewritten_headers() {
             Some(vec!["app.example.test:8080".to_owned()])
         );
         let via = reply.seen_header("via").expect("Via reaches the backend");
-        assert!(
-            via.len() == 1 && via[0].contains("quic-proxy"),
-            "Via: {via:?}"
-        );
+        assert!(via.len() == 1 && via[0].contains("quic-proxy"), "Via: {via:?}");
     })
     .await;
 }
@@ -280,10 +277,7 @@ async fn host_named_in_connection_still_reaches_backend() {
             .await
             .expect("request through the proxy");
         assert_eq!(reply.status, StatusCode::OK);
-        assert_eq!(
-            reply.seen_header("host"),
-            Some(vec!["app.example.test".to_owned()])
-        );
+        assert_eq!(reply.seen_header("host"), Some(vec!["app.example.test".to_owned()]));
     })
     .await;
 }
@@ -308,8 +302,7 @@ async fn absolute_form_target_decides_host_for_routing_and_backend() {
         )
         .await;
         assert_eq!(exchange.status(), Some(200), "{:?}", exchange.text());
-        let json: serde_json::Value =
-            serde_json::from_slice(exchange.body()).expect("the demo backend's JSON");
+        let json: serde_json::Value = serde_json::from_slice(exchange.body()).expect("the demo backend's JSON");
         assert_eq!(json["backend"], "app", "routed by the target's host");
         assert_eq!(
             json["headers"]["host"],
@@ -360,27 +353,6 @@ async fn hop_by_hop_response_headers_are_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_hanging_up_without_response_gives_502() {
-    guarded(async {
-        let (backend, mut received) = start_raw_backend(b"");
-        let running = start_proxy(&render_config(
-            &[],
-            &format!("backends: {}", backend_list(&[("mute", backend, 1)])),
-        ))
-        .await;
-        let reply = HttpClient::new(running.fallback_addr).get("/").await;
-        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
-        assert!(reply.text().starts_with("502"), "{:?}", reply.text());
-        let head = received
-            .recv()
-            .await
-            .expect("the request reached the backend");
-        assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head:?}");
-    })
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trusted_proxy_forwarded_for_is_extended() {
     guarded(async {
         let addrs = start_backends(&["echo"]);
@@ -407,32 +379,103 @@ async fn trusted_proxy_forwarded_for_is_extended() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_backend_gives_prompt_502() {
-    // Well under the 30 s connect timeout: a refused connection must not wait for it.
+// Upstream failures, each run twice: with the default retries (every attempt fails the same way, as
+// there is one backend) and with `retries: 0`. Either way the client must learn what went wrong: 502 for
+// a backend that cannot be reached or hangs up, 504 for one that does not answer in time.
+const NO_RETRIES: &str = "\n  retries: 0";
+
+/// `backends` with `load_balancer` settings appended (`extra` starts with a newline and indent).
+fn single_backend(name: &str, addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        "backends: {}\nload_balancer:\n  algorithm: round_robin{extra}",
+        backend_list(&[(name, addr, 1)])
+    )
+}
+
+fn assert_short_text_error(reply: &Reply, status: StatusCode) {
+    assert_eq!(reply.status, status, "{:?}", reply.body);
+    assert!(
+        reply
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{:?}",
+        reply.headers
+    );
+    assert!(
+        reply.body.len() < 200 && reply.text().starts_with(status.as_str()),
+        "{:?}",
+        reply.text()
+    );
+}
+
+async fn dead_backend_case(balancer_extra: &str) {
+    // The guard is well under the 30 s connect timeout: a refused connection must not wait for it.
     guarded_for(Duration::from_secs(10), async {
         let dead = dead_port_addr();
         let running = start_proxy(&render_config(
             &[],
             &format!(
-                "backends: {}\ntimeouts: {{connect: 30s}}",
-                backend_list(&[("dead", dead, 1)])
+                "{}\ntimeouts: {{connect: 30s}}",
+                single_backend("dead", dead, balancer_extra)
             ),
         ))
         .await;
         let reply = HttpClient::new(running.fallback_addr).get("/").await;
-        assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+        assert_short_text_error(&reply, StatusCode::BAD_GATEWAY);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_gives_prompt_502() {
+    dead_backend_case("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_backend_gives_prompt_502_without_retries() {
+    dead_backend_case(NO_RETRIES).await;
+}
+
+async fn hang_up_case(balancer_extra: &str) {
+    guarded(async {
+        let (backend, mut received) = start_raw_backend(b"");
+        let running = start_proxy(&render_config(&[], &single_backend("mute", backend, balancer_extra))).await;
+        let reply = HttpClient::new(running.fallback_addr).get("/").await;
+        assert_short_text_error(&reply, StatusCode::BAD_GATEWAY);
+        let head = received.recv().await.expect("the request reached the backend");
+        assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head:?}");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_hanging_up_without_response_gives_502() {
+    hang_up_case("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_hanging_up_without_response_gives_502_without_retries() {
+    hang_up_case(NO_RETRIES).await;
+}
+
+async fn slow_head_case(balancer_extra: &str) {
+    guarded(async {
+        let addrs = start_backends(&["slow"]);
+        let running = start_proxy(&render_config(
+            &[],
+            &format!(
+                "{}\ntimeouts: {{response_header: 300ms}}",
+                single_backend("slow", addrs[0], balancer_extra)
+            ),
+        ))
+        .await;
+        let started = Instant::now();
+        let reply = HttpClient::new(running.fallback_addr).get("/?delay_ms=5000").await;
+        assert_short_text_error(&reply, StatusCode::GATEWAY_TIMEOUT);
         assert!(
-            reply
-                .header("content-type")
-                .is_some_and(|t| t.starts_with("text/plain")),
-            "{:?}",
-            reply.headers
-        );
-        assert!(
-            !reply.body.is_empty() && reply.body.len() < 200 && reply.text().starts_with("502"),
-            "{:?}",
-            reply.text()
+            started.elapsed() < Duration::from_millis(4500),
+            "504 came after {:?}, so the proxy waited for the backend",
+            started.elapsed()
         );
     })
     .await;
@@ -440,27 +483,10 @@ async fn dead_backend_gives_prompt_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_response_head_gives_504() {
-    guarded(async {
-        let addrs = start_backends(&["slow"]);
-        let running = start_proxy(&render_config(
-            &[],
-            &format!(
-                "backends: {}\ntimeouts: {{response_header: 300ms}}",
-                equal_backends(&["slow"], &addrs)
-            ),
-        ))
-        .await;
-        let started = Instant::now();
-        let reply = HttpClient::new(running.fallback_addr)
-            .get("/?delay_ms=5000")
-            .await;
-        assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
-        assert!(
-            started.elapsed() < Duration::from_millis(4500),
-            "504 came after {:?}, so the proxy waited for the backend",
-            started.elapsed()
-        );
-        assert!(reply.text().starts_with("504"), "{:?}", reply.text());
-    })
-    .await;
+    slow_head_case("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_response_head_gives_504_without_retries() {
+    slow_head_case(NO_RETRIES).await;
 }

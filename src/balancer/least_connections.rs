@@ -34,11 +34,7 @@ impl Load {
 }
 
 impl LeastConnections {
-    pub(super) fn select(
-        &self,
-        backends: &[Arc<Backend>],
-        accept: &impl Fn(&Backend) -> bool,
-    ) -> Option<usize> {
+    pub(super) fn select(&self, backends: &[Arc<Backend>], accept: &impl Fn(&Backend) -> bool) -> Option<usize> {
         let mut lightest: Option<Load> = None;
         let mut tied = 0usize;
         for backend in backends.iter().filter(|b| accept(b)) {

@@ -8,7 +8,7 @@ mod least_connections;
 mod round_robin;
 mod weighted;
 
-pub use backend::{Backend, InFlight};
+pub use backend::{Backend, InFlight, WEIGHT_SCALE};
 
 use std::sync::Arc;
 
@@ -28,27 +28,18 @@ impl Balancer {
         match algorithm {
             Algorithm::RoundRobin => Self::RoundRobin(round_robin::RoundRobin::default()),
             Algorithm::Weighted => Self::Weighted(weighted::SmoothWeighted::new(size)),
-            Algorithm::LeastConnections => {
-                Self::LeastConnections(least_connections::LeastConnections::default())
-            }
+            Algorithm::LeastConnections => Self::LeastConnections(least_connections::LeastConnections::default()),
         }
     }
 
     /// Picks a backend among those `accept` allows; `None` when it allows none.
-    pub fn select(
-        &self,
-        backends: &[Arc<Backend>],
-        accept: impl Fn(&Backend) -> bool,
-    ) -> Option<Arc<Backend>> {
+    pub fn select(&self, backends: &[Arc<Backend>], accept: impl Fn(&Backend) -> bool) -> Option<Arc<Backend>> {
         let index = match self {
             Self::RoundRobin(rr) => rr.select(backends, &accept),
             Self::Weighted(w) => w.select(backends, &accept),
             Self::LeastConnections(lc) => lc.select(backends, &accept),
         }?;
-        debug_assert!(
-            accept(&backends[index]),
-            "selected a backend the caller refused"
-        );
+        debug_assert!(accept(&backends[index]), "selected a backend the caller refused");
         backends.get(index).cloned()
     }
 }

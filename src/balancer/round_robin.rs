@@ -12,11 +12,7 @@ pub struct RoundRobin {
 }
 
 impl RoundRobin {
-    pub(super) fn select(
-        &self,
-        backends: &[Arc<Backend>],
-        accept: &impl Fn(&Backend) -> bool,
-    ) -> Option<usize> {
+    pub(super) fn select(&self, backends: &[Arc<Backend>], accept: &impl Fn(&Backend) -> bool) -> Option<usize> {
         // Rotating over the accepted backends only (not skipping forward from a refused one) keeps
         // the share even: a refused backend's turn is spread over all the others, not given to its neighbour.
         let accepted = backends.iter().filter(|b| accept(b)).count();

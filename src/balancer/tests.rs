@@ -22,6 +22,7 @@ fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
                     scheme: Scheme::HTTP,
                     authority,
                     weight,
+                    health_url: None,
                 },
             ))
         })
@@ -36,11 +37,7 @@ fn pick(balancer: &Balancer, backends: &[Arc<Backend>]) -> String {
     pick_where(balancer, backends, |_| true)
 }
 
-fn pick_where(
-    balancer: &Balancer,
-    backends: &[Arc<Backend>],
-    accept: impl Fn(&Backend) -> bool,
-) -> String {
+fn pick_where(balancer: &Balancer, backends: &[Arc<Backend>], accept: impl Fn(&Backend) -> bool) -> String {
     balancer
         .select(backends, accept)
         .expect("some backend is accepted")
@@ -62,9 +59,7 @@ fn counts(
 ) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
     for _ in 0..n {
-        *counts
-            .entry(pick_where(balancer, backends, &accept))
-            .or_default() += 1;
+        *counts.entry(pick_where(balancer, backends, &accept)).or_default() += 1;
     }
     counts
 }
@@ -84,16 +79,9 @@ fn in_flight(backends: &[Arc<Backend>]) -> Vec<usize> {
 #[test]
 fn every_algorithm_returns_none_when_nothing_is_accepted() {
     let backends = pool(&[1, 2]);
-    for algorithm in [
-        Algorithm::RoundRobin,
-        Algorithm::Weighted,
-        Algorithm::LeastConnections,
-    ] {
+    for algorithm in [Algorithm::RoundRobin, Algorithm::Weighted, Algorithm::LeastConnections] {
         let balancer = balancer(algorithm, &backends);
-        assert!(
-            balancer.select(&backends, |_| false).is_none(),
-            "{algorithm}"
-        );
+        assert!(balancer.select(&backends, |_| false).is_none(), "{algorithm}");
         assert!(balancer.select(&[], |_| true).is_none(), "{algorithm}");
     }
 }
@@ -174,9 +162,7 @@ fn weighted_splits_by_weight_among_accepted_backends() {
         counts(&balancer, &backends, 400, without_b),
         expected(&[("a", 300), ("c", 100)])
     );
-    let picks: String = (0..8)
-        .map(|_| pick_where(&balancer, &backends, without_b))
-        .collect();
+    let picks: String = (0..8).map(|_| pick_where(&balancer, &backends, without_b)).collect();
     assert_eq!(picks, "aacaaaca");
 }
 

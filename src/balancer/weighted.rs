@@ -18,11 +18,7 @@ impl SmoothWeighted {
         }
     }
 
-    pub(super) fn select(
-        &self,
-        backends: &[Arc<Backend>],
-        accept: &impl Fn(&Backend) -> bool,
-    ) -> Option<usize> {
+    pub(super) fn select(&self, backends: &[Arc<Backend>], accept: &impl Fn(&Backend) -> bool) -> Option<usize> {
         // A panic elsewhere cannot leave the weights inconsistent: every update below is complete.
         let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
         current.resize(backends.len(), 0);
@@ -32,7 +28,7 @@ impl SmoothWeighted {
             if !accept(backend) {
                 continue;
             }
-            let weight = i64::from(backend.weight);
+            let weight = i64::try_from(backend.effective_weight()).unwrap_or(i64::MAX / 1024);
             current[index] += weight;
             total += weight;
             if best.is_none_or(|b| current[index] > current[b]) {

@@ -19,7 +19,7 @@ pub(super) struct FileConfig {
     pub server: ServerConfig,
     pub backends: Option<Vec<FileBackend>>,
     #[serde(default)]
-    pub load_balancer: BalancerSection,
+    pub load_balancer: BalancerConfig,
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, FileUpstream>,
@@ -27,6 +27,8 @@ pub(super) struct FileConfig {
     pub routes: Vec<FileRoute>,
     #[serde(default)]
     pub quic: QuicConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
     #[serde(default)]
     pub timeouts: Timeouts,
     #[serde(default)]
@@ -41,10 +43,7 @@ pub struct ServerConfig {
     #[serde(default = "default_address", deserialize_with = "units::listen_addr")]
     pub address: SocketAddr,
     /// Plain HTTP/1.1 listen address.
-    #[serde(
-        default = "default_fallback_address",
-        deserialize_with = "units::listen_addr"
-    )]
+    #[serde(default = "default_fallback_address", deserialize_with = "units::listen_addr")]
     pub fallback_address: SocketAddr,
     /// Certificate and key for HTTPS and QUIC; without it only the plain HTTP/1.1 listener runs.
     pub tls: Option<TlsConfig>,
@@ -52,16 +51,10 @@ pub struct ServerConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run on after SIGTERM.
-    #[serde(
-        default = "default_drain_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_drain_timeout", deserialize_with = "units::duration")]
     pub drain_timeout: Duration,
     /// How long a client may take to send a complete request head.
-    #[serde(
-        default = "default_header_read_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_header_read_timeout", deserialize_with = "units::duration")]
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
     #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
@@ -104,10 +97,7 @@ pub struct QuicConfig {
     #[serde(default = "default_stream_window", deserialize_with = "units::size")]
     pub stream_receive_window: u64,
     /// Flow-control window per connection, over all streams.
-    #[serde(
-        default = "default_connection_window",
-        deserialize_with = "units::size"
-    )]
+    #[serde(default = "default_connection_window", deserialize_with = "units::size")]
     pub receive_window: u64,
     /// Largest request header section (QPACK-decoded); larger ones get 431.
     #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
@@ -179,13 +169,40 @@ pub(super) struct FileBackend {
     pub url: String,
     #[serde(default = "default_weight")]
     pub weight: u32,
+    /// Where active checks go when the service exposes health elsewhere, like http://127.0.0.1:9001/healthz.
+    pub health_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+/// How an upstream picks a backend, and what it does when backends fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct BalancerSection {
+pub struct BalancerConfig {
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// What to do when no backend is healthy.
+    #[serde(default)]
+    pub when_all_unhealthy: AllUnhealthy,
+    /// A recovered backend's weight ramps from 10% to 100% over this window.
+    #[serde(default, deserialize_with = "units::optional_duration")]
+    pub slow_start: Option<Duration>,
+    /// Further attempts on other backends when one fails before answering.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Request bodies up to this size are kept so they can be sent again; larger ones are not retried.
+    #[serde(default = "default_retry_buffer", deserialize_with = "units::size")]
+    pub retry_buffer: u64,
+}
+
+impl Default for BalancerConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: Algorithm::default(),
+            when_all_unhealthy: AllUnhealthy::default(),
+            slow_start: None,
+            retries: default_retries(),
+            retry_buffer: default_retry_buffer(),
+        }
+    }
 }
 
 /// How a pool picks a backend.
@@ -198,18 +215,29 @@ pub enum Algorithm {
     LeastConnections,
 }
 
-/// Active health checking of an upstream's backends.
+/// The policy when every backend of an upstream is unhealthy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AllUnhealthy {
+    /// Route to all backends anyway (a warning and a metric say so).
+    #[default]
+    FailOpen,
+    /// Answer 503 with Retry-After.
+    FailClosed,
+}
+
+/// Health checking of an upstream's backends: active probes and passive observation of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// Active probes on or off.
     #[serde(default = "yes")]
     pub enabled: bool,
+    #[serde(default, rename = "type")]
+    pub kind: CheckKind,
     #[serde(default = "default_interval", deserialize_with = "units::duration")]
     pub interval: Duration,
-    #[serde(
-        default = "default_check_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_check_timeout", deserialize_with = "units::duration")]
     pub timeout: Duration,
     #[serde(default = "default_check_path")]
     pub path: String,
@@ -217,20 +245,136 @@ pub struct HealthCheckConfig {
     pub unhealthy_threshold: u32,
     #[serde(default = "default_healthy_threshold")]
     pub healthy_threshold: u32,
+    /// Statuses that count as healthy: codes (`204`) or ranges (`"200-399"`).
+    #[serde(default = "default_expected_statuses")]
+    pub expected_statuses: Vec<StatusRange>,
+    /// A substring the probe's response body must contain.
+    pub expect_body: Option<String>,
+    /// The state before the first probe.
+    #[serde(default)]
+    pub initial_state: InitialState,
+    #[serde(default)]
+    pub passive: PassiveConfig,
 }
 
 impl HealthCheckConfig {
-    /// The configuration used when a file has no `health_check` section: the defaults, switched off.
+    /// The configuration used when a file has no `health_check` section: no probes, passive checks on.
     pub fn disabled() -> Self {
         Self {
             enabled: false,
+            kind: CheckKind::default(),
             interval: default_interval(),
             timeout: default_check_timeout(),
             path: default_check_path(),
             unhealthy_threshold: default_unhealthy_threshold(),
             healthy_threshold: default_healthy_threshold(),
+            expected_statuses: default_expected_statuses(),
+            expect_body: None,
+            initial_state: InitialState::default(),
+            passive: PassiveConfig::default(),
         }
     }
+}
+
+/// What an active probe does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    /// GET `path`; healthy when the status is expected (and the body contains `expect_body`).
+    #[default]
+    Http,
+    /// A TCP connect within the timeout.
+    Tcp,
+}
+
+/// A backend's state before its first probe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialState {
+    #[default]
+    Healthy,
+    Unhealthy,
+}
+
+/// A status code or an inclusive range of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+impl StatusRange {
+    /// True when `status` is in the range.
+    pub fn contains(&self, status: u16) -> bool {
+        (self.low..=self.high).contains(&status)
+    }
+}
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Code(u16),
+            Text(String),
+        }
+        let invalid =
+            |text: &str| serde::de::Error::custom(format!("`{text}` is not a status code or range like 200-399"));
+        let (low, high) = match Raw::deserialize(d)? {
+            Raw::Code(code) => (code, code),
+            Raw::Text(text) => {
+                let (low, high) = text.split_once('-').unwrap_or((&text, &text));
+                match (low.trim().parse(), high.trim().parse()) {
+                    (Ok(low), Ok(high)) => (low, high),
+                    _ => return Err(invalid(&text)),
+                }
+            }
+        };
+        if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+            return Err(invalid(&format!("{low}-{high}")));
+        }
+        Ok(Self { low, high })
+    }
+}
+
+/// Passive checks: real traffic's failures eject a backend.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveConfig {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Consecutive failed requests that eject a backend.
+    #[serde(default = "default_passive_threshold")]
+    pub unhealthy_threshold: u32,
+    /// Response statuses that count as failures (connect errors and timeouts always do).
+    #[serde(default = "default_failure_statuses")]
+    pub failure_statuses: Vec<u16>,
+    /// Without active probes, an ejected backend returns on probation after this long (doubling on
+    /// repeated ejections, up to `max_ejection`).
+    #[serde(default = "default_reactivation", deserialize_with = "units::duration")]
+    pub reactivation: Duration,
+    #[serde(default = "default_max_ejection", deserialize_with = "units::duration")]
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            unhealthy_threshold: default_passive_threshold(),
+            failure_statuses: default_failure_statuses(),
+            reactivation: default_reactivation(),
+            max_ejection: default_max_ejection(),
+        }
+    }
+}
+
+/// The admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token required by the drain/undrain endpoints; without it they are refused.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,7 +382,7 @@ impl HealthCheckConfig {
 pub(super) struct FileUpstream {
     #[serde(default)]
     pub backends: Vec<FileBackend>,
-    pub load_balancer: Option<BalancerSection>,
+    pub load_balancer: Option<BalancerConfig>,
     pub health_check: Option<HealthCheckConfig>,
 }
 
@@ -255,20 +399,11 @@ pub(super) struct FileRoute {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
-    #[serde(
-        default = "default_connect_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_connect_timeout", deserialize_with = "units::duration")]
     pub connect: Duration,
-    #[serde(
-        default = "default_response_header_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_response_header_timeout", deserialize_with = "units::duration")]
     pub response_header: Duration,
-    #[serde(
-        default = "default_pool_idle_timeout",
-        deserialize_with = "units::duration"
-    )]
+    #[serde(default = "default_pool_idle_timeout", deserialize_with = "units::duration")]
     pub pool_idle: Duration,
 }
 
@@ -298,10 +433,7 @@ pub struct Telemetry {
 pub struct MetricsConfig {
     #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(
-        default = "default_metrics_address",
-        deserialize_with = "units::listen_addr"
-    )]
+    #[serde(default = "default_metrics_address", deserialize_with = "units::listen_addr")]
     pub address: SocketAddr,
 }
 
@@ -419,4 +551,25 @@ fn default_pool_idle_timeout() -> Duration {
 }
 fn default_log_level() -> String {
     "info".to_owned()
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_buffer() -> u64 {
+    64 * 1024
+}
+fn default_expected_statuses() -> Vec<StatusRange> {
+    vec![StatusRange { low: 200, high: 399 }]
+}
+fn default_passive_threshold() -> u32 {
+    5
+}
+fn default_failure_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
+}
+fn default_reactivation() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_ejection() -> Duration {
+    Duration::from_secs(300)
 }

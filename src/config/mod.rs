@@ -13,12 +13,13 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 pub use file::{
-    Algorithm, HealthCheckConfig, LogFormat, LoggingConfig, MetricsConfig, QuicConfig, RetryMode,
-    ServerConfig, Telemetry, Timeouts, TlsConfig,
+    AdminConfig, Algorithm, AllUnhealthy, BalancerConfig, CheckKind, HealthCheckConfig, InitialState, LogFormat,
+    LoggingConfig, MetricsConfig, PassiveConfig, QuicConfig, RetryMode, ServerConfig, StatusRange, Telemetry, Timeouts,
+    TlsConfig,
 };
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
-use file::{BalancerSection, FileBackend, FileConfig, FileRoute};
+use file::{FileBackend, FileConfig, FileRoute};
 
 /// The name of the pool built from the top-level `backends` list.
 pub const DEFAULT_UPSTREAM: &str = "default";
@@ -34,6 +35,7 @@ pub struct Config {
     pub quic: QuicConfig,
     /// `quic.stateless_reset_key`, decoded.
     pub quic_secret: Option<Vec<u8>>,
+    pub admin: AdminConfig,
     pub timeouts: Timeouts,
     pub telemetry: Telemetry,
 }
@@ -43,7 +45,7 @@ pub struct Config {
 pub struct UpstreamConfig {
     pub name: String,
     pub backends: Vec<BackendConfig>,
-    pub algorithm: Algorithm,
+    pub balancer: BalancerConfig,
     pub health_check: HealthCheckConfig,
 }
 
@@ -54,6 +56,8 @@ pub struct BackendConfig {
     pub scheme: Scheme,
     pub authority: Authority,
     pub weight: u32,
+    /// Where active checks go instead of `authority` + `health_check.path`.
+    pub health_url: Option<Uri>,
 }
 
 /// A route: which requests go to which upstream.
@@ -196,6 +200,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         upstreams: raw_upstreams,
         routes: raw_routes,
         quic,
+        admin,
         timeouts,
         telemetry,
     } = raw;
@@ -205,10 +210,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let mut upstreams = Vec::new();
     if let Some(list) = backends {
         if list.is_empty() {
-            return Err((
-                "backends".into(),
-                "the list is empty; add at least one backend".into(),
-            ));
+            return Err(("backends".into(), "the list is empty; add at least one backend".into()));
         }
         upstreams.push(upstream(
             DEFAULT_UPSTREAM,
@@ -235,9 +237,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
                 "missing or empty; add at least one backend".into(),
             ));
         }
-        let health = raw_upstream
-            .health_check
-            .unwrap_or_else(|| default_health.clone());
+        let health = raw_upstream.health_check.unwrap_or_else(|| default_health.clone());
         check_health(&format!("{key}.health_check"), &health)?;
         upstreams.push(upstream(
             &name,
@@ -271,10 +271,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         ));
     }
     if server.max_header_bytes < 8192 {
-        return Err((
-            "server.max_header_bytes".into(),
-            "must be at least 8KiB".into(),
-        ));
+        return Err(("server.max_header_bytes".into(), "must be at least 8KiB".into()));
     }
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     if !LEVELS.contains(&telemetry.logging.level.to_ascii_lowercase().as_str()) {
@@ -294,6 +291,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         default_upstream,
         quic,
         quic_secret,
+        admin,
         timeouts,
         telemetry,
     })
@@ -307,16 +305,10 @@ fn check_quic(quic: &QuicConfig) -> Result<Option<Vec<u8>>, Invalid> {
         ));
     }
     if quic.max_concurrent_streams == 0 {
-        return Err((
-            "quic.max_concurrent_streams".into(),
-            "must be at least 1".into(),
-        ));
+        return Err(("quic.max_concurrent_streams".into(), "must be at least 1".into()));
     }
     if quic.max_header_bytes < 1024 {
-        return Err((
-            "quic.max_header_bytes".into(),
-            "must be at least 1KiB".into(),
-        ));
+        return Err(("quic.max_header_bytes".into(), "must be at least 1KiB".into()));
     }
     if quic.stream_receive_window == 0 || quic.receive_window < quic.stream_receive_window {
         return Err((
@@ -352,7 +344,7 @@ fn upstream(
     name: &str,
     key: &str,
     backends: Vec<FileBackend>,
-    balancer: BalancerSection,
+    balancer: BalancerConfig,
     health_check: HealthCheckConfig,
 ) -> Result<UpstreamConfig, Invalid> {
     let mut checked: Vec<BackendConfig> = Vec::with_capacity(backends.len());
@@ -371,17 +363,23 @@ fn upstream(
             ));
         }
         let (scheme, authority) = backend_url(&raw.url).map_err(|message| (at("url"), message))?;
+        let health_url = raw
+            .health_url
+            .as_deref()
+            .map(|text| health_url(text).map_err(|message| (at("health_url"), message)))
+            .transpose()?;
         checked.push(BackendConfig {
             name: raw.name,
             scheme,
             authority,
             weight: raw.weight,
+            health_url,
         });
     }
     Ok(UpstreamConfig {
         name: name.to_owned(),
         backends: checked,
-        algorithm: balancer.algorithm,
+        balancer,
         health_check,
     })
 }
@@ -402,11 +400,21 @@ fn backend_url(text: &str) -> Result<(Scheme, Authority), String> {
         return Err(format!("`{text}`: a backend URL has no path or query"));
     }
     if authority.as_str().contains('@') {
-        return Err(format!(
-            "`{text}`: credentials in a backend URL are not supported"
-        ));
+        return Err(format!("`{text}`: credentials in a backend URL are not supported"));
     }
     Ok((scheme.clone(), authority.clone()))
+}
+
+fn health_url(text: &str) -> Result<Uri, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("`{text}` is not a URL ({e}); write it like http://127.0.0.1:9001/healthz"))?;
+    match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(_)) if scheme == &Scheme::HTTP => Ok(uri),
+        _ => Err(format!(
+            "`{text}` needs http:// and a host, like http://127.0.0.1:9001/healthz"
+        )),
+    }
 }
 
 fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
@@ -426,42 +434,50 @@ fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
         ));
     }
     if health.unhealthy_threshold == 0 {
+        return Err((format!("{key}.unhealthy_threshold"), "must be at least 1".into()));
+    }
+    if health.healthy_threshold == 0 {
+        return Err((format!("{key}.healthy_threshold"), "must be at least 1".into()));
+    }
+    let passive = &health.passive;
+    if passive.unhealthy_threshold == 0 {
         return Err((
-            format!("{key}.unhealthy_threshold"),
+            format!("{key}.passive.unhealthy_threshold"),
             "must be at least 1".into(),
         ));
     }
-    if health.healthy_threshold == 0 {
+    if passive.reactivation.is_zero() || passive.max_ejection < passive.reactivation {
         return Err((
-            format!("{key}.healthy_threshold"),
-            "must be at least 1".into(),
+            format!("{key}.passive.max_ejection"),
+            "reactivation must be above zero and max_ejection at least reactivation".into(),
+        ));
+    }
+    if let Some(status) = passive.failure_statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err((
+            format!("{key}.passive.failure_statuses"),
+            format!("{status} is not an HTTP status"),
+        ));
+    }
+    if health.expected_statuses.is_empty() {
+        return Err((
+            format!("{key}.expected_statuses"),
+            "list at least one status or range".into(),
         ));
     }
     if !health.path.starts_with('/') {
-        return Err((
-            format!("{key}.path"),
-            format!("`{}` must start with /", health.path),
-        ));
+        return Err((format!("{key}.path"), format!("`{}` must start with /", health.path)));
     }
     Ok(())
 }
 
-fn route(
-    index: usize,
-    raw: FileRoute,
-    upstreams: &[UpstreamConfig],
-) -> Result<RouteConfig, Invalid> {
+fn route(index: usize, raw: FileRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
     let at = |field: &str| format!("routes[{index}].{field}");
     if !upstreams.iter().any(|u| u.name == raw.upstream) {
         let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
         return Err((
             at("upstream"),
             with_suggestion(
-                &format!(
-                    "unknown upstream `{}`; defined: {}",
-                    raw.upstream,
-                    known.join(", ")
-                ),
+                &format!("unknown upstream `{}`; defined: {}", raw.upstream, known.join(", ")),
                 &raw.upstream,
                 &known,
             ),
@@ -482,9 +498,7 @@ fn route(
             } else if host.contains('*') || host.contains('/') || host.contains(':') {
                 return Err((
                     at("host"),
-                    format!(
-                        "`{host}` is not a host name; write example.com or *.example.com (no port)"
-                    ),
+                    format!("`{host}` is not a host name; write example.com or *.example.com (no port)"),
                 ));
             } else {
                 HostMatch::Exact(host)
@@ -496,9 +510,7 @@ fn route(
         return Err((at("path"), format!("`{path}` must start with /")));
     }
     let path = match path.strip_suffix('*') {
-        Some(prefix) if prefix.ends_with('/') && !prefix.contains('*') => {
-            PathMatch::Prefix(prefix.to_owned())
-        }
+        Some(prefix) if prefix.ends_with('/') && !prefix.contains('*') => PathMatch::Prefix(prefix.to_owned()),
         Some(_) => {
             return Err((
                 at("path"),

@@ -67,11 +67,7 @@ fn assert_unreadable(e: &ConfigError, line: usize, key: &str, problem: &str) {
     assert_eq!(e.line, Some(line), "{e}");
     assert_eq!(e.key, key, "{e}");
     assert!(e.message.contains(problem), "{e}");
-    assert!(
-        e.to_string()
-            .starts_with(&format!("proxy.yaml:{line}: {key}: ")),
-        "{e}"
-    );
+    assert!(e.to_string().starts_with(&format!("proxy.yaml:{line}: {key}: ")), "{e}");
 }
 
 fn addr(text: &str) -> SocketAddr {
@@ -98,21 +94,14 @@ fn the_issue_sample_is_accepted_as_is() {
     assert_eq!(config.upstreams.len(), 1);
     let default = &config.upstreams[0];
     assert_eq!(default.name, DEFAULT_UPSTREAM);
-    assert_eq!(default.algorithm, Algorithm::RoundRobin);
-    assert_eq!(
-        backend_summary(default),
-        [("backend1", "127.0.0.1:8001".to_owned(), 1)]
-    );
+    assert_eq!(default.balancer.algorithm, Algorithm::RoundRobin);
+    assert_eq!(backend_summary(default), [("backend1", "127.0.0.1:8001".to_owned(), 1)]);
     assert_eq!(default.backends[0].scheme, Scheme::HTTP);
     assert_eq!(
         default.health_check,
         HealthCheckConfig {
             enabled: true,
-            interval: Duration::from_secs(10),
-            timeout: Duration::from_secs(5),
-            path: "/health".into(),
-            unhealthy_threshold: 3,
-            healthy_threshold: 2,
+            ..HealthCheckConfig::disabled()
         }
     );
     assert!(config.routes.is_empty());
@@ -147,7 +136,7 @@ fn a_minimal_file_gets_the_documented_defaults() {
     assert_eq!(config.server.drain_timeout, Duration::from_secs(30));
     assert_eq!(config.server.max_header_bytes, 64 * 1024);
     let default = &config.upstreams[0];
-    assert_eq!(default.algorithm, Algorithm::RoundRobin);
+    assert_eq!(default.balancer.algorithm, Algorithm::RoundRobin);
     assert_eq!(default.backends[0].weight, 1);
     assert_eq!(default.health_check, HealthCheckConfig::disabled());
     assert_eq!(config.timeouts.connect, Duration::from_secs(5));
@@ -199,28 +188,19 @@ fn routed_form_builds_named_upstreams() {
         unreachable!()
     };
 
-    assert_eq!(
-        backend_summary(default),
-        [("web1", "127.0.0.1:8001".into(), 1)]
-    );
+    assert_eq!(backend_summary(default), [("web1", "127.0.0.1:8001".into(), 1)]);
     assert_eq!(
         backend_summary(api),
-        [
-            ("api1", "10.0.0.2:9000".into(), 3),
-            ("api2", "[::1]:9001".into(), 1)
-        ]
+        [("api1", "10.0.0.2:9000".into(), 3), ("api2", "[::1]:9001".into(), 1)]
     );
-    assert_eq!(
-        backend_summary(static_files),
-        [("s1", "10.0.0.1".into(), 1)]
-    );
+    assert_eq!(backend_summary(static_files), [("s1", "10.0.0.1".into(), 1)]);
 
     // An upstream's own sections win; without them it inherits the top-level ones.
-    assert_eq!(api.algorithm, Algorithm::Weighted);
+    assert_eq!(api.balancer.algorithm, Algorithm::Weighted);
     assert_eq!(api.health_check.path, "/ready");
     assert_eq!(api.health_check.interval, Duration::from_secs(3));
-    assert_eq!(static_files.algorithm, Algorithm::LeastConnections);
-    assert_eq!(default.algorithm, Algorithm::LeastConnections);
+    assert_eq!(static_files.balancer.algorithm, Algorithm::LeastConnections);
+    assert_eq!(default.balancer.algorithm, Algorithm::LeastConnections);
     assert_eq!(static_files.health_check, default.health_check);
     assert_eq!(default.health_check.interval, Duration::from_secs(20));
     assert!(default.health_check.enabled);
@@ -272,7 +252,7 @@ fn unknown_key_names_file_line_and_key_path() {
         &e,
         5,
         "load_balancer.algoritm",
-        "unknown field `algoritm`, expected `algorithm`",
+        "unknown field `algoritm`, expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`",
     );
 }
 
@@ -281,16 +261,12 @@ fn unknown_key_suggests_the_closest_field() {
     let e = error_with("load_balancer:\n  algoritm: round_robin\n");
     assert_eq!(
         e.to_string(),
-        "proxy.yaml:5: load_balancer.algoritm: unknown field `algoritm`, expected `algorithm`; \
+        "proxy.yaml:5: load_balancer.algoritm: unknown field `algoritm`, expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`; \
          did you mean `algorithm`?"
     );
     let e = error_with("server:\n  adress: \":80\"\n");
     assert_eq!(e.key, "server.adress");
-    assert!(
-        e.message.ends_with("; did you mean `address`?"),
-        "{}",
-        e.message
-    );
+    assert!(e.message.ends_with("; did you mean `address`?"), "{}", e.message);
 }
 
 #[test]
@@ -307,12 +283,7 @@ fn unknown_key_in_a_backend_entry() {
 #[test]
 fn unknown_top_level_key() {
     let e = error_with("helth_check:\n  enabled: true\n");
-    assert_unreadable(
-        &e,
-        4,
-        "helth_check",
-        "unknown field `helth_check`, expected one of",
-    );
+    assert_unreadable(&e, 4, "helth_check", "unknown field `helth_check`, expected one of");
 }
 
 #[test]
@@ -462,9 +433,7 @@ fn backend_url_with_path_or_credentials() {
 
 #[test]
 fn unparsable_listen_address() {
-    let e = error(&format!(
-        "server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"
-    ));
+    let e = error(&format!("server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"));
     assert_unreadable(
         &e,
         2,
@@ -472,39 +441,26 @@ fn unparsable_listen_address() {
         "`nope` is not a listen address; write it like :80, 127.0.0.1:8080 or [::1]:8443",
     );
     let e = error_with("server:\n  address: \":99999\"\n");
-    assert_unreadable(
-        &e,
-        5,
-        "server.address",
-        "`:99999` has no valid port; write it like :80",
-    );
+    assert_unreadable(&e, 5, "server.address", "`:99999` has no valid port; write it like :80");
 }
 
 #[test]
 fn bad_duration() {
     let e = error_with("health_check:\n  interval: ten\n");
     assert_unreadable(&e, 5, "health_check.interval", "`ten` is not a duration");
-    assert!(
-        e.message.ends_with("; write it like 500ms, 10s, 5m or 1h"),
-        "{e}"
-    );
+    assert!(e.message.ends_with("; write it like 500ms, 10s, 5m or 1h"), "{e}");
 }
 
 #[test]
 fn scalar_errors_do_not_repeat_the_key_path() {
-    let e = error(&format!(
-        "server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"
-    ));
+    let e = error(&format!("server:\n  fallback_address: \"nope\"\n{ONE_BACKEND}"));
     assert_eq!(
         e.to_string(),
         "proxy.yaml:2: server.fallback_address: `nope` is not a listen address; \
          write it like :80, 127.0.0.1:8080 or [::1]:8443"
     );
     let e = error("backends:\n  - name: a\n");
-    assert_eq!(
-        e.to_string(),
-        "proxy.yaml:2: backends[0]: missing field `url`"
-    );
+    assert_eq!(e.to_string(), "proxy.yaml:2: backends[0]: missing field `url`");
 }
 
 #[test]
@@ -533,11 +489,7 @@ fn invalid_route_host_and_path() {
         "routes[0].host",
         "`example.com:443` is not a host name; write example.com or *.example.com (no port)",
     );
-    assert_invalid(
-        &route("path: api"),
-        "routes[0].path",
-        "`api` must start with /",
-    );
+    assert_invalid(&route("path: api"), "routes[0].path", "`api` must start with /");
     assert_invalid(
         &route("path: \"/api*\""),
         "routes[0].path",
@@ -584,9 +536,8 @@ fn health_check_zero_interval_says_so() {
 
 #[test]
 fn upstream_named_default_clashes_with_top_level_backends() {
-    let e = error_with(
-        "upstreams:\n  default:\n    backends:\n      - name: b\n        url: \"http://127.0.0.1:8002\"\n",
-    );
+    let e =
+        error_with("upstreams:\n  default:\n    backends:\n      - name: b\n        url: \"http://127.0.0.1:8002\"\n");
     assert_invalid(
         &e,
         "upstreams.default",

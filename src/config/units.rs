@@ -7,9 +7,8 @@ use serde::{Deserialize, Deserializer};
 
 /// A duration written as `500ms`, `10s`, `5m` or `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write it like 500ms, 10s, 5m or 1h")
-    })
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration ({e}); write it like 500ms, 10s, 5m or 1h"))
 }
 
 /// A listen address: `:80` (every interface, IPv4 and IPv6), `127.0.0.1:8080` or `[::1]:8443`.
@@ -21,28 +20,21 @@ pub fn parse_listen_addr(text: &str) -> Result<SocketAddr, String> {
             .map_err(|_| format!("`{text}` has no valid port; write it like :80"))?;
         return Ok(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port));
     }
-    text.parse().map_err(|_| {
-        format!("`{text}` is not a listen address; write it like :80, 127.0.0.1:8080 or [::1]:8443")
-    })
+    text.parse()
+        .map_err(|_| format!("`{text}` is not a listen address; write it like :80, 127.0.0.1:8080 or [::1]:8443"))
 }
 
 /// A byte size written as `65536`, `64KiB`, `16MiB` or `1GiB`.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
         "KiB" | "KB" | "K" | "k" => 1 << 10,
         "MiB" | "MB" | "M" => 1 << 20,
         "GiB" | "GB" | "G" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a size; write it like 65536, 64KiB or 16MiB"
-            ))
-        }
+        _ => return Err(format!("`{text}` is not a size; write it like 65536, 64KiB or 16MiB")),
     };
     digits
         .parse::<u64>()
@@ -55,6 +47,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(d)?;
     parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+/// Serde adapter: an optional duration string.
+pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| parse_duration(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// Serde adapter: a listen address string.
@@ -100,10 +99,7 @@ mod tests {
             parse_listen_addr("127.0.0.1:8080"),
             Ok("127.0.0.1:8080".parse().unwrap_or_else(|_| unreachable!()))
         );
-        assert_eq!(
-            parse_listen_addr("[::1]:8443").map(|a| a.is_ipv6()),
-            Ok(true)
-        );
+        assert_eq!(parse_listen_addr("[::1]:8443").map(|a| a.is_ipv6()), Ok(true));
         assert!(parse_listen_addr(":http").is_err());
         assert!(parse_listen_addr("localhost").is_err());
     }

@@ -38,13 +38,8 @@ impl Forwarder {
     }
 
     /// Sends `request` (already addressed to `backend`) and waits for the response head.
-    pub async fn send(
-        &self,
-        backend: &Backend,
-        request: Request<Body>,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await
-        {
+    pub async fn send(&self, backend: &Backend, request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(backend, &error)),
             Err(_) => Err(ProxyError::ResponseTimeout {

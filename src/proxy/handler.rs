@@ -7,9 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use ipnet::IpNet;
@@ -18,6 +21,7 @@ use crate::balancer::{Backend, InFlight};
 use crate::body::Body;
 use crate::config::Config;
 use crate::error::{Origin, ProxyError};
+use crate::health::passive;
 use crate::metrics;
 
 use super::forward::Forwarder;
@@ -129,25 +133,17 @@ impl Core {
             .route(host.as_deref(), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         outcome.upstream = Some(Arc::clone(upstream));
-        let backend = upstream
-            .select(|_| true)
-            .ok_or_else(|| ProxyError::NoBackend {
-                upstream: upstream.name.clone(),
-            })?;
-        outcome.backend = Some(Arc::clone(&backend));
-        let in_flight = backend.start_request();
 
         let is_http1 = request.version() <= Version::HTTP_11;
         let upgrade = is_http1 && headers::is_upgrade_request(request.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
-                    parts.headers.insert(header::HOST, value);
-                }
+        // The target's authority wins over a Host header (RFC 9112 3.2.2, RFC 9113 8.3.1, RFC 9114 4.3.1).
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+                parts.headers.insert(header::HOST, value);
             }
         }
         headers::add_forwarding(
@@ -165,33 +161,106 @@ impl Core {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        parts.uri = Uri::builder()
-            .scheme(backend.scheme.clone())
-            .authority(backend.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
-        parts.version = Version::HTTP_11;
+        let idempotent = is_idempotent(&parts.method);
 
-        let mut response = self
-            .forwarder
-            .send(&backend, Request::from_parts(parts, body))
-            .await?;
-
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Some(client_upgrade) = client_upgrade else {
-                return Err(ProxyError::UpstreamFailed {
-                    backend: backend.name.clone(),
-                    cause: "101 Switching Protocols to a request that asked for no upgrade"
-                        .to_owned(),
-                });
+        let retries = if upgrade { 0 } else { upstream.policy.retries };
+        let (mut body, replay) = replayable(body, retries, upstream.policy.retry_buffer).await?;
+        let attempts = if replay.is_some() { retries + 1 } else { 1 };
+        let mut tried: Vec<Arc<Backend>> = Vec::new();
+        let mut last_error = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let backend = match upstream.pick(&tried) {
+                Ok(backend) => backend,
+                // Out of backends to retry on: the client hears what actually went wrong.
+                Err(error) => return Err(last_error.unwrap_or(error)),
             };
-            let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
-            return Ok(response.map(|_| Body::empty()));
+            outcome.backend = Some(Arc::clone(&backend));
+            let in_flight = backend.start_request();
+            let last = attempt >= attempts;
+            let mut upstream_request = Request::new(match &replay {
+                Some(bytes) => Body::full(bytes.clone()),
+                None => std::mem::replace(&mut body, Body::empty()),
+            });
+            *upstream_request.method_mut() = parts.method.clone();
+            *upstream_request.version_mut() = Version::HTTP_11;
+            *upstream_request.headers_mut() = if last {
+                std::mem::take(&mut parts.headers)
+            } else {
+                parts.headers.clone()
+            };
+            *upstream_request.uri_mut() = Uri::builder()
+                .scheme(backend.scheme.clone())
+                .authority(backend.authority.clone())
+                .path_and_query(path_and_query.clone())
+                .build()
+                .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+
+            let result = self.forwarder.send(&backend, upstream_request).await;
+            let verdict = passive::verdict(
+                result.as_ref().map(Response::status),
+                &upstream.health_check.passive.failure_statuses,
+            );
+            if let Some(transition) = verdict.and_then(|v| backend.health.record_request(v)) {
+                crate::health::announce(&backend, transition);
+            }
+            let mut response = match result {
+                Ok(response) => response,
+                Err(error) if !last && error.retryable(idempotent) => {
+                    tracing::info!(upstream = %upstream.name, backend = %backend.name, "{error}; retrying on another backend");
+                    metrics::record_retry(&upstream.name);
+                    tried.push(backend);
+                    last_error = Some(error);
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                let Some(client_upgrade) = client_upgrade.take() else {
+                    return Err(ProxyError::UpstreamFailed {
+                        backend: backend.name.clone(),
+                        cause: "101 Switching Protocols to a request that asked for no upgrade".to_owned(),
+                    });
+                };
+                let backend_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
+                return Ok(response.map(|_| Body::empty()));
+            }
+            headers::remove_hop_by_hop(response.headers_mut(), false);
+            return Ok(response.map(|body| Body::from(body).with_guard(in_flight)));
         }
-        headers::remove_hop_by_hop(response.headers_mut(), false);
-        Ok(response.map(|body| Body::from(body).with_guard(in_flight)))
+    }
+}
+
+/// GET, HEAD, PUT, DELETE, OPTIONS and TRACE may be sent twice without changing the outcome.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Splits a request body into what the first attempt sends and, when retries may need it again, a copy.
+/// Empty bodies and bodies of known size up to `limit` are kept; anything else streams once, unretried.
+async fn replayable(body: Body, retries: u32, limit: u64) -> Result<(Body, Option<Bytes>), ProxyError> {
+    if retries == 0 {
+        return Ok((body, None));
+    }
+    if body.is_end_stream() {
+        return Ok((body, Some(Bytes::new())));
+    }
+    match body.size_hint().exact() {
+        Some(length) if length <= limit => {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
+                .to_bytes();
+            Ok((Body::empty(), Some(bytes)))
+        }
+        _ => Ok((body, None)),
     }
 }
 
@@ -219,12 +288,9 @@ fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
         return check_fields(request);
     }
     let headers = request.headers();
-    let content_lengths: Vec<&HeaderValue> =
-        headers.get_all(header::CONTENT_LENGTH).iter().collect();
+    let content_lengths: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
     if !content_lengths.is_empty() && headers.contains_key(header::TRANSFER_ENCODING) {
-        return Err(ProxyError::BadRequest(
-            "both Content-Length and Transfer-Encoding",
-        ));
+        return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
     let mut declared: Option<&[u8]> = None;
     for value in &content_lengths {
@@ -270,10 +336,7 @@ fn check_fields(request: &Request<Body>) -> Result<(), ProxyError> {
         HeaderName::from_static("keep-alive"),
         HeaderName::from_static("proxy-connection"),
     ];
-    if connection_specific
-        .iter()
-        .any(|name| headers.contains_key(name))
-    {
+    if connection_specific.iter().any(|name| headers.contains_key(name)) {
         return Err(ProxyError::BadRequest(
             "connection-specific header field in an HTTP/2 or HTTP/3 request",
         ));
@@ -326,6 +389,13 @@ pub fn error_response(error: &ProxyError, version: Version) -> Response<Body> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    if let ProxyError::NoBackend {
+        retry_after: Some(seconds),
+        ..
+    } = error
+    {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+    }
     if error.closes_connection() && version <= Version::HTTP_11 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

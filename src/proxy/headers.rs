@@ -13,7 +13,19 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// Removes hop-by-hop headers: the fixed set and every header named in `Connection`. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive, for a protocol upgrade the backend must see.
+/// `TE: trailers` is kept as the proxy's own: it relays trailers, so the backend may send them.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let accepts_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| {
+            token
+                .split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -22,7 +34,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
         .collect();
     for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
+        // Host is end-to-end whatever Connection says; the forwarding headers are rewritten afterwards anyway.
+        if name != header::HOST && !(keep_upgrade && name == header::UPGRADE) {
             headers.remove(name);
         }
     }
@@ -40,6 +53,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     } else {
         headers.remove(header::UPGRADE);
+    }
+    if accepts_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
@@ -109,11 +125,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding<'_>) {
 }
 
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
     (!values.is_empty()).then(|| values.join(", "))
 }
 
@@ -135,10 +147,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_str(value),
-            ) {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
                 map.append(n, v);
             }
         }
@@ -161,7 +170,7 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("proxy-connection", "keep-alive"),
@@ -174,18 +183,20 @@ mod tests {
     }
 
     #[test]
+    fn te_trailers_is_kept_as_the_proxys_own() {
+        let mut h = headers(&[("te", "gzip, trailers;q=1"), ("connection", "TE")]);
+        remove_hop_by_hop(&mut h, false);
+        assert_eq!(h.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
     fn upgrade_survives_when_asked() {
         let mut h = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         assert!(is_upgrade_request(&h));
         remove_hop_by_hop(&mut h, true);
-        assert_eq!(
-            h.get("upgrade").map(|v| v.as_bytes()),
-            Some(&b"websocket"[..])
-        );
-        assert_eq!(
-            h.get("connection").map(|v| v.as_bytes()),
-            Some(&b"upgrade"[..])
-        );
+        assert_eq!(h.get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(h.get("connection").map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
     }
 
     #[test]
@@ -193,24 +204,15 @@ mod tests {
         let mut h = headers(&[("connection", "X-Forwarded-For, Via")]);
         remove_hop_by_hop(&mut h, false);
         add_forwarding(&mut h, &forwarding("192.0.2.7", &[]));
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"192.0.2.7"[..])
-        );
-        assert_eq!(
-            h.get("via").map(|v| v.as_bytes()),
-            Some(&b"1.1 quic-proxy"[..])
-        );
+        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"192.0.2.7"[..]));
+        assert_eq!(h.get("via").map(|v| v.as_bytes()), Some(&b"1.1 quic-proxy"[..]));
     }
 
     #[test]
     fn untrusted_forwarded_for_is_replaced_and_trusted_is_extended() {
         let mut h = headers(&[("x-forwarded-for", "6.6.6.6"), ("forwarded", "for=6.6.6.6")]);
         add_forwarding(&mut h, &forwarding("192.0.2.7", &[]));
-        assert_eq!(
-            h.get("x-forwarded-for").map(|v| v.as_bytes()),
-            Some(&b"192.0.2.7"[..])
-        );
+        assert_eq!(h.get("x-forwarded-for").map(|v| v.as_bytes()), Some(&b"192.0.2.7"[..]));
         assert!(!h.contains_key("forwarded"));
 
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];

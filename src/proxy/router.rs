@@ -24,11 +24,7 @@ struct Route {
 impl Router {
     /// Builds every upstream pool and the route table from a validated config.
     pub fn new(config: &Config) -> Self {
-        let upstreams: Vec<Arc<Upstream>> = config
-            .upstreams
-            .iter()
-            .map(|u| Arc::new(Upstream::new(u)))
-            .collect();
+        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
         let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let routes = config
             .routes
@@ -79,9 +75,7 @@ fn host_matches(pattern: &HostMatch, host: Option<&str>) -> bool {
     match (pattern, host) {
         (HostMatch::Any, _) => true,
         (HostMatch::Exact(expected), Some(host)) => host == expected,
-        (HostMatch::Suffix(suffix), Some(host)) => {
-            host.len() > suffix.len() && host.ends_with(suffix.as_str())
-        }
+        (HostMatch::Suffix(suffix), Some(host)) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
         (_, None) => false,
     }
 }
@@ -146,23 +140,11 @@ routes:
         );
         assert_eq!(upstream_of(&r, None, "/api").as_deref(), Some("api"));
         assert_eq!(upstream_of(&r, None, "/apix").as_deref(), Some("default"));
-        assert_eq!(
-            upstream_of(&r, Some("x.example.org"), "/").as_deref(),
-            Some("wild")
-        );
-        assert_eq!(
-            upstream_of(&r, Some("a.b.example.org."), "/").as_deref(),
-            Some("wild")
-        );
-        assert_eq!(
-            upstream_of(&r, Some("example.org"), "/").as_deref(),
-            Some("default")
-        );
+        assert_eq!(upstream_of(&r, Some("x.example.org"), "/").as_deref(), Some("wild"));
+        assert_eq!(upstream_of(&r, Some("a.b.example.org."), "/").as_deref(), Some("wild"));
+        assert_eq!(upstream_of(&r, Some("example.org"), "/").as_deref(), Some("default"));
         assert_eq!(upstream_of(&r, None, "/exact").as_deref(), Some("api"));
-        assert_eq!(
-            upstream_of(&r, None, "/exact/more").as_deref(),
-            Some("default")
-        );
+        assert_eq!(upstream_of(&r, None, "/exact/more").as_deref(), Some("default"));
     }
 
     #[test]
@@ -175,10 +157,7 @@ routes:
   - {host: "api.example.com", upstream: api}
 "#,
         );
-        assert_eq!(
-            upstream_of(&r, Some("api.example.com"), "/x").as_deref(),
-            Some("api")
-        );
+        assert_eq!(upstream_of(&r, Some("api.example.com"), "/x").as_deref(), Some("api"));
         assert_eq!(upstream_of(&r, Some("[::1]:8080"), "/x"), None);
         assert_eq!(upstream_of(&r, None, "/x"), None);
     }

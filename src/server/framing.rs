@@ -37,9 +37,7 @@ impl FramingViolation {
     /// The error the core answers with.
     pub fn error(self) -> ProxyError {
         match self {
-            Self::ConflictingLength => {
-                ProxyError::BadRequest("both Content-Length and Transfer-Encoding")
-            }
+            Self::ConflictingLength => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
             Self::HeadTooLarge => ProxyError::HeadTooLarge,
         }
     }
@@ -56,10 +54,8 @@ impl Verdicts {
 
     fn flag(&self, index: u64, violation: FramingViolation) {
         if self.first_flagged.fetch_min(index, Ordering::Relaxed) > index {
-            self.too_large.store(
-                violation == FramingViolation::HeadTooLarge,
-                Ordering::Relaxed,
-            );
+            self.too_large
+                .store(violation == FramingViolation::HeadTooLarge, Ordering::Relaxed);
         }
     }
 
@@ -107,11 +103,7 @@ impl<T> FramingWatch<T> {
 }
 
 impl<T: Read + Unpin> Read for FramingWatch<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        mut buf: ReadBufCursor<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         // Read into a scratch buffer we can inspect, then hand the bytes on.
         let mut scratch = [0u8; 16 * 1024];
@@ -132,11 +124,7 @@ impl<T: Read + Unpin> Read for FramingWatch<T> {
 }
 
 impl<T: Write + Unpin> Write for FramingWatch<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -281,10 +269,7 @@ impl Tracker {
     fn feed_head(&mut self, data: &[u8], flagged: &mut Option<(u64, FramingViolation)>) -> usize {
         // Empty lines before a request line are allowed and ignored.
         if self.head.is_empty() {
-            let skip = data
-                .iter()
-                .take_while(|b| matches!(b, b'\r' | b'\n'))
-                .count();
+            let skip = data.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
             if skip > 0 {
                 return skip;
             }
@@ -336,7 +321,7 @@ enum Framing {
     Conflicting,
     Length(u64),
     Chunked,
-    /// Upgrades, CONNECT, or heads hyper will refuse: stop tracking.
+    /// CONNECT, or heads hyper will refuse: stop tracking.
     Untracked,
 }
 
@@ -348,7 +333,9 @@ fn classify(head: &[u8]) -> Framing {
     }
     let mut length = None;
     let mut chunked = None;
-    let mut upgrade = request.method == Some("CONNECT");
+    // An upgrade request is still framed as HTTP: if the backend declines it, the next request follows.
+    // After a 101 the bytes are tunnel data, which hyper no longer parses, so verdicts no longer matter.
+    let tunnel = request.method == Some("CONNECT");
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("content-length") {
             length = std::str::from_utf8(header.value)
@@ -356,19 +343,13 @@ fn classify(head: &[u8]) -> Framing {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .or(Some(u64::MAX));
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = header
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or_default();
+            let last = header.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if header.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
         }
     }
     match (length, chunked) {
         (Some(_), Some(_)) => Framing::Conflicting,
-        _ if upgrade => Framing::Untracked,
+        _ if tunnel => Framing::Untracked,
         (_, Some(true)) => Framing::Chunked,
         (_, Some(false)) | (Some(u64::MAX), None) => Framing::Untracked,
         (Some(length), None) => Framing::Length(length),
@@ -411,14 +392,12 @@ mod tests {
         let mut stream = Vec::new();
         stream.extend_from_slice(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 47\r\n\r\n");
         stream.extend_from_slice(b"GET /fake HTTP/1.1\r\nContent-Length: 1\r\n\r\n!!!!!!"); // 47 body bytes
-        stream.extend_from_slice(
-            b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-        );
-        stream.extend_from_slice(
-            b"1a;ext=1\r\nTransfer-Encoding: chunked\r\n0\r\nX-Trailer: 1\r\n\r\n",
-        );
+        stream.extend_from_slice(b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        stream.extend_from_slice(b"1a;ext=1\r\nTransfer-Encoding: chunked\r\n0\r\nX-Trailer: 1\r\n\r\n");
         stream.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n");
-        stream.extend_from_slice(b"PUT /d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n");
+        stream.extend_from_slice(
+            b"PUT /d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
         assert_eq!(flagged_bytewise(&stream), Some((3, CONFLICT)));
         assert_eq!(tracker().feed(&stream), Some((3, CONFLICT)));
     }
@@ -427,7 +406,9 @@ mod tests {
     fn clean_keep_alive_stream_is_not_flagged() {
         let mut stream = Vec::new();
         for _ in 0..3 {
-            stream.extend_from_slice(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+            stream.extend_from_slice(
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            );
             stream.extend_from_slice(b"\r\nGET / HTTP/1.1\nHost: x\nContent-Length: 3\n\nabc");
         }
         assert_eq!(flagged_bytewise(&stream), None);
@@ -446,10 +427,7 @@ mod tests {
             heads: 0,
         };
         assert_eq!(t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
-        let big = format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
-            "a".repeat(64)
-        );
+        let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64));
         assert_eq!(
             big.as_bytes().chunks(7).find_map(|c| t.feed(c)),
             Some((1, FramingViolation::HeadTooLarge))

@@ -65,9 +65,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let mut response = core.handle(request.map(Body::from), client).await;
     if let Some(alt_svc) = alt_svc {
-        response
-            .headers_mut()
-            .insert(http::header::ALT_SVC, alt_svc);
+        response.headers_mut().insert(http::header::ALT_SVC, alt_svc);
     }
     response
 }

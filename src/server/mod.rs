@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::config::Config;
+use crate::health::active::Prober;
 use crate::proxy::Core;
 use crate::tls::CertStore;
 
@@ -52,9 +53,7 @@ impl Shutdown {
     pub async fn drain(&self, timeout: Duration) -> bool {
         self.token.cancel();
         self.tasks.close();
-        tokio::time::timeout(timeout, self.tasks.wait())
-            .await
-            .is_ok()
+        tokio::time::timeout(timeout, self.tasks.wait()).await.is_ok()
     }
 }
 
@@ -86,22 +85,15 @@ impl Running {
 /// Binds every listener (failing before serving anything if one cannot be bound), then serves.
 /// With `certs`, HTTPS (TCP) and QUIC (UDP) listen on `server.address`.
 pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Result<Running> {
-    let fallback = bind_tcp(config.server.fallback_address).with_context(|| {
-        format!(
-            "cannot bind server.fallback_address {}",
-            config.server.fallback_address
-        )
-    })?;
+    let fallback = bind_tcp(config.server.fallback_address)
+        .with_context(|| format!("cannot bind server.fallback_address {}", config.server.fallback_address))?;
     let secure = match &certs {
         Some(certs) => Some(bind_secure(config, certs)?),
         None => None,
     };
     let admin_listener = if config.telemetry.metrics.enabled {
         let address = config.telemetry.metrics.address;
-        Some(
-            bind_tcp(address)
-                .with_context(|| format!("cannot bind telemetry.metrics.address {address}"))?,
-        )
+        Some(bind_tcp(address).with_context(|| format!("cannot bind telemetry.metrics.address {address}"))?)
     } else {
         None
     };
@@ -112,6 +104,16 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
 
     let core = Arc::new(Core::new(config));
     let shutdown = Shutdown::default();
+    let prober = Prober::default();
+    for upstream in core.router().upstreams().iter().filter(|u| u.health_check.enabled) {
+        for backend in &upstream.backends {
+            prober.spawn(
+                Arc::clone(backend),
+                Arc::clone(&upstream.health_check),
+                shutdown.clone(),
+            );
+        }
+    }
     let ready = Arc::new(AtomicBool::new(false));
     let settings = http1::Settings::new(config);
     let fallback_addr = fallback.local_addr()?;
@@ -152,10 +154,13 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
     let admin_addr = match (admin_listener, metrics) {
         (Some(listener), Some(metrics)) => {
             let address = listener.local_addr()?;
-            tracing::info!(%address, "admin listener bound (/metrics /live /ready)");
+            tracing::info!(%address, "admin listener bound (/metrics /health /ready /live /api/backends)");
             let state = admin::State {
                 metrics,
                 ready: Arc::clone(&ready),
+                core: Arc::clone(&core),
+                prober: prober.clone(),
+                token: config.admin.token.clone(),
             };
             tokio::spawn(admin::serve(listener, state, shutdown.clone()));
             Some(address)
@@ -176,23 +181,14 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
 }
 
 /// Binds HTTPS on TCP and QUIC on UDP at `server.address`; with port 0, UDP takes TCP's port.
-fn bind_secure(
-    config: &Config,
-    certs: &Arc<CertStore>,
-) -> anyhow::Result<(TcpListener, TlsAcceptor, QuicListener)> {
+fn bind_secure(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<(TcpListener, TlsAcceptor, QuicListener)> {
     let address = config.server.address;
-    let tcp =
-        bind_tcp(address).with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
-    let tcp_config = certs
-        .tcp_server_config()
-        .context("cannot build the HTTPS TLS config")?;
+    let tcp = bind_tcp(address).with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
+    let tcp_config = certs.tcp_server_config().context("cannot build the HTTPS TLS config")?;
     let acceptor = TlsAcceptor::from(Arc::new(tcp_config));
     let mut quic_config = config.clone();
     if address.port() == 0 {
-        quic_config
-            .server
-            .address
-            .set_port(tcp.local_addr()?.port());
+        quic_config.server.address.set_port(tcp.local_addr()?.port());
     }
     let quic = QuicListener::bind(&quic_config, certs)?;
     Ok((tcp, acceptor, quic))
@@ -201,15 +197,8 @@ fn bind_secure(
 /// A TCP listener; an unspecified IPv6 address (`:80`) takes IPv4 too, or falls back to IPv4 alone.
 pub fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
     let listener = match bind_tcp_socket(address) {
-        Err(e)
-            if address.ip().is_unspecified()
-                && address.is_ipv6()
-                && e.kind() != io::ErrorKind::AddrInUse =>
-        {
-            bind_tcp_socket(SocketAddr::new(
-                Ipv4Addr::UNSPECIFIED.into(),
-                address.port(),
-            ))?
+        Err(e) if address.ip().is_unspecified() && address.is_ipv6() && e.kind() != io::ErrorKind::AddrInUse => {
+            bind_tcp_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), address.port()))?
         }
         other => other?,
     };
@@ -217,11 +206,7 @@ pub fn bind_tcp(address: SocketAddr) -> io::Result<TcpListener> {
 }
 
 fn bind_tcp_socket(address: SocketAddr) -> io::Result<std::net::TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
+    let socket = Socket::new(Domain::for_address(address), Type::STREAM, Some(Protocol::TCP))?;
     if address.is_ipv6() {
         socket.set_only_v6(!address.ip().is_unspecified())?;
     }

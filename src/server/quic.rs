@@ -60,13 +60,11 @@ impl QuicListener {
         let rustls_config = certs
             .quic_server_config(quic.early_data)
             .context("cannot build the QUIC TLS config")?;
-        let crypto = QuicServerConfig::try_from(rustls_config)
-            .context("cannot build the QUIC TLS config")?;
+        let crypto = QuicServerConfig::try_from(rustls_config).context("cannot build the QUIC TLS config")?;
         let mut server_config = match &config.quic_secret {
             Some(secret) => {
                 let token_key =
-                    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens")
-                        .extract(secret);
+                    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens").extract(secret);
                 quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key))
             }
             None => quinn::ServerConfig::with_crypto(Arc::new(crypto)),
@@ -74,16 +72,11 @@ impl QuicListener {
         server_config.transport_config(Arc::new(transport(quic)?));
 
         let mut endpoint_config = match &config.quic_secret {
-            Some(secret) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(
-                ring::hmac::HMAC_SHA256,
-                secret,
-            ))),
+            Some(secret) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))),
             None => EndpointConfig::default(),
         };
         let cid_length = quic.connection_id_length;
-        endpoint_config.cid_generator(move || {
-            Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length))
-        });
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length)));
 
         let count = quic.endpoints.unwrap_or(1);
         let mut address = config.server.address;
@@ -95,23 +88,15 @@ impl QuicListener {
             address = socket.local_addr()?;
             let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
             endpoints.push(
-                quinn::Endpoint::new(
-                    endpoint_config.clone(),
-                    Some(server_config.clone()),
-                    socket,
-                    runtime,
-                )
-                .context("cannot start the QUIC endpoint")?,
+                quinn::Endpoint::new(endpoint_config.clone(), Some(server_config.clone()), socket, runtime)
+                    .context("cannot start the QUIC endpoint")?,
             );
         }
         let settings = Arc::new(Settings {
             quic: quic.clone(),
             handshaking: AtomicUsize::new(0),
         });
-        Ok(Self {
-            endpoints,
-            settings,
-        })
+        Ok(Self { endpoints, settings })
     }
 
     /// The bound UDP address.
@@ -127,30 +112,23 @@ impl QuicListener {
         let mut accepting = Vec::new();
         for endpoint in &self.endpoints {
             let endpoint = endpoint.clone();
-            let (core, settings, shutdown) = (
-                Arc::clone(&core),
-                Arc::clone(&self.settings),
-                shutdown.clone(),
-            );
-            accepting.push(tokio::spawn(accept_loop(
-                endpoint, core, settings, shutdown,
-            )));
+            let (core, settings, shutdown) = (Arc::clone(&core), Arc::clone(&self.settings), shutdown.clone());
+            accepting.push(tokio::spawn(accept_loop(endpoint, core, settings, shutdown)));
         }
         for task in accepting {
             if let Err(error) = task.await {
                 tracing::error!("QUIC accept loop failed: {error}");
             }
         }
+        // Connections close themselves once their requests finish after GOAWAY; the drain timeout bounds it.
         for endpoint in &self.endpoints {
-            endpoint.close(VarInt::from_u32(0), b"shutdown");
+            endpoint.wait_idle().await;
         }
     }
 }
 
 fn transport(quic: &QuicConfig) -> anyhow::Result<TransportConfig> {
-    let varint = |value: u64, key: &str| {
-        VarInt::from_u64(value).with_context(|| format!("quic.{key} is too large"))
-    };
+    let varint = |value: u64, key: &str| VarInt::from_u64(value).with_context(|| format!("quic.{key} is too large"));
     let mut transport = TransportConfig::default();
     transport
         .max_concurrent_bidi_streams(VarInt::from_u32(quic.max_concurrent_streams))
@@ -166,17 +144,9 @@ fn transport(quic: &QuicConfig) -> anyhow::Result<TransportConfig> {
 }
 
 /// A UDP socket with explicit buffer sizes; warns when the kernel grants less than asked.
-fn bind_udp(
-    address: SocketAddr,
-    quic: &QuicConfig,
-    reuse_port: bool,
-) -> io::Result<std::net::UdpSocket> {
+fn bind_udp(address: SocketAddr, quic: &QuicConfig, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
     let socket = match udp_socket(address, reuse_port) {
-        Err(e)
-            if address.ip().is_unspecified()
-                && address.is_ipv6()
-                && e.kind() != io::ErrorKind::AddrInUse =>
-        {
+        Err(e) if address.ip().is_unspecified() && address.is_ipv6() && e.kind() != io::ErrorKind::AddrInUse => {
             udp_socket(
                 SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), address.port()),
                 reuse_port,
@@ -219,11 +189,7 @@ fn bind_udp(
 }
 
 fn udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(address),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
+    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
     if address.is_ipv6() {
         socket.set_only_v6(!address.ip().is_unspecified())?;
     }
@@ -235,12 +201,7 @@ fn udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     Ok(socket)
 }
 
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    core: Arc<Core>,
-    settings: Arc<Settings>,
-    shutdown: Shutdown,
-) {
+async fn accept_loop(endpoint: quinn::Endpoint, core: Arc<Core>, settings: Arc<Settings>, shutdown: Shutdown) {
     loop {
         let incoming = tokio::select! {
             () = shutdown.begun() => return,
@@ -261,13 +222,10 @@ async fn accept_loop(
             }
             continue;
         }
-        let (core, settings_for_conn, drain) =
-            (Arc::clone(&core), Arc::clone(&settings), shutdown.clone());
+        let (core, settings_for_conn, drain) = (Arc::clone(&core), Arc::clone(&settings), shutdown.clone());
         shutdown.spawn(async move {
             let peer = incoming.remote_address();
-            if let Err(error) =
-                serve_connection(incoming, validated, core, settings_for_conn, drain).await
-            {
+            if let Err(error) = serve_connection(incoming, validated, core, settings_for_conn, drain).await {
                 tracing::debug!(%peer, "QUIC connection ended: {error:#}");
             }
         });
@@ -277,9 +235,7 @@ async fn accept_loop(
 fn wants_retry(settings: &Settings) -> bool {
     match settings.quic.retry {
         RetryMode::Always => true,
-        RetryMode::Auto => {
-            settings.handshaking.load(Ordering::Relaxed) >= settings.quic.retry_threshold
-        }
+        RetryMode::Auto => settings.handshaking.load(Ordering::Relaxed) >= settings.quic.retry_threshold,
     }
 }
 
@@ -341,9 +297,7 @@ async fn serve_connection(
                 let (core, handshake) = (Arc::clone(&core), Arc::clone(&handshake));
                 shutdown.spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((request, stream)) => {
-                            serve_request(request, stream, &core, client, &handshake).await
-                        }
+                        Ok((request, stream)) => serve_request(request, stream, &core, client, &handshake).await,
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
                         Err(error) => {
                             tracing::debug!(peer = %client.peer, "HTTP/3 request refused: {error}")
@@ -388,8 +342,11 @@ async fn serve_request(
                     refusal = Some(error);
                 }
             }
-            None if body_already_ended(&mut recv) => {}
-            _ => pump = Some(pump_body(recv, tx, declared)),
+            None => match peek(&mut recv) {
+                Peek::Ended => {}
+                Peek::First(first) => pump = Some(pump_body(recv, tx, declared, first)),
+            },
+            Some(_) => pump = Some(pump_body(recv, tx, declared, None)),
         }
     }
     let mut request = Request::from_parts(parts, body);
@@ -464,15 +421,25 @@ fn declared_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
     Ok(declared)
 }
 
-const LENGTH_MISMATCH: ProxyError =
-    ProxyError::BadRequest("request body does not match its Content-Length");
+const LENGTH_MISMATCH: ProxyError = ProxyError::BadRequest("request body does not match its Content-Length");
 
-/// True when the client already finished the stream with the headers (no body); never waits.
-fn body_already_ended(recv: &mut RecvHalf) -> bool {
-    matches!(
-        std::future::poll_fn(|cx| recv.poll_recv_data(cx)).now_or_never(),
-        Some(Ok(None))
-    )
+/// What a request stream holds right after its head, looked at without waiting.
+enum Peek {
+    /// The client finished the stream with the head: there is no body.
+    Ended,
+    /// A body may follow; here is its first chunk if it already arrived.
+    First(Option<Bytes>),
+}
+
+/// Tells a request without a body (HEADERS with FIN) from one whose body follows, without waiting,
+/// so that bodiless requests are forwarded with no body at all instead of an empty chunked one.
+fn peek(recv: &mut RecvHalf) -> Peek {
+    match std::future::poll_fn(|cx| recv.poll_recv_data(cx)).now_or_never() {
+        Some(Ok(None)) => Peek::Ended,
+        Some(Ok(Some(mut chunk))) => Peek::First(Some(chunk.copy_to_bytes(chunk.remaining()))),
+        // Not yet known, or a stream error that the pump will meet again and report.
+        Some(Err(_)) | None => Peek::First(None),
+    }
 }
 
 /// Reads a small body completely and checks it against its Content-Length before anything is forwarded.
@@ -509,17 +476,25 @@ async fn preread(
     Ok(())
 }
 
-/// Streams the request body into the channel, checking it against Content-Length as it goes.
+/// Streams the request body (after `first`, a chunk already read) into the channel, checking it against
+/// Content-Length as it goes.
 async fn pump_body(
     mut recv: RecvHalf,
     tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     declared: Option<u64>,
+    mut first: Option<Bytes>,
 ) {
     let mut received = 0u64;
     loop {
-        match recv.recv_data().await {
-            Ok(Some(mut chunk)) => {
-                let data = chunk.copy_to_bytes(chunk.remaining());
+        let next = match first.take() {
+            Some(data) => Ok(Some(data)),
+            None => recv
+                .recv_data()
+                .await
+                .map(|chunk| chunk.map(|mut c| c.copy_to_bytes(c.remaining()))),
+        };
+        match next {
+            Ok(Some(data)) => {
                 received += data.len() as u64;
                 if declared.is_some_and(|length| received > length) {
                     recv.stop_sending(Code::H3_MESSAGE_ERROR);

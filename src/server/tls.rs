@@ -34,29 +34,21 @@ pub async fn serve(
 ) {
     let drain = shutdown.clone();
     accept_loop(listener, shutdown, move |stream, peer| {
-        let (acceptor, core, settings, drain) = (
-            acceptor.clone(),
-            Arc::clone(&core),
-            settings.clone(),
-            drain.clone(),
-        );
+        let (acceptor, core, settings, drain) = (acceptor.clone(), Arc::clone(&core), settings.clone(), drain.clone());
         let client = ClientInfo { peer, tls: true };
         async move {
             // The handshake shares the header read deadline: a client that stalls it holds no slot for long.
-            let tls =
-                match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, "TLS handshake failed: {error}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
+            let tls = match tokio::time::timeout(settings.header_read_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {error}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(tls);
             if h2 {

@@ -1,0 +1,164 @@
+//! Active checks: each backend of an upstream with `health_check.enabled` is probed on its own schedule,
+//! with jitter, over the prober's own connections (never the request pool).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Uri};
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::balancer::Backend;
+use crate::config::{CheckKind, HealthCheckConfig};
+use crate::metrics;
+use crate::server::Shutdown;
+
+/// Probe response bodies are read up to this size (to match `expect_body` or to keep the connection).
+const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// The probes of every backend, and how many have not finished their first round yet.
+#[derive(Debug, Clone)]
+pub struct Prober {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    first_round_pending: Arc<AtomicUsize>,
+}
+
+impl Default for Prober {
+    fn default() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1)
+            .build(connector);
+        Self {
+            client,
+            first_round_pending: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+impl Prober {
+    /// True once every probed backend has been checked at least once.
+    pub fn first_round_done(&self) -> bool {
+        self.first_round_pending.load(Ordering::Relaxed) == 0
+    }
+
+    /// Starts probing `backend` until shutdown.
+    pub fn spawn(&self, backend: Arc<Backend>, config: Arc<HealthCheckConfig>, shutdown: Shutdown) {
+        self.first_round_pending.fetch_add(1, Ordering::Relaxed);
+        let prober = self.clone();
+        tokio::spawn(async move {
+            // The first round is spread over up to a second, later ones by ±10% of the interval, so that
+            // many backends are never probed in lock-step.
+            let mut delay = config.interval.min(Duration::from_secs(1)).mul_f64(fastrand::f64());
+            let mut first = true;
+            loop {
+                tokio::select! {
+                    () = shutdown.begun() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                prober.probe_once(&backend, &config).await;
+                if std::mem::take(&mut first) {
+                    prober.first_round_pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                delay = config.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+            }
+        });
+    }
+
+    /// Runs one probe and records it.
+    pub async fn probe_once(&self, backend: &Arc<Backend>, config: &HealthCheckConfig) {
+        let started = Instant::now();
+        let outcome = match tokio::time::timeout(config.timeout, self.probe(backend, config)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("timed out after {:?}", config.timeout)),
+        };
+        metrics::record_health_check(&backend.upstream, &backend.name, outcome.is_ok());
+        if let Some(transition) = backend.health.record_probe(outcome, started.elapsed()) {
+            super::announce(backend, transition);
+        }
+    }
+
+    async fn probe(&self, backend: &Backend, config: &HealthCheckConfig) -> Result<(), String> {
+        let target = probe_uri(backend, config)?;
+        match config.kind {
+            CheckKind::Tcp => {
+                let host = target
+                    .host()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let port = target.port_u16().unwrap_or(80);
+                TcpStream::connect((host, port))
+                    .await
+                    .map(drop)
+                    .map_err(|e| connect_cause(&e))
+            }
+            CheckKind::Http => {
+                let mut request = Request::new(Empty::new());
+                *request.uri_mut() = target;
+                let headers = request.headers_mut();
+                if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+                    headers.insert(header::HOST, host);
+                }
+                headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
+                let response = self.client.request(request).await.map_err(|e| request_cause(&e))?;
+                let status = response.status().as_u16();
+                if !config.expected_statuses.iter().any(|range| range.contains(status)) {
+                    return Err(format!("status {status}"));
+                }
+                let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+                    .collect()
+                    .await
+                    .map(|b| b.to_bytes());
+                match (&config.expect_body, body) {
+                    (Some(expected), Ok(body)) if !String::from_utf8_lossy(&body).contains(expected.as_str()) => {
+                        Err(format!("body does not contain {expected:?}"))
+                    }
+                    (Some(_), Err(e)) => Err(format!("body unreadable: {e}")),
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+}
+
+fn probe_uri(backend: &Backend, config: &HealthCheckConfig) -> Result<Uri, String> {
+    if let Some(url) = &backend.health_url {
+        return Ok(url.clone());
+    }
+    Uri::builder()
+        .scheme(backend.scheme.clone())
+        .authority(backend.authority.clone())
+        .path_and_query(config.path.as_str())
+        .build()
+        .map_err(|e| format!("cannot build the probe URL: {e}"))
+}
+
+fn connect_cause(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
+        _ => error.to_string(),
+    }
+}
+
+fn request_cause(error: &hyper_util::client::legacy::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(io) = inner.downcast_ref::<std::io::Error>() {
+            return connect_cause(io);
+        }
+        source = inner.source();
+    }
+    error.to_string()
+}

@@ -1,0 +1,201 @@
+//! Backend health: a pure state machine per backend (`state`), fed by active probes (`active`) and by the
+//! outcomes of real traffic (`passive`). The request path reads only atomics; every transition is one
+//! event: a log line, metrics, and (for passive-only ejections) a timer that brings the backend back.
+
+pub mod active;
+pub mod passive;
+pub mod state;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
+
+use crate::config::HealthCheckConfig;
+use crate::metrics;
+
+pub use state::{Policy, Source, Transition};
+
+/// A snapshot of one backend's health, for the admin API.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub healthy: bool,
+    pub consecutive_successes: u32,
+    pub consecutive_failures: u32,
+    pub last_check: Option<SystemTime>,
+    pub last_latency: Option<Duration>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug)]
+struct Detail {
+    state: state::State,
+    last_check: Option<SystemTime>,
+    last_latency: Option<Duration>,
+    last_error: Option<String>,
+}
+
+/// One backend's health: atomics for the request path, the state machine behind a lock for observations.
+#[derive(Debug)]
+pub struct BackendHealth {
+    healthy: AtomicBool,
+    /// Set while a passive success would change the state; lets successful requests skip the lock.
+    watching: AtomicBool,
+    /// When the backend last became healthy, in ms after `epoch()`; 0 when never (no slow start).
+    recovered_at_ms: AtomicU64,
+    policy: Policy,
+    detail: Mutex<Detail>,
+}
+
+/// The instant slow-start times are measured from.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl BackendHealth {
+    /// A backend's health in its initial state.
+    pub fn new(config: &HealthCheckConfig) -> Self {
+        let state = state::State::new(config.initial_state);
+        Self {
+            healthy: AtomicBool::new(state.is_healthy()),
+            watching: AtomicBool::new(false),
+            recovered_at_ms: AtomicU64::new(0),
+            policy: Policy::from(config),
+            detail: Mutex::new(Detail {
+                state,
+                last_check: None,
+                last_latency: None,
+                last_error: None,
+            }),
+        }
+    }
+
+    /// Whether the balancer may pick this backend.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Time since the backend last recovered, if it ever did.
+    pub fn since_recovery(&self) -> Option<Duration> {
+        match self.recovered_at_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(epoch().elapsed().saturating_sub(Duration::from_millis(at))),
+        }
+    }
+
+    /// The current state, for the admin API.
+    pub fn report(&self) -> Report {
+        let detail = self.lock();
+        Report {
+            healthy: detail.state.is_healthy(),
+            consecutive_successes: detail.state.consecutive_successes(),
+            consecutive_failures: detail.state.consecutive_failures(),
+            last_check: detail.last_check,
+            last_latency: detail.last_latency,
+            last_error: detail.last_error.clone(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Detail> {
+        // Every update below leaves the state consistent, so a poisoned lock is still usable.
+        self.detail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records an active probe's outcome; returns the transition it caused, if any.
+    pub fn record_probe(&self, outcome: Result<(), String>, latency: Duration) -> Option<Transition> {
+        let mut detail = self.lock();
+        detail.last_check = Some(SystemTime::now());
+        detail.last_latency = Some(latency);
+        let transition = match outcome {
+            Ok(()) => detail.state.probe_succeeded(&self.policy),
+            Err(cause) => {
+                let transition = detail.state.probe_failed(&cause, &self.policy);
+                detail.last_error = Some(cause);
+                transition
+            }
+        };
+        self.publish(&detail, transition.as_ref());
+        transition
+    }
+
+    /// Records a request's outcome; returns the transition it caused, if any.
+    pub fn record_request(&self, outcome: Result<(), String>) -> Option<Transition> {
+        if outcome.is_ok() && !self.watching.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut detail = self.lock();
+        let transition = match outcome {
+            Ok(()) => {
+                detail.state.request_succeeded();
+                None
+            }
+            Err(cause) => {
+                let transition = detail.state.request_failed(&cause, &self.policy);
+                detail.last_error = Some(cause);
+                transition
+            }
+        };
+        self.publish(&detail, transition.as_ref());
+        transition
+    }
+
+    /// Ends a passive ejection: the backend goes back into rotation on probation.
+    pub fn reactivate(&self) -> Option<Transition> {
+        let mut detail = self.lock();
+        let transition = detail.state.reactivate();
+        self.publish(&detail, transition.as_ref());
+        transition
+    }
+
+    fn publish(&self, detail: &Detail, transition: Option<&Transition>) {
+        self.healthy.store(detail.state.is_healthy(), Ordering::Relaxed);
+        self.watching.store(detail.state.watching_requests(), Ordering::Relaxed);
+        if transition.is_some_and(|t| t.healthy) {
+            let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+            self.recovered_at_ms.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Logs a transition, records its metrics, and schedules the end of a passive-only ejection.
+pub fn announce(backend: &Arc<crate::balancer::Backend>, transition: Transition) {
+    let (from, to) = if transition.healthy {
+        ("unhealthy", "healthy")
+    } else {
+        ("healthy", "unhealthy")
+    };
+    match (&transition.cause, transition.after) {
+        (Some(cause), after) => tracing::warn!(
+            "backend={} upstream={} {from} -> {to} after {after} failed {}: {cause}",
+            backend.name,
+            backend.upstream,
+            transition.source.as_str()
+        ),
+        (None, 0) => tracing::info!(
+            "backend={} upstream={} {from} -> {to}: ejection period over, back on probation",
+            backend.name,
+            backend.upstream
+        ),
+        (None, after) => tracing::info!(
+            "backend={} upstream={} {from} -> {to} after {after} successful {}",
+            backend.name,
+            backend.upstream,
+            transition.source.as_str()
+        ),
+    }
+    metrics::record_health_transition(&backend.upstream, &backend.name, transition.healthy);
+    if let Some(period) = transition.reactivate_after {
+        let backend = Arc::clone(backend);
+        tokio::spawn(async move {
+            tokio::time::sleep(period).await;
+            if let Some(transition) = backend.health.reactivate() {
+                announce(&backend, transition);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

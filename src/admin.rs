@@ -77,7 +77,9 @@ fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
-                let mut response = Response::new(Body::full(state.metrics.render()));
+                let mut text = state.metrics.render();
+                text.push_str(&crate::metrics::render_process_metrics());
+                let mut response = Response::new(Body::full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

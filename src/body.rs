@@ -21,6 +21,20 @@ pub struct Body {
     kind: Kind,
     /// Released when the body is dropped, whether it was read to the end or not.
     guard: Option<InFlight>,
+    /// Counts the bytes that pass; records them when the body is dropped.
+    meter: Option<Meter>,
+}
+
+/// A size histogram and the bytes seen so far.
+struct Meter {
+    histogram: metrics::Histogram,
+    bytes: u64,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        self.histogram.record(self.bytes as f64);
+    }
 }
 
 enum Kind {
@@ -39,6 +53,7 @@ impl Body {
         Self {
             kind: Kind::Empty,
             guard: None,
+            meter: None,
         }
     }
 
@@ -50,7 +65,11 @@ impl Body {
         } else {
             Kind::Full(Some(data))
         };
-        Self { kind, guard: None }
+        Self {
+            kind,
+            guard: None,
+            meter: None,
+        }
     }
 
     /// A body fed through a channel; `length` is the declared Content-Length, if any.
@@ -62,8 +81,15 @@ impl Body {
             Self {
                 kind: Kind::Channel { rx, remaining: length },
                 guard: None,
+                meter: None,
             },
         )
+    }
+
+    /// Records the number of bytes that pass through this body in `histogram` when it is dropped.
+    pub fn with_meter(mut self, histogram: metrics::Histogram) -> Self {
+        self.meter = Some(Meter { histogram, bytes: 0 });
+        self
     }
 
     /// Keeps `guard` alive for as long as this body exists.
@@ -78,6 +104,7 @@ impl From<hyper::body::Incoming> for Body {
         Self {
             kind: Kind::Incoming(incoming),
             guard: None,
+            meter: None,
         }
     }
 }
@@ -88,7 +115,7 @@ impl http_body::Body for Body {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match &mut this.kind {
+        let polled = match &mut this.kind {
             Kind::Empty => Poll::Ready(None),
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
@@ -101,7 +128,13 @@ impl http_body::Body for Body {
                 }
                 polled
             }
+        };
+        if let (Some(meter), Poll::Ready(Some(Ok(frame)))) = (this.meter.as_mut(), &polled) {
+            if let Some(data) = frame.data_ref() {
+                meter.bytes += data.len() as u64;
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

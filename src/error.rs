@@ -17,6 +17,8 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request head larger than the limit")]
     HeadTooLarge,
+    #[error("the request body failed before it was complete")]
+    ClientBodyFailed,
     #[error("0-RTT early data is only accepted for safe methods; retry after the handshake")]
     TooEarly,
     #[error("no route for this host and path")]
@@ -40,7 +42,7 @@ impl ProxyError {
     /// The status code the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::ClientBodyFailed => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::TooEarly => StatusCode::TOO_EARLY,
@@ -53,7 +55,9 @@ impl ProxyError {
     /// Who is to blame, for logs and metrics.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::HeadTooLarge | Self::NoRoute | Self::TooEarly => Origin::Client,
+            Self::BadRequest(_) | Self::HeadTooLarge | Self::ClientBodyFailed | Self::NoRoute | Self::TooEarly => {
+                Origin::Client
+            }
             Self::NoBackend { .. } => Origin::Proxy,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }

@@ -1,25 +1,50 @@
 //! Every metric name in one place, the Prometheus recorder, and the recording helpers the request path uses.
+//!
+//! Histograms are exported as real buckets (`*_seconds` and `*_bytes`). Labels are bounded: method folded to
+//! a fixed set, status code, protocol, upstream and backend names from config; never path or client address.
+//! Process metrics are read from /proc at scrape time and appended to the exporter's output.
 
+use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::{Method, StatusCode};
-use metrics::{counter, describe_counter, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Histogram, SharedString, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
+pub const HTTP_REQUEST_SIZE_BYTES: &str = "http_request_size_bytes";
+pub const HTTP_RESPONSE_SIZE_BYTES: &str = "http_response_size_bytes";
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const BACKEND_REQUESTS_TOTAL: &str = "backend_requests_total";
+pub const BACKEND_RESPONSE_TIME_SECONDS: &str = "backend_response_time_seconds";
+pub const BACKEND_CONNECT_ERRORS_TOTAL: &str = "backend_connect_errors_total";
 pub const BACKEND_HEALTH: &str = "backend_health";
-pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "upstream_fail_open_requests_total";
-pub const RETRIES_TOTAL: &str = "proxy_retries_total";
 pub const HEALTH_CHECKS_TOTAL: &str = "health_checks_total";
 pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "health_check_failures_total";
 pub const BACKEND_HEALTH_TRANSITIONS_TOTAL: &str = "backend_health_transitions_total";
+pub const UPSTREAM_FAIL_OPEN_TOTAL: &str = "upstream_fail_open_requests_total";
+pub const RETRIES_TOTAL: &str = "proxy_retries_total";
+pub const CONNECTIONS_OPEN: &str = "connections_open";
+pub const CONNECTIONS_TOTAL: &str = "connections_total";
+pub const QUIC_HANDSHAKES_TOTAL: &str = "quic_handshakes_total";
+pub const QUIC_HANDSHAKE_FAILURES_TOTAL: &str = "quic_handshake_failures_total";
+pub const QUIC_RETRY_PACKETS_SENT_TOTAL: &str = "quic_retry_packets_sent_total";
+pub const QUIC_CONNECTIONS_REFUSED_TOTAL: &str = "quic_connections_refused_total";
+pub const QUIC_RTT_SECONDS: &str = "quic_rtt_seconds";
+pub const QUIC_LOST_PACKETS_TOTAL: &str = "quic_lost_packets_total";
+pub const QUIC_SENT_PACKETS_TOTAL: &str = "quic_sent_packets_total";
+pub const BUILD_INFO: &str = "quic_proxy_build_info";
 
 /// Latency buckets from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+/// Size buckets from 100 B to 1 GiB.
+const SIZE_BUCKETS: &[f64] = &[100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1_073_741_824.0];
 
 static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
@@ -29,9 +54,11 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), LATENCY_BUCKETS)
+                .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_bytes".to_owned()), SIZE_BUCKETS))
                 .and_then(|builder| builder.install_recorder())
                 .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
             describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
             Ok(handle)
         })
         .clone()
@@ -46,7 +73,81 @@ fn describe() {
     describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Time from request head to response head, by protocol."
+        "Time from request head to response head."
+    );
+    describe_histogram!(HTTP_REQUEST_SIZE_BYTES, Unit::Bytes, "Request body sizes.");
+    describe_histogram!(
+        HTTP_RESPONSE_SIZE_BYTES,
+        Unit::Bytes,
+        "Response body sizes, as delivered to the client."
+    );
+    describe_gauge!(
+        HTTP_REQUESTS_IN_FLIGHT,
+        Unit::Count,
+        "Requests waiting for their response head."
+    );
+    describe_counter!(
+        BACKEND_REQUESTS_TOTAL,
+        Unit::Count,
+        "Attempts sent to each backend, by status (error when none)."
+    );
+    describe_histogram!(
+        BACKEND_RESPONSE_TIME_SECONDS,
+        Unit::Seconds,
+        "Backend time to response head."
+    );
+    describe_counter!(
+        BACKEND_CONNECT_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed connects to a backend."
+    );
+    describe_gauge!(
+        BACKEND_HEALTH,
+        Unit::Count,
+        "1 when the backend is healthy, 0 when not."
+    );
+    describe_counter!(HEALTH_CHECKS_TOTAL, Unit::Count, "Active health checks, by result.");
+    describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, Unit::Count, "Failed active health checks.");
+    describe_counter!(
+        BACKEND_HEALTH_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Health state changes, by new state."
+    );
+    describe_counter!(
+        UPSTREAM_FAIL_OPEN_TOTAL,
+        Unit::Count,
+        "Requests routed while every backend was unhealthy."
+    );
+    describe_counter!(RETRIES_TOTAL, Unit::Count, "Requests sent again to another backend.");
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Client connections open, by protocol.");
+    describe_counter!(
+        CONNECTIONS_TOTAL,
+        Unit::Count,
+        "Client connections accepted, by protocol."
+    );
+    describe_counter!(QUIC_HANDSHAKES_TOTAL, Unit::Count, "Completed QUIC handshakes.");
+    describe_counter!(QUIC_HANDSHAKE_FAILURES_TOTAL, Unit::Count, "Failed QUIC handshakes.");
+    describe_counter!(
+        QUIC_RETRY_PACKETS_SENT_TOTAL,
+        Unit::Count,
+        "Retry packets sent for address validation."
+    );
+    describe_counter!(
+        QUIC_CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "QUIC connections refused at the connection limit."
+    );
+    describe_histogram!(
+        QUIC_RTT_SECONDS,
+        Unit::Seconds,
+        "Smoothed round-trip time of QUIC connections at close."
+    );
+    describe_counter!(QUIC_LOST_PACKETS_TOTAL, Unit::Count, "QUIC packets declared lost.");
+    describe_counter!(QUIC_SENT_PACKETS_TOTAL, Unit::Count, "QUIC packets sent.");
+    describe_gauge!(
+        BUILD_INFO,
+        Unit::Count,
+        "Always 1; the version label says which build runs."
     );
 }
 
@@ -55,12 +156,129 @@ pub fn record_request(method: &Method, status: StatusCode, backend: &str, protoc
     counter!(
         HTTP_REQUESTS_TOTAL,
         "method" => method_label(method),
-        "status_code" => status.as_u16().to_string(),
+        "status_code" => status_label(status),
         "backend" => backend.to_owned(),
         "protocol" => protocol,
     )
     .increment(1);
     histogram!(HTTP_REQUEST_DURATION_SECONDS, "protocol" => protocol).record(elapsed.as_secs_f64());
+}
+
+/// Counts a request in flight until the returned guard is dropped.
+pub fn request_in_flight(protocol: &'static str) -> GaugeGuard {
+    GaugeGuard::new(gauge!(HTTP_REQUESTS_IN_FLIGHT, "protocol" => protocol))
+}
+
+/// Counts an open client connection until the returned guard is dropped.
+pub fn connection_open(protocol: &'static str) -> GaugeGuard {
+    counter!(CONNECTIONS_TOTAL, "protocol" => protocol).increment(1);
+    GaugeGuard::new(gauge!(CONNECTIONS_OPEN, "protocol" => protocol))
+}
+
+/// Increments a gauge now and decrements it on drop.
+pub struct GaugeGuard(metrics::Gauge);
+
+impl GaugeGuard {
+    fn new(gauge: metrics::Gauge) -> Self {
+        gauge.increment(1.0);
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// The histogram a request body's size goes to.
+pub fn request_size(protocol: &'static str) -> Histogram {
+    histogram!(HTTP_REQUEST_SIZE_BYTES, "protocol" => protocol)
+}
+
+/// The histogram a response body's size goes to.
+pub fn response_size(protocol: &'static str) -> Histogram {
+    histogram!(HTTP_RESPONSE_SIZE_BYTES, "protocol" => protocol)
+}
+
+/// Records one attempt sent to a backend: its status (or `error`) and time to response head.
+pub fn record_backend_attempt(upstream: &str, backend: &str, status: Option<StatusCode>, elapsed: Duration) {
+    let status = status.map_or(SharedString::const_str("error"), status_label);
+    counter!(BACKEND_REQUESTS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "status_code" => status)
+        .increment(1);
+    histogram!(BACKEND_RESPONSE_TIME_SECONDS, "upstream" => upstream.to_owned(), "backend" => backend.to_owned())
+        .record(elapsed.as_secs_f64());
+}
+
+/// Records a failed connect to a backend.
+pub fn record_connect_error(upstream: &str, backend: &str) {
+    counter!(BACKEND_CONNECT_ERRORS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned())
+        .increment(1);
+}
+
+/// Records one active health check.
+pub fn record_health_check(upstream: &str, backend: &str, healthy: bool) {
+    let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
+    let result = if healthy { "success" } else { "failure" };
+    counter!(HEALTH_CHECKS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "result" => result)
+        .increment(1);
+    if !healthy {
+        counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream, "backend" => backend).increment(1);
+    }
+}
+
+/// Sets a backend's health gauge (at start-up and on every transition).
+pub fn set_backend_health(upstream: &str, backend: &str, healthy: bool) {
+    gauge!(BACKEND_HEALTH, "upstream" => upstream.to_owned(), "backend" => backend.to_owned()).set(if healthy {
+        1.0
+    } else {
+        0.0
+    });
+}
+
+/// Records a backend's health transition and its new state.
+pub fn record_health_transition(upstream: &str, backend: &str, healthy: bool) {
+    let to = if healthy { "healthy" } else { "unhealthy" };
+    counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "to" => to)
+        .increment(1);
+    set_backend_health(upstream, backend, healthy);
+}
+
+/// Records a request routed to an unhealthy backend because every backend of its upstream is unhealthy.
+pub fn record_fail_open(upstream: &str) {
+    counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Records a retry on another backend.
+pub fn record_retry(upstream: &str) {
+    counter!(RETRIES_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Records the outcome of a QUIC handshake.
+pub fn record_quic_handshake(ok: bool) {
+    counter!(if ok {
+        QUIC_HANDSHAKES_TOTAL
+    } else {
+        QUIC_HANDSHAKE_FAILURES_TOTAL
+    })
+    .increment(1);
+}
+
+/// Records a Retry packet sent.
+pub fn record_quic_retry() {
+    counter!(QUIC_RETRY_PACKETS_SENT_TOTAL).increment(1);
+}
+
+/// Records a QUIC connection refused at the limit.
+pub fn record_quic_refused() {
+    counter!(QUIC_CONNECTIONS_REFUSED_TOTAL).increment(1);
+}
+
+/// Records a closed QUIC connection's path statistics.
+pub fn record_quic_connection(stats: &quinn::ConnectionStats) {
+    histogram!(QUIC_RTT_SECONDS).record(stats.path.rtt.as_secs_f64());
+    counter!(QUIC_LOST_PACKETS_TOTAL).increment(stats.path.lost_packets);
+    counter!(QUIC_SENT_PACKETS_TOTAL).increment(stats.path.sent_packets);
 }
 
 /// The method as a bounded label: the standard ones by name, anything else `OTHER`.
@@ -79,28 +297,110 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Records one active health check.
-pub fn record_health_check(upstream: &str, backend: &str, healthy: bool) {
-    let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
-    counter!(HEALTH_CHECKS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "result" => if healthy { "success" } else { "failure" }).increment(1);
-    if !healthy {
-        counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream, "backend" => backend).increment(1);
+/// The status code as a label; common codes without allocating.
+fn status_label(status: StatusCode) -> SharedString {
+    let code = match status.as_u16() {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        206 => "206",
+        301 => "301",
+        302 => "302",
+        304 => "304",
+        307 => "307",
+        308 => "308",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        408 => "408",
+        413 => "413",
+        425 => "425",
+        429 => "429",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        other => return SharedString::from(other.to_string()),
+    };
+    SharedString::const_str(code)
+}
+
+/// Process metrics in the Prometheus text format, read from /proc at scrape time (Linux only; empty elsewhere).
+pub fn render_process_metrics() -> String {
+    let mut out = String::new();
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<f64>().ok())
+    };
+    if let Some(rss_kib) = field("VmRSS:") {
+        metric(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            rss_kib * 1024.0,
+        );
     }
+    if let Some(threads) = field("Threads:") {
+        metric(
+            &mut out,
+            "process_threads",
+            "gauge",
+            "OS threads in the process.",
+            threads,
+        );
+    }
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at the state, field 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok());
+    // utime and stime are fields 14 and 15; the kernel's USER_HZ is 100 on every Linux ABI.
+    if let (Some(user), Some(system)) = (ticks(11), ticks(12)) {
+        metric(
+            &mut out,
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time in seconds.",
+            (user + system) / 100.0,
+        );
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            &mut out,
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            entries.count() as f64,
+        );
+    }
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let (Some(boot), Some(start)) = (boot, ticks(19)) {
+        metric(
+            &mut out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time since the Unix epoch in seconds.",
+            boot + start / 100.0,
+        );
+    }
+    out
 }
 
-/// Records a backend's health transition and its new state.
-pub fn record_health_transition(upstream: &str, backend: &str, healthy: bool) {
-    let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
-    counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "to" => if healthy { "healthy" } else { "unhealthy" }).increment(1);
-    gauge!(BACKEND_HEALTH, "upstream" => upstream, "backend" => backend).set(if healthy { 1.0 } else { 0.0 });
-}
-
-/// Records a request routed to an unhealthy backend because every backend of its upstream is unhealthy.
-pub fn record_fail_open(upstream: &str) {
-    counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_owned()).increment(1);
-}
-
-/// Records a retry on another backend.
-pub fn record_retry(upstream: &str) {
-    counter!(RETRIES_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    // Writing to a String cannot fail.
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n");
 }

@@ -127,7 +127,8 @@ pub struct QuicConfig {
     pub early_data: bool,
     /// The port advertised in Alt-Svc; the bound UDP port when absent (set it behind port forwarding).
     pub alt_svc_port: Option<u16>,
-    /// UDP sockets (SO_REUSEPORT) each driven by its own task; defaults to the number of cores.
+    /// UDP sockets (SO_REUSEPORT) each driven by its own task; default 1. More sockets spread packet I/O over
+    /// cores, but a client whose address changes may land on a socket that does not know its connection.
     pub endpoints: Option<usize>,
 }
 

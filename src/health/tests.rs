@@ -1,1 +1,632 @@
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use http::uri::{Authority, Scheme};
+use tokio::time::Instant;
+
+use super::state::State;
+use super::{announce, BackendHealth, Policy, Source, Transition};
+use crate::balancer::{Backend, WEIGHT_SCALE};
+use crate::config::{BackendConfig, HealthCheckConfig, InitialState};
+
+fn probes(unhealthy_threshold: u32, healthy_threshold: u32) -> Policy {
+    Policy {
+        probes: true,
+        unhealthy_threshold,
+        healthy_threshold,
+        passive: false,
+        passive_threshold: 5,
+        reactivation: Duration::from_secs(30),
+        max_ejection: Duration::from_secs(300),
+    }
+}
+
+fn passive_only(threshold: u32, reactivation: Duration, max_ejection: Duration) -> Policy {
+    Policy {
+        probes: false,
+        unhealthy_threshold: 3,
+        healthy_threshold: 2,
+        passive: true,
+        passive_threshold: threshold,
+        reactivation,
+        max_ejection,
+    }
+}
+
+fn ejected(after: u32, reactivate_after: Option<Duration>) -> Transition {
+    Transition {
+        healthy: false,
+        after,
+        source: Source::Traffic,
+        cause: Some("connection refused".to_owned()),
+        reactivate_after,
+    }
+}
+
+/// Feeds `count` failed requests and returns the transitions they caused, paired with their position.
+fn fail_requests(state: &mut State, policy: &Policy, count: u32) -> Vec<(u32, Transition)> {
+    (1..=count)
+        .filter_map(|n| state.request_failed("connection refused", policy).map(|t| (n, t)))
+        .collect()
+}
+
+#[test]
+fn probes_mark_unhealthy_after_exactly_the_unhealthy_threshold() {
+    for threshold in [1, 2, 3, 7] {
+        let policy = probes(threshold, 2);
+        let mut state = State::new(InitialState::Healthy);
+        for n in 1..threshold {
+            assert_eq!(
+                state.probe_failed("status 503", &policy),
+                None,
+                "failure {n} of {threshold}"
+            );
+            assert!(state.is_healthy(), "still healthy after {n} of {threshold} failures");
+            assert_eq!(state.consecutive_failures(), n);
+        }
+        let transition = state.probe_failed("status 503", &policy);
+        assert_eq!(
+            transition,
+            Some(Transition {
+                healthy: false,
+                after: threshold,
+                source: Source::Probe,
+                cause: Some("status 503".to_owned()),
+                reactivate_after: None,
+            })
+        );
+        assert!(!state.is_healthy());
+        // Further failures must not announce the same transition again.
+        for _ in 0..5 {
+            assert_eq!(state.probe_failed("status 503", &policy), None);
+        }
+        assert_eq!(state.consecutive_failures(), threshold + 5);
+    }
+}
+
+#[test]
+fn probes_mark_healthy_after_exactly_the_healthy_threshold() {
+    for threshold in [1, 2, 4] {
+        let policy = probes(3, threshold);
+        let mut state = State::new(InitialState::Unhealthy);
+        for n in 1..threshold {
+            assert_eq!(state.probe_succeeded(&policy), None, "success {n} of {threshold}");
+            assert!(!state.is_healthy());
+            assert_eq!(state.consecutive_successes(), n);
+        }
+        let transition = state.probe_succeeded(&policy);
+        assert_eq!(
+            transition,
+            Some(Transition {
+                healthy: true,
+                after: threshold,
+                source: Source::Probe,
+                cause: None,
+                reactivate_after: None,
+            })
+        );
+        assert!(state.is_healthy());
+        for _ in 0..5 {
+            assert_eq!(state.probe_succeeded(&policy), None);
+        }
+    }
+}
+
+#[test]
+fn a_probe_success_resets_the_failure_count_so_flapping_never_trips() {
+    let policy = probes(3, 2);
+    let mut state = State::new(InitialState::Healthy);
+    for _ in 0..50 {
+        assert_eq!(state.probe_failed("timed out", &policy), None);
+        assert_eq!(state.probe_failed("timed out", &policy), None);
+        assert_eq!(state.probe_succeeded(&policy), None);
+        assert_eq!(state.consecutive_failures(), 0);
+        assert!(state.is_healthy());
+    }
+    // The reset counts from the last success: N more failures are needed, not one.
+    assert_eq!(state.probe_failed("timed out", &policy), None);
+    assert_eq!(state.probe_failed("timed out", &policy), None);
+    assert!(state.probe_failed("timed out", &policy).is_some());
+}
+
+#[test]
+fn a_probe_failure_resets_the_success_count_while_recovering() {
+    let policy = probes(3, 3);
+    let mut state = State::new(InitialState::Unhealthy);
+    for _ in 0..50 {
+        assert_eq!(state.probe_succeeded(&policy), None);
+        assert_eq!(state.probe_succeeded(&policy), None);
+        assert_eq!(state.probe_failed("status 500", &policy), None);
+        assert_eq!(state.consecutive_successes(), 0);
+        assert!(!state.is_healthy());
+    }
+    assert_eq!(state.probe_succeeded(&policy), None);
+    assert_eq!(state.probe_succeeded(&policy), None);
+    assert!(state
+        .probe_succeeded(&policy)
+        .is_some_and(|t| t.healthy && t.after == 3));
+}
+
+#[test]
+fn every_transition_of_a_long_probe_sequence_is_emitted_once() {
+    let policy = probes(2, 3);
+    let mut state = State::new(InitialState::Healthy);
+    let outcomes = "ffffsssssffsfsfffsss";
+    let transitions: Vec<(usize, bool)> = outcomes
+        .chars()
+        .enumerate()
+        .filter_map(|(index, outcome)| {
+            let transition = match outcome {
+                's' => state.probe_succeeded(&policy),
+                _ => state.probe_failed("status 503", &policy),
+            };
+            transition.map(|t| (index, t.healthy))
+        })
+        .collect();
+    // Down at the 2nd failure, up at the 3rd success, down again at "ff" (index 9..10), up at the
+    // final "sss"; the alternating middle section changes nothing.
+    assert_eq!(transitions, vec![(1, false), (6, true), (10, false), (19, true)]);
+}
+
+#[test]
+fn passive_checks_eject_after_exactly_the_threshold() {
+    for threshold in [1, 2, 5] {
+        let policy = passive_only(threshold, Duration::from_secs(10), Duration::from_secs(60));
+        let mut state = State::new(InitialState::Healthy);
+        let transitions = fail_requests(&mut state, &policy, threshold + 4);
+        assert_eq!(
+            transitions,
+            vec![(threshold, ejected(threshold, Some(Duration::from_secs(10))))],
+            "threshold {threshold}"
+        );
+        assert!(!state.is_healthy());
+    }
+}
+
+#[test]
+fn a_successful_request_resets_the_passive_failure_count() {
+    let policy = passive_only(3, Duration::from_secs(10), Duration::from_secs(60));
+    let mut state = State::new(InitialState::Healthy);
+    for _ in 0..50 {
+        assert!(fail_requests(&mut state, &policy, 2).is_empty());
+        assert!(
+            state.watching_requests(),
+            "a success must be observed to reset the count"
+        );
+        state.request_succeeded();
+        assert!(!state.watching_requests());
+        assert_eq!(state.consecutive_failures(), 0);
+    }
+    assert!(state.is_healthy());
+}
+
+#[test]
+fn passive_checks_off_never_eject() {
+    let mut policy = passive_only(1, Duration::from_secs(10), Duration::from_secs(60));
+    policy.passive = false;
+    let mut state = State::new(InitialState::Healthy);
+    assert!(fail_requests(&mut state, &policy, 20).is_empty());
+    assert!(state.is_healthy());
+}
+
+#[test]
+fn passive_ejection_period_doubles_per_consecutive_ejection_up_to_max_ejection() {
+    let policy = passive_only(2, Duration::from_secs(10), Duration::from_secs(70));
+    let mut state = State::new(InitialState::Healthy);
+    assert_eq!(
+        fail_requests(&mut state, &policy, 2),
+        vec![(2, ejected(2, Some(Duration::from_secs(10))))]
+    );
+    let mut periods = Vec::new();
+    for _ in 0..5 {
+        let back = state.reactivate().expect("the ejection period ends");
+        assert!(back.healthy && back.after == 0 && back.cause.is_none() && back.reactivate_after.is_none());
+        assert!(state.is_healthy());
+        // On probation a single failure ejects again, well below the threshold of 2.
+        let transitions = fail_requests(&mut state, &policy, 1);
+        assert_eq!(transitions.len(), 1, "one failure on probation ejects");
+        let (_, transition) = &transitions[0];
+        assert_eq!(transition.after, 1);
+        periods.push(transition.reactivate_after.expect("passive-only ejections are timed"));
+    }
+    let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, vec![20, 40, 70, 70, 70]);
+}
+
+#[test]
+fn passive_ejection_period_never_overflows() {
+    let policy = passive_only(1, Duration::from_secs(1), Duration::MAX);
+    let mut state = State::new(InitialState::Healthy);
+    let mut last = Duration::ZERO;
+    for _ in 0..100 {
+        let transitions = fail_requests(&mut state, &policy, 1);
+        let period = transitions[0].1.reactivate_after.expect("timed");
+        assert!(period >= last, "the period must not shrink: {last:?} then {period:?}");
+        last = period;
+        state.reactivate().expect("reactivates");
+    }
+}
+
+#[test]
+fn one_success_on_probation_ends_it_and_resets_the_backoff() {
+    let policy = passive_only(3, Duration::from_secs(10), Duration::from_secs(300));
+    let mut state = State::new(InitialState::Healthy);
+    fail_requests(&mut state, &policy, 3);
+    state.reactivate().expect("reactivates");
+    assert_eq!(
+        fail_requests(&mut state, &policy, 1)[0].1.reactivate_after,
+        Some(Duration::from_secs(20))
+    );
+    state.reactivate().expect("reactivates");
+    assert!(
+        state.watching_requests(),
+        "on probation a success must reach the state machine"
+    );
+    state.request_succeeded();
+    assert!(!state.watching_requests());
+    // Off probation: the full threshold applies again, and the period starts over from `reactivation`.
+    let transitions = fail_requests(&mut state, &policy, 3);
+    assert_eq!(transitions, vec![(3, ejected(3, Some(Duration::from_secs(10))))]);
+}
+
+#[test]
+fn with_probes_a_passive_ejection_waits_for_the_probes() {
+    let mut policy = probes(3, 2);
+    policy.passive = true;
+    policy.passive_threshold = 2;
+    let mut state = State::new(InitialState::Healthy);
+    assert_eq!(fail_requests(&mut state, &policy, 2), vec![(2, ejected(2, None))]);
+    assert_eq!(state.probe_succeeded(&policy), None);
+    let back = state.probe_succeeded(&policy).expect("healthy after 2 probe successes");
+    assert_eq!((back.healthy, back.after, back.source), (true, 2, Source::Probe));
+    // Probes brought it back: no probation, a single failed request does not eject it.
+    assert!(fail_requests(&mut state, &policy, 1).is_empty());
+    assert!(state.is_healthy());
+}
+
+#[test]
+fn requests_to_an_unhealthy_backend_change_nothing() {
+    let policy = passive_only(1, Duration::from_secs(10), Duration::from_secs(60));
+    let mut state = State::new(InitialState::Unhealthy);
+    assert!(fail_requests(&mut state, &policy, 10).is_empty());
+    state.request_succeeded();
+    assert!(!state.is_healthy());
+}
+
+#[test]
+fn reactivating_a_healthy_backend_is_no_transition() {
+    let mut state = State::new(InitialState::Healthy);
+    assert_eq!(state.reactivate(), None);
+}
+
+#[test]
+fn initial_state_unhealthy_starts_out_of_rotation() {
+    let state = State::new(InitialState::Unhealthy);
+    assert!(!state.is_healthy());
+
+    let config = HealthCheckConfig {
+        initial_state: InitialState::Unhealthy,
+        ..HealthCheckConfig::disabled()
+    };
+    let backend = backend(&config, None);
+    assert!(!backend.health.is_healthy());
+    assert!(!backend.is_usable());
+    assert!(backend.health.since_recovery().is_none());
+
+    let health = BackendHealth::new(&HealthCheckConfig::disabled());
+    assert!(health.is_healthy(), "the default initial state is healthy");
+}
+
+#[test]
+fn backend_health_reports_counters_and_the_last_probe() {
+    let config = HealthCheckConfig {
+        enabled: true,
+        ..HealthCheckConfig::disabled()
+    };
+    let health = BackendHealth::new(&config);
+    let report = health.report();
+    assert!(report.healthy && report.last_check.is_none() && report.last_error.is_none());
+
+    health.record_probe(Err("status 503".to_owned()), Duration::from_millis(7));
+    health.record_probe(Err("connection refused".to_owned()), Duration::from_millis(3));
+    let report = health.report();
+    assert!(report.healthy);
+    assert_eq!(report.consecutive_failures, 2);
+    assert_eq!(report.last_latency, Some(Duration::from_millis(3)));
+    assert_eq!(report.last_error.as_deref(), Some("connection refused"));
+    assert!(report.last_check.is_some());
+
+    let transition = health.record_probe(Err("timed out".to_owned()), Duration::from_millis(1));
+    assert!(transition.is_some_and(|t| !t.healthy && t.after == 3));
+    assert!(!health.is_healthy());
+    assert!(!health.report().healthy);
+}
+
+/// Successful requests take the lock-free path unless a failure or probation made them meaningful.
+#[test]
+fn backend_health_observes_successes_that_matter() {
+    let config = HealthCheckConfig {
+        passive: crate::config::PassiveConfig {
+            unhealthy_threshold: 2,
+            ..Default::default()
+        },
+        ..HealthCheckConfig::disabled()
+    };
+    let health = BackendHealth::new(&config);
+    for _ in 0..10 {
+        assert_eq!(health.record_request(Err("status 502".to_owned())), None);
+        assert_eq!(health.record_request(Ok(())), None);
+    }
+    assert!(health.is_healthy());
+    assert!(health.record_request(Err("status 502".to_owned())).is_none());
+    assert!(health.record_request(Err("status 502".to_owned())).is_some());
+    assert!(!health.is_healthy());
+}
+
+fn backend(health: &HealthCheckConfig, slow_start: Option<Duration>) -> Arc<Backend> {
+    backend_weighted(health, slow_start, 1)
+}
+
+fn backend_weighted(health: &HealthCheckConfig, slow_start: Option<Duration>, weight: u32) -> Arc<Backend> {
+    let config = BackendConfig {
+        name: "backend1".to_owned(),
+        scheme: Scheme::HTTP,
+        authority: Authority::from_static("127.0.0.1:9"),
+        weight,
+        health_url: None,
+    };
+    Arc::new(Backend::configured("default", &config, health, slow_start))
+}
+
+fn passive_only_config(threshold: u32, reactivation: Duration, max_ejection: Duration) -> HealthCheckConfig {
+    HealthCheckConfig {
+        enabled: false,
+        passive: crate::config::PassiveConfig {
+            enabled: true,
+            unhealthy_threshold: threshold,
+            failure_statuses: vec![502, 503, 504],
+            reactivation,
+            max_ejection,
+        },
+        ..HealthCheckConfig::disabled()
+    }
+}
+
+/// How long a timed test may wait for state it does not control the timing of.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `ready` until it holds, failing the test after [`PATIENCE`].
+async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "gave up waiting: {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// Tokio's `test-util` feature (paused time) is not enabled for this crate, so the timed tests below run on
+// the real clock and check bounds that hold however slowly the machine runs: a timer never fires early,
+// and a value read between two clock readings lies between what those readings allow.
+
+#[tokio::test]
+async fn announced_passive_ejection_ends_no_earlier_than_the_reactivation_period() {
+    let reactivation = Duration::from_millis(60);
+    let max_ejection = Duration::from_millis(150);
+    let backend = backend(&passive_only_config(2, reactivation, max_ejection), None);
+
+    assert_eq!(
+        backend.health.record_request(Err("connection refused".to_owned())),
+        None
+    );
+    let transition = backend
+        .health
+        .record_request(Err("connection refused".to_owned()))
+        .expect("ejected at the threshold");
+    assert_eq!(transition.reactivate_after, Some(reactivation));
+    let ejected_at = Instant::now();
+    announce(&backend, transition);
+    // Nothing has yielded to the timer task yet, so this holds however slow the machine is.
+    assert!(!backend.is_usable());
+    wait_until("reactivation", || backend.health.is_healthy()).await;
+    assert!(
+        ejected_at.elapsed() >= reactivation,
+        "back after {:?}",
+        ejected_at.elapsed()
+    );
+    assert!(backend.is_usable());
+
+    // On probation: one failure ejects again, now for twice as long, then for max_ejection.
+    for period in [2 * reactivation, max_ejection, max_ejection] {
+        let transition = backend
+            .health
+            .record_request(Err("connection refused".to_owned()))
+            .expect("one failure on probation ejects");
+        assert_eq!(transition.reactivate_after, Some(period));
+        let ejected_at = Instant::now();
+        announce(&backend, transition);
+        assert!(!backend.health.is_healthy());
+        wait_until("reactivation", || backend.health.is_healthy()).await;
+        assert!(ejected_at.elapsed() >= period, "back after {:?}", ejected_at.elapsed());
+    }
+
+    // A success ends probation: the next failure alone does not eject.
+    assert_eq!(backend.health.record_request(Ok(())), None);
+    assert_eq!(backend.health.record_request(Err("status 503".to_owned())), None);
+    assert!(backend.health.is_healthy());
+}
+
+/// Slow start's weight after `since`, as `effective_weight` computes it.
+fn ramp(full: u64, window: Duration, since: Duration) -> u64 {
+    if since >= window {
+        return full;
+    }
+    ((full as f64 * (since.as_secs_f64() / window.as_secs_f64()).max(0.1)) as u64).max(1)
+}
+
+/// Recovers `backend` with its second probe success in a row, and returns clock readings taken just before
+/// and just after.
+fn recover(backend: &Backend) -> (Instant, Instant) {
+    let before = Instant::now();
+    backend
+        .health
+        .record_probe(Ok(()), Duration::ZERO)
+        .expect("recovers at the healthy threshold");
+    (before, Instant::now())
+}
+
+/// Reads the effective weight and checks it against the ramp at the earliest and latest moment the read
+/// can have happened; the recovery stamp has millisecond resolution, hence the 1 ms slack.
+fn checked_weight(backend: &Backend, full: u64, window: Duration, recovery: (Instant, Instant)) -> u64 {
+    let slack = Duration::from_millis(1);
+    let earliest = Instant::now()
+        .saturating_duration_since(recovery.1)
+        .saturating_sub(slack);
+    let weight = backend.effective_weight();
+    let latest = recovery.0.elapsed() + slack;
+    let (low, high) = (ramp(full, window, earliest), ramp(full, window, latest));
+    assert!(
+        (low..=high).contains(&weight),
+        "weight {weight} outside [{low}, {high}] for {earliest:?}..{latest:?} after recovery"
+    );
+    weight
+}
+
+fn recovering(window: Duration, weight: u32) -> Arc<Backend> {
+    super::epoch();
+    let config = HealthCheckConfig {
+        enabled: true,
+        initial_state: InitialState::Unhealthy,
+        ..HealthCheckConfig::disabled()
+    };
+    backend_weighted(&config, Some(window), weight)
+}
+
+#[tokio::test]
+async fn slow_start_begins_at_ten_percent_of_the_weight() {
+    let window = Duration::from_secs(600);
+    let backend = recovering(window, 10);
+    let full = 10 * WEIGHT_SCALE;
+    assert_eq!(backend.effective_weight(), full, "never recovered: no slow start");
+    backend.health.record_probe(Ok(()), Duration::ZERO);
+    assert_eq!(backend.effective_weight(), full, "one success is not a recovery yet");
+    let recovery = recover(&backend);
+    assert!(backend.health.since_recovery().is_some());
+    let weight = checked_weight(&backend, full, window, recovery);
+    assert!(weight >= full / 10, "never below the 10% floor: {weight}");
+}
+
+#[tokio::test]
+async fn slow_start_ramps_up_to_the_full_weight_by_the_end_of_the_window() {
+    let window = Duration::from_millis(300);
+    let backend = recovering(window, 10);
+    let full = 10 * WEIGHT_SCALE;
+    backend.health.record_probe(Ok(()), Duration::ZERO);
+    let recovery = recover(&backend);
+    let mut seen = vec![checked_weight(&backend, full, window, recovery)];
+    let deadline = Instant::now() + PATIENCE;
+    while *seen.last().expect("one reading") < full {
+        assert!(Instant::now() < deadline, "never reached full weight: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen.push(checked_weight(&backend, full, window, recovery));
+    }
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "the ramp went down: {seen:?}");
+    assert!(recovery.0.elapsed() >= window);
+
+    // Another failure and recovery starts a new ramp from the floor.
+    for _ in 0..3 {
+        backend
+            .health
+            .record_probe(Err("status 503".to_owned()), Duration::ZERO);
+    }
+    assert!(!backend.is_usable());
+    backend.health.record_probe(Ok(()), Duration::ZERO);
+    let recovery = recover(&backend);
+    assert!(checked_weight(&backend, full, window, recovery) < full);
+}
+
+#[tokio::test]
+async fn without_slow_start_a_recovered_backend_gets_its_full_weight() {
+    let config = HealthCheckConfig {
+        enabled: true,
+        initial_state: InitialState::Unhealthy,
+        healthy_threshold: 1,
+        ..HealthCheckConfig::disabled()
+    };
+    let backend = backend_weighted(&config, None, 3);
+    backend.health.record_probe(Ok(()), Duration::ZERO).expect("recovers");
+    assert_eq!(backend.effective_weight(), 3 * WEIGHT_SCALE);
+}
+
+/// Collects what a `fmt` subscriber writes, so log lines can be checked.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn announce_logs_each_transition_once() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let config = HealthCheckConfig {
+        enabled: true,
+        ..HealthCheckConfig::disabled()
+    };
+    let probed = backend(&config, None);
+    for _ in 0..5 {
+        if let Some(transition) = probed
+            .health
+            .record_probe(Err("connection refused".to_owned()), Duration::ZERO)
+        {
+            announce(&probed, transition);
+        }
+    }
+    for _ in 0..2 {
+        if let Some(transition) = probed.health.record_probe(Ok(()), Duration::ZERO) {
+            announce(&probed, transition);
+        }
+    }
+
+    let reactivation = Duration::from_millis(20);
+    let passive = backend(&passive_only_config(1, reactivation, reactivation), None);
+    let transition = passive
+        .health
+        .record_request(Err("connection reset".to_owned()))
+        .expect("ejects");
+    announce(&passive, transition);
+    wait_until("reactivation", || passive.health.is_healthy()).await;
+
+    let logs = captured.text();
+    let down = "backend=backend1 upstream=default healthy -> unhealthy after 3 failed probes: connection refused";
+    let up = "backend=backend1 upstream=default unhealthy -> healthy after 2 successful probes";
+    let ejected = "backend=backend1 upstream=default healthy -> unhealthy after 1 failed requests: connection reset";
+    let back = "backend=backend1 upstream=default unhealthy -> healthy: ejection period over, back on probation";
+    for line in [down, up, ejected, back] {
+        assert_eq!(
+            logs.matches(line).count(),
+            1,
+            "expected once: {line}\n--- logs:\n{logs}"
+        );
+    }
+    assert_eq!(logs.lines().count(), 4, "{logs}");
+}

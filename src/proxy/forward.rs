@@ -51,6 +51,18 @@ impl Forwarder {
 }
 
 fn classify(backend: &Backend, error: &hyper_util::client::legacy::Error) -> ProxyError {
+    // A failure of the client's own request body (a listener found it malformed, or the client went
+    // away mid-upload) is not the backend's fault: it must neither count against the backend nor be retried.
+    let mut source = std::error::Error::source(error);
+    while let Some(inner) = source {
+        if let Some(client_error) = inner.downcast_ref::<ProxyError>() {
+            return client_error.clone();
+        }
+        if inner.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
+            return ProxyError::ClientBodyFailed;
+        }
+        source = inner.source();
+    }
     let io_kind = io_error_kind(error);
     let cause = match io_kind {
         Some(io::ErrorKind::ConnectionRefused) => "connection refused".to_owned(),

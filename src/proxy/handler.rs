@@ -86,7 +86,10 @@ impl Core {
         let started = Instant::now();
         let method = request.method().clone();
         let version = request.version();
+        let protocol = protocol_label(version);
         let path = request.uri().path().to_owned();
+        let in_flight = metrics::request_in_flight(protocol);
+        let request = request.map(|body| body.with_meter(metrics::request_size(protocol)));
         let mut outcome = Outcome::default();
         let response = match self.proxy(request, client, &mut outcome).await {
             Ok(response) => response,
@@ -101,8 +104,8 @@ impl Core {
                 error_response(&error, version)
             }
         };
+        drop(in_flight);
         let elapsed = started.elapsed();
-        let protocol = protocol_label(version);
         let upstream = outcome.upstream.as_ref().map_or("-", |u| u.name.as_str());
         let backend = outcome.backend.as_ref().map_or("-", |b| b.name.as_str());
         tracing::info!(
@@ -117,7 +120,7 @@ impl Core {
             client = %client.peer.ip(),
         );
         metrics::record_request(&method, response.status(), backend, protocol, elapsed);
-        response
+        response.map(|body| body.with_meter(metrics::response_size(protocol)))
     }
 
     async fn proxy(
@@ -197,7 +200,17 @@ impl Core {
                 .build()
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
+            let sent = Instant::now();
             let result = self.forwarder.send(&backend, upstream_request).await;
+            metrics::record_backend_attempt(
+                &upstream.name,
+                &backend.name,
+                result.as_ref().ok().map(Response::status),
+                sent.elapsed(),
+            );
+            if let Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) = &result {
+                metrics::record_connect_error(&upstream.name, &backend.name);
+            }
             let verdict = passive::verdict(
                 result.as_ref().map(Response::status),
                 &upstream.health_check.passive.failure_statuses,

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::config::Config;
+use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
 
 use super::framing::FramingWatch;
@@ -98,6 +99,7 @@ where
         .max_buf_size(settings.max_header_bytes);
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {
+        let _open = metrics::connection_open("http/1.1");
         tokio::pin!(connection);
         let result = tokio::select! {
             result = connection.as_mut() => result,

@@ -105,6 +105,11 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
     let core = Arc::new(Core::new(config));
     let shutdown = Shutdown::default();
     let prober = Prober::default();
+    for upstream in core.router().upstreams() {
+        for backend in &upstream.backends {
+            crate::metrics::set_backend_health(&upstream.name, &backend.name, backend.health.is_healthy());
+        }
+    }
     for upstream in core.router().upstreams().iter().filter(|u| u.health_check.enabled) {
         for backend in &upstream.backends {
             prober.spawn(

@@ -12,6 +12,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::{Buf, Bytes, BytesMut};
@@ -25,10 +26,12 @@ use http_body_util::BodyExt as _;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt, ZeroRttAccepted};
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, BoxError};
 use crate::config::{Config, QuicConfig, RetryMode};
 use crate::error::ProxyError;
+use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
 use crate::tls::CertStore;
 
@@ -37,6 +40,9 @@ use super::Shutdown;
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
 /// so a body that does not match its Content-Length is refused before any backend sees the request.
 const PREREAD_LIMIT: u64 = 64 * 1024;
+
+/// The HTTP/3 application error code for a clean close (RFC 9114 8.1).
+const H3_NO_ERROR: u32 = 0x100;
 
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -110,10 +116,17 @@ impl QuicListener {
     /// Serves until shutdown, then sends GOAWAY, lets open requests finish and closes the endpoints.
     pub async fn serve(self, core: Arc<Core>, shutdown: Shutdown) {
         let mut accepting = Vec::new();
+        let all = Arc::new(self.endpoints.clone());
         for endpoint in &self.endpoints {
             let endpoint = endpoint.clone();
             let (core, settings, shutdown) = (Arc::clone(&core), Arc::clone(&self.settings), shutdown.clone());
-            accepting.push(tokio::spawn(accept_loop(endpoint, core, settings, shutdown)));
+            accepting.push(tokio::spawn(accept_loop(
+                endpoint,
+                Arc::clone(&all),
+                core,
+                settings,
+                shutdown,
+            )));
         }
         for task in accepting {
             if let Err(error) = task.await {
@@ -201,7 +214,13 @@ fn udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     Ok(socket)
 }
 
-async fn accept_loop(endpoint: quinn::Endpoint, core: Arc<Core>, settings: Arc<Settings>, shutdown: Shutdown) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    all: Arc<Vec<quinn::Endpoint>>,
+    core: Arc<Core>,
+    settings: Arc<Settings>,
+    shutdown: Shutdown,
+) {
     loop {
         let incoming = tokio::select! {
             () = shutdown.begun() => return,
@@ -210,15 +229,18 @@ async fn accept_loop(endpoint: quinn::Endpoint, core: Arc<Core>, settings: Arc<S
                 None => return,
             },
         };
-        if endpoint.open_connections() >= settings.quic.max_connections {
+        let open: usize = all.iter().map(quinn::Endpoint::open_connections).sum();
+        if open >= settings.quic.max_connections {
             tracing::warn!(peer = %incoming.remote_address(), limit = settings.quic.max_connections, "QUIC connection refused: limit reached");
             incoming.refuse();
+            metrics::record_quic_refused();
             continue;
         }
         let validated = incoming.remote_address_validated();
         if !validated && incoming.may_retry() && wants_retry(&settings) {
-            if let Err(error) = incoming.retry() {
-                tracing::debug!("Retry not sent: {error}");
+            match incoming.retry() {
+                Ok(()) => metrics::record_quic_retry(),
+                Err(error) => tracing::debug!("Retry not sent: {error}"),
             }
             continue;
         }
@@ -259,18 +281,38 @@ async fn serve_connection(
         settings.handshaking.fetch_add(1, Ordering::Relaxed);
         Handshaking(Arc::clone(&settings))
     });
-    let connecting = incoming.accept()?;
-    let (connection, handshake) = if settings.quic.early_data {
-        match connecting.into_0rtt() {
-            Ok((connection, accepted)) => (connection, Handshake::pending(accepted)),
-            Err(connecting) => (connecting.await?, Handshake::complete()),
-        }
-    } else {
-        (connecting.await?, Handshake::complete())
-    };
-    let handshake = Arc::new(handshake);
+    let handshaken = async {
+        let connecting = incoming.accept()?;
+        anyhow::Ok(if settings.quic.early_data {
+            match connecting.into_0rtt() {
+                Ok((connection, accepted)) => (connection, Handshake::pending(accepted)),
+                Err(connecting) => (connecting.await?, Handshake::complete()),
+            }
+        } else {
+            (connecting.await?, Handshake::complete())
+        })
+    }
+    .await;
+    metrics::record_quic_handshake(handshaken.is_ok());
     drop(counted);
+    let (connection, handshake) = handshaken?;
+    let handshake = Arc::new(handshake);
+    let _open = metrics::connection_open("h3");
+    let stats_source = connection.clone();
+    let served = serve_h3(connection, handshake, core, &settings, shutdown).await;
+    metrics::record_quic_connection(&stats_source.stats());
+    served
+}
+
+async fn serve_h3(
+    connection: quinn::Connection,
+    handshake: Arc<Handshake>,
+    core: Arc<Core>,
+    settings: &Settings,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let peer = connection.remote_address();
+    let closer = connection.clone();
     let client = ClientInfo {
         peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
         tls: true,
@@ -281,21 +323,29 @@ async fn serve_connection(
         .send_grease(true)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
         .await?;
-    let mut draining = false;
+    let requests = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
-            () = shutdown.begun(), if !draining => {
-                draining = true;
-                // GOAWAY: the client opens no new requests here; those already accepted run to the end.
+            () = shutdown.begun() => {
+                // GOAWAY: the client opens no new requests here; those already accepted run to the end,
+                // then the connection closes without waiting for the client to hang up.
                 h3.shutdown(1).await?;
-                continue;
+                requests.close();
+                requests.wait().await;
+                // A finished response may still be in flight unacknowledged; closing now would discard it.
+                // Give the client a few round trips to close first (it usually does, after GOAWAY).
+                let linger = (closer.rtt() * 4).clamp(Duration::from_millis(200), Duration::from_secs(2));
+                if tokio::time::timeout(linger, closer.closed()).await.is_err() {
+                    closer.close(VarInt::from_u32(H3_NO_ERROR), b"shutdown");
+                }
+                return Ok(());
             }
             accepted = h3.accept() => accepted,
         };
         match accepted {
             Ok(Some(resolver)) => {
                 let (core, handshake) = (Arc::clone(&core), Arc::clone(&handshake));
-                shutdown.spawn(async move {
+                requests.spawn(async move {
                     match resolver.resolve_request().await {
                         Ok((request, stream)) => serve_request(request, stream, &core, client, &handshake).await,
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
@@ -335,19 +385,20 @@ async fn serve_request(
 
     let (tx, body) = Body::channel(declared);
     let mut pump = None;
-    if refusal.is_none() {
-        match declared {
-            Some(length) if length <= PREREAD_LIMIT => {
-                if let Err(error) = preread(&mut recv, length, &tx).await {
-                    refusal = Some(error);
-                }
+    match declared {
+        // Refused: the body will never be read. Say so with the HTTP/3 code for "nothing wrong", rather
+        // than the transport's default, which clients report as a reset.
+        _ if refusal.is_some() => recv.stop_sending(Code::H3_NO_ERROR),
+        Some(length) if length <= PREREAD_LIMIT => {
+            if let Err(error) = preread(&mut recv, length, &tx).await {
+                refusal = Some(error);
             }
-            None => match peek(&mut recv) {
-                Peek::Ended => {}
-                Peek::First(first) => pump = Some(pump_body(recv, tx, declared, first)),
-            },
-            Some(_) => pump = Some(pump_body(recv, tx, declared, None)),
         }
+        None => match peek(&mut recv) {
+            Peek::Ended => {}
+            Peek::First(first) => pump = Some(pump_body(recv, tx, declared, first)),
+        },
+        Some(_) => pump = Some(pump_body(recv, tx, declared, None)),
     }
     let mut request = Request::from_parts(parts, body);
     if let Some(error) = refusal {

@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::metrics;
 use crate::proxy::{ClientInfo, Core};
 
 use super::http1::{self, Settings};
@@ -82,6 +83,7 @@ async fn serve_h2<I>(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
+    let _open = metrics::connection_open("h2");
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,

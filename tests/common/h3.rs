@@ -222,6 +222,9 @@ impl H3Client {
     }
 
     pub fn start_driver(&mut self) {
+        if !matches!(self.driver, DriverState::Idle(_)) {
+            return;
+        }
         if let DriverState::Idle(mut driver) = std::mem::replace(&mut self.driver, DriverState::Taken) {
             self.driver = DriverState::Running(tokio::spawn(async move {
                 std::future::poll_fn(|cx| driver.poll_close(cx)).await

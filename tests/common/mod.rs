@@ -85,28 +85,21 @@ pub fn dead_port_addr() -> SocketAddr {
 pub fn backend_list(backends: &[(&str, SocketAddr, u32)]) -> String {
     let items: Vec<String> = backends
         .iter()
-        .map(|(name, addr, weight)| {
-            format!(r#"{{name: "{name}", url: "http://{addr}", weight: {weight}}}"#)
-        })
+        .map(|(name, addr, weight)| format!(r#"{{name: "{name}", url: "http://{addr}", weight: {weight}}}"#))
         .collect();
     format!("[{}]", items.join(", "))
 }
 
 /// A backend list with weight 1 for each of `names`, in order.
 pub fn equal_backends(names: &[&str], addrs: &[SocketAddr]) -> String {
-    let entries: Vec<(&str, SocketAddr, u32)> = names
-        .iter()
-        .zip(addrs)
-        .map(|(name, addr)| (*name, *addr, 1))
-        .collect();
+    let entries: Vec<(&str, SocketAddr, u32)> = names.iter().zip(addrs).map(|(name, addr)| (*name, *addr, 1)).collect();
     backend_list(&entries)
 }
 
 /// A complete config: every listener on a loopback port chosen by the OS, `server_extra` lines added to
 /// the `server` section, and `rest` (backends, upstreams, routes, timeouts) appended at top level.
 pub fn render_config(server_extra: &[&str], rest: &str) -> String {
-    let mut yaml =
-        String::from("server:\n  address: \"127.0.0.1:0\"\n  fallback_address: \"127.0.0.1:0\"\n");
+    let mut yaml = String::from("server:\n  address: \"127.0.0.1:0\"\n  fallback_address: \"127.0.0.1:0\"\n");
     // Below the test guard, so a drain that waits for nothing still ends with a clear `false`.
     if !server_extra.iter().any(|l| l.starts_with("drain_timeout:")) {
         yaml.push_str("  drain_timeout: 10s\n");
@@ -116,9 +109,7 @@ pub fn render_config(server_extra: &[&str], rest: &str) -> String {
         yaml.push_str(line);
         yaml.push('\n');
     }
-    yaml.push_str(
-        "telemetry:\n  metrics:\n    address: \"127.0.0.1:0\"\n  logging:\n    level: warn\n",
-    );
+    yaml.push_str("telemetry:\n  metrics:\n    address: \"127.0.0.1:0\"\n  logging:\n    level: warn\n");
     yaml.push_str(rest);
     yaml.push('\n');
     yaml
@@ -223,17 +214,9 @@ impl HttpClient {
     }
 
     pub async fn send(&self, request: Request<TestBody>) -> Reply {
-        let response = self
-            .client
-            .request(request)
-            .await
-            .expect("request through the proxy");
+        let response = self.client.request(request).await.expect("request through the proxy");
         let (parts, body) = response.into_parts();
-        let body = body
-            .collect()
-            .await
-            .expect("response body arrives")
-            .to_bytes();
+        let body = body.collect().await.expect("response body arrives").to_bytes();
         Reply {
             status: parts.status,
             headers: parts.headers,
@@ -242,12 +225,8 @@ impl HttpClient {
     }
 
     pub async fn get(&self, path_and_query: &str) -> Reply {
-        self.send(
-            self.request("GET", path_and_query)
-                .body(empty())
-                .expect("request"),
-        )
-        .await
+        self.send(self.request("GET", path_and_query).body(empty()).expect("request"))
+            .await
     }
 
     pub async fn get_with_host(&self, host: &str, path_and_query: &str) -> Reply {
@@ -269,9 +248,7 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr)
-            .await
-            .expect("connect to the proxy");
+        let stream = TcpStream::connect(addr).await.expect("connect to the proxy");
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .expect("HTTP/1.1 handshake");
@@ -344,13 +321,7 @@ impl RawExchange {
             .headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| {
-                std::str::from_utf8(h.value)
-                    .ok()?
-                    .trim()
-                    .parse::<usize>()
-                    .ok()
-            })
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
             .unwrap_or(self.bytes.len() - head_len);
         let end = (head_len + length).min(self.bytes.len());
         &self.bytes[head_len..end]
@@ -392,9 +363,7 @@ pub const CLOSE_BOUND: Duration = Duration::from_secs(10);
 /// Sends `request` as raw bytes on a new connection and reads until the proxy closes it, which must
 /// happen within [`CLOSE_BOUND`].
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> RawExchange {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
+    let mut stream = TcpStream::connect(addr).await.expect("connect to the proxy");
     stream.write_all(request).await.expect("send the request");
     tokio::time::timeout(CLOSE_BOUND, read_until_closed(&mut stream))
         .await
@@ -424,8 +393,7 @@ pub async fn read_head(stream: &mut TcpStream) -> String {
 }
 
 /// A complete response for [`start_raw_backend`] that ends its connection.
-pub const OK_RESPONSE: &[u8] =
-    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+pub const OK_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
 
 /// A backend that is only a socket: reports the head of every request it receives, writes `response`
 /// verbatim (nothing, to hang up without answering) and closes. Unlike a demo backend it shows exactly

@@ -42,16 +42,11 @@ pub struct BackendHealth {
     healthy: AtomicBool,
     /// Set while a passive success would change the state; lets successful requests skip the lock.
     watching: AtomicBool,
-    /// When the backend last became healthy, in ms after `epoch()`; 0 when never (no slow start).
+    /// When the backend last became healthy, in ms after `created` plus one; 0 when never (no slow start).
     recovered_at_ms: AtomicU64,
+    created: Instant,
     policy: Policy,
     detail: Mutex<Detail>,
-}
-
-/// The instant slow-start times are measured from.
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
 }
 
 impl BackendHealth {
@@ -62,6 +57,7 @@ impl BackendHealth {
             healthy: AtomicBool::new(state.is_healthy()),
             watching: AtomicBool::new(false),
             recovered_at_ms: AtomicU64::new(0),
+            created: Instant::now(),
             policy: Policy::from(config),
             detail: Mutex::new(Detail {
                 state,
@@ -81,7 +77,7 @@ impl BackendHealth {
     pub fn since_recovery(&self) -> Option<Duration> {
         match self.recovered_at_ms.load(Ordering::Relaxed) {
             0 => None,
-            at => Some(epoch().elapsed().saturating_sub(Duration::from_millis(at))),
+            at => Some(self.created.elapsed().saturating_sub(Duration::from_millis(at - 1))),
         }
     }
 
@@ -153,8 +149,8 @@ impl BackendHealth {
         self.healthy.store(detail.state.is_healthy(), Ordering::Relaxed);
         self.watching.store(detail.state.watching_requests(), Ordering::Relaxed);
         if transition.is_some_and(|t| t.healthy) {
-            let now = u64::try_from(epoch().elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
-            self.recovered_at_ms.store(now, Ordering::Relaxed);
+            let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+            self.recovered_at_ms.store(now + 1, Ordering::Relaxed);
         }
     }
 }

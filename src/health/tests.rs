@@ -3,7 +3,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
-use tokio::time::Instant;
 
 use super::state::State;
 use super::{announce, BackendHealth, Policy, Source, Transition};
@@ -393,27 +392,15 @@ fn passive_only_config(threshold: u32, reactivation: Duration, max_ejection: Dur
     }
 }
 
-/// How long a timed test may wait for state it does not control the timing of.
-const PATIENCE: Duration = Duration::from_secs(20);
+// Timed behaviour runs on tokio's paused clock: time only moves when every task waits, so these checks are
+// exact and instant.
 
-/// Polls `ready` until it holds, failing the test after [`PATIENCE`].
-async fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !ready() {
-        assert!(Instant::now() < deadline, "gave up waiting: {what}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-// Tokio's `test-util` feature (paused time) is not enabled for this crate, so the timed tests below run on
-// the real clock and check bounds that hold however slowly the machine runs: a timer never fires early,
-// and a value read between two clock readings lies between what those readings allow.
-
-#[tokio::test]
-async fn announced_passive_ejection_ends_no_earlier_than_the_reactivation_period() {
-    let reactivation = Duration::from_millis(60);
-    let max_ejection = Duration::from_millis(150);
+#[tokio::test(start_paused = true)]
+async fn passive_ejection_ends_after_exactly_the_reactivation_period_and_backs_off() {
+    let reactivation = Duration::from_secs(30);
+    let max_ejection = Duration::from_secs(300);
     let backend = backend(&passive_only_config(2, reactivation, max_ejection), None);
+    let just = Duration::from_millis(1);
 
     assert_eq!(
         backend.health.record_request(Err("connection refused".to_owned())),
@@ -424,76 +411,37 @@ async fn announced_passive_ejection_ends_no_earlier_than_the_reactivation_period
         .record_request(Err("connection refused".to_owned()))
         .expect("ejected at the threshold");
     assert_eq!(transition.reactivate_after, Some(reactivation));
-    let ejected_at = Instant::now();
     announce(&backend, transition);
-    // Nothing has yielded to the timer task yet, so this holds however slow the machine is.
-    assert!(!backend.is_usable());
-    wait_until("reactivation", || backend.health.is_healthy()).await;
-    assert!(
-        ejected_at.elapsed() >= reactivation,
-        "back after {:?}",
-        ejected_at.elapsed()
-    );
-    assert!(backend.is_usable());
+    tokio::time::sleep(reactivation - just).await;
+    assert!(!backend.is_usable(), "back before the reactivation period");
+    tokio::time::sleep(just * 2).await;
+    assert!(backend.is_usable(), "not back after the reactivation period");
 
-    // On probation: one failure ejects again, now for twice as long, then for max_ejection.
-    for period in [2 * reactivation, max_ejection, max_ejection] {
+    // On probation one failure ejects again, for twice as long each time, up to max_ejection.
+    for period in [60, 120, 240, 300, 300].map(Duration::from_secs) {
         let transition = backend
             .health
             .record_request(Err("connection refused".to_owned()))
             .expect("one failure on probation ejects");
         assert_eq!(transition.reactivate_after, Some(period));
-        let ejected_at = Instant::now();
         announce(&backend, transition);
+        tokio::time::sleep(period - just).await;
         assert!(!backend.health.is_healthy());
-        wait_until("reactivation", || backend.health.is_healthy()).await;
-        assert!(ejected_at.elapsed() >= period, "back after {:?}", ejected_at.elapsed());
+        tokio::time::sleep(just * 2).await;
+        assert!(backend.health.is_healthy());
     }
 
-    // A success ends probation: the next failure alone does not eject.
+    // A success ends probation and resets the backoff: it takes the full threshold again, then 30 s.
     assert_eq!(backend.health.record_request(Ok(())), None);
     assert_eq!(backend.health.record_request(Err("status 503".to_owned())), None);
-    assert!(backend.health.is_healthy());
-}
-
-/// Slow start's weight after `since`, as `effective_weight` computes it.
-fn ramp(full: u64, window: Duration, since: Duration) -> u64 {
-    if since >= window {
-        return full;
-    }
-    ((full as f64 * (since.as_secs_f64() / window.as_secs_f64()).max(0.1)) as u64).max(1)
-}
-
-/// Recovers `backend` with its second probe success in a row, and returns clock readings taken just before
-/// and just after.
-fn recover(backend: &Backend) -> (Instant, Instant) {
-    let before = Instant::now();
-    backend
+    let transition = backend
         .health
-        .record_probe(Ok(()), Duration::ZERO)
-        .expect("recovers at the healthy threshold");
-    (before, Instant::now())
-}
-
-/// Reads the effective weight and checks it against the ramp at the earliest and latest moment the read
-/// can have happened; the recovery stamp has millisecond resolution, hence the 1 ms slack.
-fn checked_weight(backend: &Backend, full: u64, window: Duration, recovery: (Instant, Instant)) -> u64 {
-    let slack = Duration::from_millis(1);
-    let earliest = Instant::now()
-        .saturating_duration_since(recovery.1)
-        .saturating_sub(slack);
-    let weight = backend.effective_weight();
-    let latest = recovery.0.elapsed() + slack;
-    let (low, high) = (ramp(full, window, earliest), ramp(full, window, latest));
-    assert!(
-        (low..=high).contains(&weight),
-        "weight {weight} outside [{low}, {high}] for {earliest:?}..{latest:?} after recovery"
-    );
-    weight
+        .record_request(Err("status 503".to_owned()))
+        .expect("ejected again");
+    assert_eq!(transition.reactivate_after, Some(reactivation));
 }
 
 fn recovering(window: Duration, weight: u32) -> Arc<Backend> {
-    super::epoch();
     let config = HealthCheckConfig {
         enabled: true,
         initial_state: InitialState::Unhealthy,
@@ -502,50 +450,43 @@ fn recovering(window: Duration, weight: u32) -> Arc<Backend> {
     backend_weighted(&config, Some(window), weight)
 }
 
-#[tokio::test]
-async fn slow_start_begins_at_ten_percent_of_the_weight() {
-    let window = Duration::from_secs(600);
-    let backend = recovering(window, 10);
-    let full = 10 * WEIGHT_SCALE;
-    assert_eq!(backend.effective_weight(), full, "never recovered: no slow start");
-    backend.health.record_probe(Ok(()), Duration::ZERO);
-    assert_eq!(backend.effective_weight(), full, "one success is not a recovery yet");
-    let recovery = recover(&backend);
-    assert!(backend.health.since_recovery().is_some());
-    let weight = checked_weight(&backend, full, window, recovery);
-    assert!(weight >= full / 10, "never below the 10% floor: {weight}");
+/// Two good probes: the default healthy threshold.
+fn recover(backend: &Backend) {
+    assert_eq!(backend.health.record_probe(Ok(()), Duration::ZERO), None);
+    backend
+        .health
+        .record_probe(Ok(()), Duration::ZERO)
+        .expect("recovers at the healthy threshold");
 }
 
-#[tokio::test]
-async fn slow_start_ramps_up_to_the_full_weight_by_the_end_of_the_window() {
-    let window = Duration::from_millis(300);
-    let backend = recovering(window, 10);
+#[tokio::test(start_paused = true)]
+async fn slow_start_ramps_from_ten_percent_to_full_over_the_window() {
+    let backend = recovering(Duration::from_secs(30), 10);
     let full = 10 * WEIGHT_SCALE;
-    backend.health.record_probe(Ok(()), Duration::ZERO);
-    let recovery = recover(&backend);
-    let mut seen = vec![checked_weight(&backend, full, window, recovery)];
-    let deadline = Instant::now() + PATIENCE;
-    while *seen.last().expect("one reading") < full {
-        assert!(Instant::now() < deadline, "never reached full weight: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        seen.push(checked_weight(&backend, full, window, recovery));
+    assert_eq!(backend.effective_weight(), full, "never recovered: no slow start");
+    recover(&backend);
+    let mut seen = Vec::new();
+    for _ in 0..=6 {
+        seen.push(backend.effective_weight());
+        tokio::time::advance(Duration::from_secs(5)).await;
     }
-    assert!(seen.windows(2).all(|w| w[0] <= w[1]), "the ramp went down: {seen:?}");
-    assert!(recovery.0.elapsed() >= window);
+    // 10% floor until 3 s, then linear: 5 s -> 1/6, 10 s -> 1/3, ... 30 s -> full.
+    assert_eq!(seen, [100, 166, 333, 500, 666, 833, 1000]);
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(backend.effective_weight(), full);
 
-    // Another failure and recovery starts a new ramp from the floor.
+    // Failing and recovering again starts a new ramp from the floor.
     for _ in 0..3 {
         backend
             .health
             .record_probe(Err("status 503".to_owned()), Duration::ZERO);
     }
     assert!(!backend.is_usable());
-    backend.health.record_probe(Ok(()), Duration::ZERO);
-    let recovery = recover(&backend);
-    assert!(checked_weight(&backend, full, window, recovery) < full);
+    recover(&backend);
+    assert_eq!(backend.effective_weight(), full / 10);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn without_slow_start_a_recovered_backend_gets_its_full_weight() {
     let config = HealthCheckConfig {
         enabled: true,
@@ -578,7 +519,7 @@ impl Captured {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn announce_logs_each_transition_once() {
     let captured = Captured::default();
     let writer = captured.clone();
@@ -614,7 +555,8 @@ async fn announce_logs_each_transition_once() {
         .record_request(Err("connection reset".to_owned()))
         .expect("ejects");
     announce(&passive, transition);
-    wait_until("reactivation", || passive.health.is_healthy()).await;
+    tokio::time::sleep(reactivation * 2).await;
+    assert!(passive.health.is_healthy());
 
     let logs = captured.text();
     let down = "backend=backend1 upstream=default healthy -> unhealthy after 3 failed probes: connection refused";

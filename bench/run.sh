@@ -171,7 +171,8 @@ install_packages() {
 # to a port nothing listens on and fails fast, which is fine: only the message matters.
 oha_has_http3() {
   local output
-  output=$(timeout 15 "$1" -n 1 --no-tui --insecure --http-version 3 -t 1s "https://127.0.0.1:9/" 2>&1) || true
+  output=$(timeout 15 "$1" -n 1 --no-tui --insecure --http-version 3 -t 300ms --connect-timeout 300ms \
+    "https://127.0.0.1:9/" 2>&1) || true
   [[ $output != *"HTTP/3 support"* ]] && "$1" --help 2>/dev/null | grep -q -- '--http-version'
 }
 
@@ -494,7 +495,7 @@ target_direct() {
 # Starts quic-proxy in front of the backends; sets QP_PID, QP_HTTP_PORT and QP_TLS_PORT (HTTPS on TCP and
 # QUIC on UDP share it). $2: metrics on or off; $3: 1 to configure TLS.
 start_quic_proxy() {
-  local name=$1 metrics=$2 tls=$3 dir="$TMP_DIR/$1" metrics_port backends="" tls_section="" n
+  local name=$1 metrics=$2 tls=$3 dir="$TMP_DIR/${1// /-}" metrics_port backends="" tls_section="" n
   mkdir -p "$dir"
   next_port && QP_HTTP_PORT=$PORT
   next_port && QP_TLS_PORT=$PORT
@@ -589,7 +590,7 @@ target_haproxy() {
 
 # Caddy with the same certificate, HTTP/3 on its HTTPS port; sets CADDY_PID and CADDY_PORT.
 start_caddy() {
-  local name=$1 dir="$TMP_DIR/$1" http_port upstreams="" port_b
+  local name=$1 dir="$TMP_DIR/${1// /-}" http_port upstreams="" port_b
   mkdir -p "$dir/home"
   make_cert
   next_port && CADDY_PORT=$PORT

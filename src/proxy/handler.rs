@@ -87,7 +87,8 @@ impl Core {
         let method = request.method().clone();
         let version = request.version();
         let protocol = protocol_label(version);
-        let path = request.uri().path().to_owned();
+        // A Uri clone shares its bytes: the access log costs no copy of the path.
+        let uri = request.uri().clone();
         let in_flight = metrics::request_in_flight(protocol);
         let request = request.map(|body| body.with_meter(metrics::request_size(protocol)));
         let mut outcome = Outcome::default();
@@ -111,7 +112,7 @@ impl Core {
         tracing::info!(
             target: "access",
             method = %method,
-            path = %path,
+            path = %uri.path(),
             status = response.status().as_u16(),
             upstream,
             backend,

@@ -102,24 +102,35 @@ impl<T> FramingWatch<T> {
     }
 }
 
+/// Bytes inspected per read. hyper's safe read API only takes copies, so reads go through this buffer.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    // One buffer per thread, not per connection: `poll_read` never yields while it holds it.
+    static SCRATCH_BUFFER: std::cell::RefCell<Box<[u8]>> = std::cell::RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
 impl<T: Read + Unpin> Read for FramingWatch<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        // Read into a scratch buffer we can inspect, then hand the bytes on.
-        let mut scratch = [0u8; 16 * 1024];
-        let room = buf.remaining().min(scratch.len());
-        let mut read_buf = hyper::rt::ReadBuf::new(&mut scratch[..room]);
-        match Pin::new(&mut this.inner).poll_read(cx, read_buf.unfilled()) {
-            Poll::Ready(Ok(())) => {
-                let filled = read_buf.filled();
-                if let Some((index, violation)) = this.tracker.feed(filled) {
-                    this.verdicts.flag(index, violation);
-                }
-                buf.put_slice(filled);
-                Poll::Ready(Ok(()))
-            }
-            other => other,
+        if this.tracker.phase == Phase::Done {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
         }
+        SCRATCH_BUFFER.with_borrow_mut(|scratch| {
+            let room = buf.remaining().min(scratch.len());
+            let mut read_buf = hyper::rt::ReadBuf::new(&mut scratch[..room]);
+            match Pin::new(&mut this.inner).poll_read(cx, read_buf.unfilled()) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read_buf.filled();
+                    if let Some((index, violation)) = this.tracker.feed(filled) {
+                        this.verdicts.flag(index, violation);
+                    }
+                    buf.put_slice(filled);
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            }
+        })
     }
 }
 

@@ -188,15 +188,30 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
 /// Binds HTTPS on TCP and QUIC on UDP at `server.address`; with port 0, UDP takes TCP's port.
 fn bind_secure(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<(TcpListener, TlsAcceptor, QuicListener)> {
     let address = config.server.address;
-    let tcp = bind_tcp(address).with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
     let tcp_config = certs.tcp_server_config().context("cannot build the HTTPS TLS config")?;
     let acceptor = TlsAcceptor::from(Arc::new(tcp_config));
-    let mut quic_config = config.clone();
-    if address.port() == 0 {
-        quic_config.server.address.set_port(tcp.local_addr()?.port());
+    // With port 0 the OS picks the TCP port and QUIC takes the same one, as Alt-Svc clients expect; that
+    // UDP port may already be in use, so a few fresh ports are tried.
+    let attempts = if address.port() == 0 { 16 } else { 1 };
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let tcp = bind_tcp(address).with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
+        let udp_address = SocketAddr::new(address.ip(), tcp.local_addr()?.port());
+        match QuicListener::bind(config, udp_address, certs) {
+            Ok(quic) => return Ok((tcp, acceptor, quic)),
+            Err(error) if attempt < attempts && is_address_in_use(&error) => continue,
+            Err(error) => return Err(error),
+        }
     }
-    let quic = QuicListener::bind(&quic_config, certs)?;
-    Ok((tcp, acceptor, quic))
+}
+
+fn is_address_in_use(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|e| e.kind() == io::ErrorKind::AddrInUse)
+    })
 }
 
 /// A TCP listener; an unspecified IPv6 address (`:80`) takes IPv4 too, or falls back to IPv4 alone.

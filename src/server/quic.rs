@@ -60,8 +60,8 @@ struct Settings {
 }
 
 impl QuicListener {
-    /// Binds the UDP sockets and builds the QUIC transport from config.
-    pub fn bind(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<Self> {
+    /// Binds the UDP sockets on `address` and builds the QUIC transport from config.
+    pub fn bind(config: &Config, address: SocketAddr, certs: &Arc<CertStore>) -> anyhow::Result<Self> {
         let quic = &config.quic;
         let rustls_config = certs
             .quic_server_config(quic.early_data)
@@ -85,7 +85,7 @@ impl QuicListener {
         endpoint_config.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length)));
 
         let count = quic.endpoints.unwrap_or(1);
-        let mut address = config.server.address;
+        let mut address = address;
         let mut endpoints = Vec::with_capacity(count);
         for _ in 0..count {
             let socket = bind_udp(address, quic, count > 1)

@@ -20,7 +20,7 @@ use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
 
 use super::framing::FramingWatch;
-use super::{accept_loop, Shutdown};
+use super::{accept_loop, serve_until_drained, Shutdown};
 
 /// Connection settings shared by the HTTP/1.1 and HTTP/2 serving code.
 #[derive(Debug, Clone)]
@@ -100,14 +100,7 @@ where
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {
         let _open = metrics::connection_open("http/1.1");
-        tokio::pin!(connection);
-        let result = tokio::select! {
-            result = connection.as_mut() => result,
-            () = drain.begun() => {
-                connection.as_mut().graceful_shutdown();
-                connection.await
-            }
-        };
+        let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
         if let Err(error) = result {
             tracing::debug!(peer = %client.peer, "HTTP/1.1 connection ended: {error}");
         }

@@ -8,6 +8,7 @@ pub mod tls;
 use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -235,6 +236,22 @@ fn bind_tcp_socket(address: SocketAddr) -> io::Result<std::net::TcpListener> {
     socket.bind(&address.into())?;
     socket.listen(1024)?;
     Ok(socket.into())
+}
+
+/// Drives a hyper connection; once shutdown begins, calls `graceful` (hyper's `graceful_shutdown`) so it
+/// finishes its in-flight requests and closes.
+pub async fn serve_until_drained<C>(connection: C, drain: &Shutdown, graceful: impl FnOnce(Pin<&mut C>)) -> C::Output
+where
+    C: Future,
+{
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        () = drain.begun() => {
+            graceful(connection.as_mut());
+            connection.await
+        }
+    }
 }
 
 /// Accepts connections until shutdown and hands each to `serve` as a tracked task.

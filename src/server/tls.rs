@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::proxy::{ClientInfo, Core};
 
 use super::http1::{self, Settings};
-use super::{accept_loop, Shutdown};
+use super::{accept_loop, serve_until_drained, Shutdown};
 
 /// HTTP/2 settings for HTTPS connections.
 #[derive(Debug, Clone, Copy)]
@@ -84,14 +84,7 @@ async fn serve_h2<I>(
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
     let _open = metrics::connection_open("h2");
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = drain.begun() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
     if let Err(error) = result {
         tracing::debug!(peer = %client.peer, "HTTP/2 connection ended: {error}");
     }

@@ -447,19 +447,36 @@ measure_oha() {
 }
 
 # curl here has no HTTP/3, so the check goes through oha: a few requests that must all succeed. A failure
-# means no h3 listener (oha does not fall back to TCP). Retried briefly: QUIC may come up after TCP.
+# means no usable h3 listener (oha does not fall back to TCP). Retried once: QUIC may come up after TCP.
+# Returns non-zero with H3_ERROR set, so a peer whose HTTP/3 does not work with oha costs a row, not the run.
 check_h3() {
-  local name=$1 url=$2 file="$TMP_DIR/h3-check.json" attempt ok
-  for ((attempt = 0; attempt < 10; attempt++)); do
-    ok=0
-    if timeout 20 "$OHA" --no-tui -n "$((BACKEND_COUNT * 2))" -c 1 --insecure --http-version 3 -t 5s \
-      --output-format json -o "$file" "$url" >/dev/null 2>&1; then
+  local name=$1 url=$2 file="$TMP_DIR/h3-check.json" attempt ok status
+  H3_ERROR=
+  for ((attempt = 0; attempt < 2; attempt++)); do
+    ok=0 status=0
+    rm -f "$file"
+    timeout 15 "$OHA" --no-tui -n "$((BACKEND_COUNT * 2))" -c 1 --insecure --http-version 3 -t 3s \
+      --connect-timeout 3s --output-format json -o "$file" "$url" >/dev/null 2>&1 || status=$?
+    if ((status == 0)); then
       ok=$(jq '[.statusCodeDistribution | to_entries[] | select(.key | test("^2")) | .value] | add // 0' "$file")
+      ((ok == BACKEND_COUNT * 2)) && return 0
+      H3_ERROR="$ok of $((BACKEND_COUNT * 2)) h3 requests succeeded: $(jq -c '{statusCodeDistribution, errorDistribution}' "$file")"
+    elif ((status == 124)); then
+      H3_ERROR="oha -n $((BACKEND_COUNT * 2)) --http-version 3 did not finish within 15 s"
+    else
+      H3_ERROR="oha --http-version 3 exited with status $status"
     fi
-    ((ok == BACKEND_COUNT * 2)) && return 0
     sleep 0.5
   done
-  die "$name: HTTP/3 GET $url failed: $(jq -c '{statusCodeDistribution, errorDistribution}' "$file" 2>/dev/null)"
+  log "$name: HTTP/3 check of $url failed: $H3_ERROR"
+  return 1
+}
+
+# A row that could not be measured; the tables show why instead of numbers.
+declare -A ROW_FAILED
+fail_row() {
+  add_row "$1" "$2"
+  ROW_FAILED[$ROUND/$1]=$3
 }
 
 # --- targets: one function each, named target_<name>; add rows by adding functions ----------------------
@@ -617,8 +634,11 @@ target_h3_quic_proxy() {
   local name="quic-proxy h3" url
   start_quic_proxy "$name" true 1
   url="https://127.0.0.1:$QP_TLS_PORT$REQUEST_PATH"
-  check_h3 "$name" "$url"
-  measure_oha "$name" "$url" --http-version 3
+  if check_h3 "$name" "$url"; then
+    measure_oha "$name" "$url" --http-version 3
+  else
+    fail_row "$name" tls "$H3_ERROR"
+  fi
   stop_quic_proxy "$name"
 }
 
@@ -626,8 +646,11 @@ target_h3_caddy() {
   local name="caddy h3" url
   start_caddy "$name"
   url="https://127.0.0.1:$CADDY_PORT$REQUEST_PATH"
-  check_h3 "$name" "$url"
-  measure_oha "$name" "$url" --http-version 3
+  if check_h3 "$name" "$url"; then
+    measure_oha "$name" "$url" --http-version 3
+  else
+    fail_row "$name" tls "$H3_ERROR"
+  fi
   stop_caddy "$name"
 }
 
@@ -665,7 +688,12 @@ print_table() {
   printf '%-24s %12s %10s %10s %8s %12s %12s\n' target "requests/s" "p50 ms" "p99 ms" errors "rps/ref" "p99/ref"
   for name in "${ROW_NAMES[@]}"; do
     key="$round/$name"
-    [[ ${ROW_GROUP[$name]} == "$group" && -n ${ROW_RPS[$key]:-} ]] || continue
+    [[ ${ROW_GROUP[$name]} == "$group" ]] || continue
+    if [[ -n ${ROW_FAILED[$key]:-} ]]; then
+      printf '%-24s %s\n' "$name" "not measured: ${ROW_FAILED[$key]}"
+      continue
+    fi
+    [[ -n ${ROW_RPS[$key]:-} ]] || continue
     rps_ratio=-
     p99_ratio=-
     if [[ -n ${ROW_RPS[$reference]:-} ]]; then

@@ -176,9 +176,11 @@ fn run_proxy(path: &Path) -> ExitCode {
     }
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
+            // Signal handlers first: a SIGHUP or SIGTERM right after start-up must not hit the default action.
+            let signals = Signals::install()?;
             let running = server::start(&config, certs.clone()).await?;
             tracing::info!(config = %path.display(), "quic-proxy started");
-            wait_for_signal(certs.as_deref()).await?;
+            signals.wait(certs.as_deref()).await;
             tracing::info!(timeout = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
             if !running.shutdown().await {
                 tracing::warn!("drain timeout reached; closing remaining connections");
@@ -204,7 +206,7 @@ fn run_backend(listen: &str, name: &str) -> ExitCode {
             tracing::info!(name, address = %listener.local_addr()?, "demo backend listening");
             let shutdown = Shutdown::default();
             tokio::spawn(DemoBackend::new(name).serve(listener, shutdown.clone()));
-            wait_for_signal(None).await?;
+            Signals::install()?.wait(None).await;
             shutdown.drain(std::time::Duration::from_secs(5)).await;
             anyhow::Ok(())
         })
@@ -222,21 +224,35 @@ fn exit_with(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// Waits for SIGTERM or SIGINT; on SIGHUP reloads the certificate (open connections keep theirs).
-async fn wait_for_signal(certs: Option<&CertStore>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut hangup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => match certs.map(CertStore::reload) {
-                Some(Ok(())) => tracing::info!("SIGHUP: certificate reloaded"),
-                Some(Err(error)) => tracing::error!("SIGHUP: certificate not reloaded, keeping the current one: {error}"),
-                None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
-            },
+/// SIGTERM, SIGINT and SIGHUP, listened for from the moment they are installed.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the certificate (open connections keep theirs).
+    async fn wait(mut self, certs: Option<&CertStore>) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => match certs.map(CertStore::reload) {
+                    Some(Ok(())) => tracing::info!("SIGHUP: certificate reloaded"),
+                    Some(Err(error)) => tracing::error!("SIGHUP: certificate not reloaded, keeping the current one: {error}"),
+                    None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                },
+            }
         }
     }
 }

@@ -4,13 +4,16 @@
 //! a fixed set, status code, protocol, upstream and backend names from config; never path or client address.
 //! Process metrics are read from /proc at scrape time and appended to the exporter's output.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::hash::Hash;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::{Method, StatusCode};
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Histogram, SharedString, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter, Histogram, SharedString,
+    Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -151,22 +154,174 @@ fn describe() {
     );
 }
 
-/// Records one answered request.
-pub fn record_request(method: &Method, status: StatusCode, backend: &str, protocol: &'static str, elapsed: Duration) {
-    counter!(
-        HTTP_REQUESTS_TOTAL,
-        "method" => method_label(method),
-        "status_code" => status_label(status),
-        "backend" => backend.to_owned(),
-        "protocol" => protocol,
-    )
-    .increment(1);
-    histogram!(HTTP_REQUEST_DURATION_SECONDS, "protocol" => protocol).record(elapsed.as_secs_f64());
+/// Counters that differ by a small label key, resolved once per key and then shared: the request path
+/// neither allocates nor hashes a metric key after the first request of each kind.
+pub struct CounterCache<K> {
+    counters: RwLock<HashMap<K, Counter>>,
 }
 
-/// Counts a request in flight until the returned guard is dropped.
-pub fn request_in_flight(protocol: &'static str) -> GaugeGuard {
-    GaugeGuard::new(gauge!(HTTP_REQUESTS_IN_FLIGHT, "protocol" => protocol))
+impl<K: Eq + Hash> Default for CounterCache<K> {
+    fn default() -> Self {
+        Self {
+            counters: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Eq + Hash> CounterCache<K> {
+    /// Increments the counter for `key`, registering it with `make` the first time.
+    fn increment(&self, key: K, make: impl FnOnce() -> Counter) {
+        if let Some(counter) = self.counters.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            counter.increment(1);
+            return;
+        }
+        self.counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(make)
+            .increment(1);
+    }
+}
+
+impl<K> std::fmt::Debug for CounterCache<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CounterCache")
+    }
+}
+
+/// `http_requests_total` by method, status and protocol, for one backend label.
+type RequestCounters = CounterCache<(&'static str, u16, &'static str)>;
+
+/// A backend's metric handles. Built when the backend is, after the recorder is installed.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    upstream: SharedString,
+    backend: SharedString,
+    requests: RequestCounters,
+    attempts: CounterCache<u16>,
+    response_time: Histogram,
+    connect_errors: Counter,
+}
+
+impl BackendMetrics {
+    /// Handles for `backend` of `upstream`.
+    pub fn new(upstream: &str, backend: &str) -> Self {
+        let upstream = SharedString::from_shared(Arc::<str>::from(upstream));
+        let backend = SharedString::from_shared(Arc::<str>::from(backend));
+        Self {
+            response_time: histogram!(BACKEND_RESPONSE_TIME_SECONDS, "upstream" => upstream.clone(), "backend" => backend.clone()),
+            connect_errors: counter!(BACKEND_CONNECT_ERRORS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone()),
+            requests: RequestCounters::default(),
+            attempts: CounterCache::default(),
+            upstream,
+            backend,
+        }
+    }
+
+    /// One attempt sent to this backend: its status (`None`: no response) and time to response head.
+    pub fn record_attempt(&self, status: Option<StatusCode>, elapsed: Duration) {
+        let code = status.map_or(0, |s| s.as_u16());
+        self.attempts.increment(code, || {
+            let status = status.map_or(SharedString::const_str("error"), status_label);
+            counter!(BACKEND_REQUESTS_TOTAL, "upstream" => self.upstream.clone(), "backend" => self.backend.clone(), "status_code" => status)
+        });
+        self.response_time.record(elapsed.as_secs_f64());
+    }
+
+    /// A failed connect to this backend.
+    pub fn record_connect_error(&self) {
+        self.connect_errors.increment(1);
+    }
+}
+
+/// The per-protocol handles of the request path.
+#[derive(Debug)]
+struct ProtocolMetrics {
+    label: &'static str,
+    duration: Histogram,
+    in_flight: metrics::Gauge,
+    request_size: Histogram,
+    response_size: Histogram,
+}
+
+impl ProtocolMetrics {
+    fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            duration: histogram!(HTTP_REQUEST_DURATION_SECONDS, "protocol" => label),
+            in_flight: gauge!(HTTP_REQUESTS_IN_FLIGHT, "protocol" => label),
+            request_size: histogram!(HTTP_REQUEST_SIZE_BYTES, "protocol" => label),
+            response_size: histogram!(HTTP_RESPONSE_SIZE_BYTES, "protocol" => label),
+        }
+    }
+}
+
+/// The request path's metric handles, resolved once when the core is built.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    protocols: [ProtocolMetrics; 4],
+    /// Requests answered without a backend (no route, refused, no backend available).
+    unrouted: RequestCounters,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self {
+            protocols: ["h3", "h2", "http/1.1", "http/1.0"].map(ProtocolMetrics::new),
+            unrouted: RequestCounters::default(),
+        }
+    }
+}
+
+impl RequestMetrics {
+    fn protocol(&self, label: &'static str) -> &ProtocolMetrics {
+        self.protocols
+            .iter()
+            .find(|p| p.label == label)
+            .unwrap_or(&self.protocols[2])
+    }
+
+    /// Counts a request in flight until the returned guard is dropped.
+    pub fn in_flight(&self, protocol: &'static str) -> GaugeGuard {
+        GaugeGuard::new(self.protocol(protocol).in_flight.clone())
+    }
+
+    /// The histogram a request body's size goes to.
+    pub fn request_size(&self, protocol: &'static str) -> Histogram {
+        self.protocol(protocol).request_size.clone()
+    }
+
+    /// The histogram a response body's size goes to.
+    pub fn response_size(&self, protocol: &'static str) -> Histogram {
+        self.protocol(protocol).response_size.clone()
+    }
+
+    /// Records one answered request, by the backend that answered it (if any).
+    pub fn record_request(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        backend: Option<&BackendMetrics>,
+        protocol: &'static str,
+        elapsed: Duration,
+    ) {
+        let method = method_label(method);
+        let (counters, backend_label) = match backend {
+            Some(b) => (&b.requests, b.backend.clone()),
+            None => (&self.unrouted, SharedString::const_str("-")),
+        };
+        counters.increment((method, status.as_u16(), protocol), || {
+            counter!(
+                HTTP_REQUESTS_TOTAL,
+                "method" => method,
+                "status_code" => status_label(status),
+                "backend" => backend_label,
+                "protocol" => protocol,
+            )
+        });
+        self.protocol(protocol).duration.record(elapsed.as_secs_f64());
+    }
 }
 
 /// Counts an open client connection until the returned guard is dropped.
@@ -191,31 +346,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// The histogram a request body's size goes to.
-pub fn request_size(protocol: &'static str) -> Histogram {
-    histogram!(HTTP_REQUEST_SIZE_BYTES, "protocol" => protocol)
-}
-
-/// The histogram a response body's size goes to.
-pub fn response_size(protocol: &'static str) -> Histogram {
-    histogram!(HTTP_RESPONSE_SIZE_BYTES, "protocol" => protocol)
-}
-
-/// Records one attempt sent to a backend: its status (or `error`) and time to response head.
-pub fn record_backend_attempt(upstream: &str, backend: &str, status: Option<StatusCode>, elapsed: Duration) {
-    let status = status.map_or(SharedString::const_str("error"), status_label);
-    counter!(BACKEND_REQUESTS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "status_code" => status)
-        .increment(1);
-    histogram!(BACKEND_RESPONSE_TIME_SECONDS, "upstream" => upstream.to_owned(), "backend" => backend.to_owned())
-        .record(elapsed.as_secs_f64());
-}
-
-/// Records a failed connect to a backend.
-pub fn record_connect_error(upstream: &str, backend: &str) {
-    counter!(BACKEND_CONNECT_ERRORS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned())
-        .increment(1);
-}
-
 /// Records one active health check.
 pub fn record_health_check(upstream: &str, backend: &str, healthy: bool) {
     let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
@@ -225,6 +355,24 @@ pub fn record_health_check(upstream: &str, backend: &str, healthy: bool) {
     if !healthy {
         counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream, "backend" => backend).increment(1);
     }
+}
+
+/// Registers a backend's series at start-up, so that rare events (a first failure, a first transition)
+/// show as a change from zero instead of appearing with their first increment, which `rate()` cannot see.
+pub fn register_backend(upstream: &str, backend: &str, healthy: bool) {
+    let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
+    for to in ["healthy", "unhealthy"] {
+        counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "to" => to)
+            .absolute(0);
+    }
+    counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone()).absolute(0);
+    set_backend_health(&upstream, &backend, healthy);
+}
+
+/// Registers an upstream's series at start-up (see `register_backend`).
+pub fn register_upstream(upstream: &str) {
+    counter!(RETRIES_TOTAL, "upstream" => upstream.to_owned()).absolute(0);
+    counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_owned()).absolute(0);
 }
 
 /// Sets a backend's health gauge (at start-up and on every transition).

@@ -9,6 +9,7 @@ use http::Uri;
 
 use crate::config::{BackendConfig, HealthCheckConfig};
 use crate::health::BackendHealth;
+use crate::metrics::BackendMetrics;
 
 /// Weights are scaled by this factor so that slow start can ramp them in small steps.
 pub const WEIGHT_SCALE: u64 = 100;
@@ -23,6 +24,8 @@ pub struct Backend {
     pub weight: u32,
     pub health_url: Option<Uri>,
     pub health: BackendHealth,
+    /// Metric handles, resolved once.
+    pub metrics: BackendMetrics,
     slow_start: Option<Duration>,
     drained: AtomicBool,
     in_flight: AtomicUsize,
@@ -49,6 +52,7 @@ impl Backend {
             weight: config.weight,
             health_url: config.health_url.clone(),
             health: BackendHealth::new(health),
+            metrics: BackendMetrics::new(upstream, &config.name),
             slow_start,
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

@@ -57,6 +57,7 @@ pub struct Core {
     router: Router,
     forwarder: Forwarder,
     trusted_proxies: Vec<IpNet>,
+    metrics: metrics::RequestMetrics,
 }
 
 /// What the access log and metrics learn while a request is proxied.
@@ -73,6 +74,7 @@ impl Core {
             router: Router::new(config),
             forwarder: Forwarder::new(&config.timeouts),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            metrics: metrics::RequestMetrics::default(),
         }
     }
 
@@ -89,8 +91,8 @@ impl Core {
         let protocol = protocol_label(version);
         // A Uri clone shares its bytes: the access log costs no copy of the path.
         let uri = request.uri().clone();
-        let in_flight = metrics::request_in_flight(protocol);
-        let request = request.map(|body| body.with_meter(metrics::request_size(protocol)));
+        let in_flight = self.metrics.in_flight(protocol);
+        let request = request.map(|body| body.with_meter(self.metrics.request_size(protocol)));
         let mut outcome = Outcome::default();
         let response = match self.proxy(request, client, &mut outcome).await {
             Ok(response) => response,
@@ -120,8 +122,10 @@ impl Core {
             protocol,
             client = %client.peer.ip(),
         );
-        metrics::record_request(&method, response.status(), backend, protocol, elapsed);
-        response.map(|body| body.with_meter(metrics::response_size(protocol)))
+        let answered_by = outcome.backend.as_ref().map(|b| &b.metrics);
+        self.metrics
+            .record_request(&method, response.status(), answered_by, protocol, elapsed);
+        response.map(|body| body.with_meter(self.metrics.response_size(protocol)))
     }
 
     async fn proxy(
@@ -180,6 +184,10 @@ impl Core {
                 // Out of backends to retry on: the client hears what actually went wrong.
                 Err(error) => return Err(last_error.unwrap_or(error)),
             };
+            if let Some(error) = &last_error {
+                tracing::info!(upstream = %upstream.name, backend = %backend.name, "retrying after: {error}");
+                metrics::record_retry(&upstream.name);
+            }
             outcome.backend = Some(Arc::clone(&backend));
             let in_flight = backend.start_request();
             let last = attempt >= attempts;
@@ -203,14 +211,11 @@ impl Core {
 
             let sent = Instant::now();
             let result = self.forwarder.send(&backend, upstream_request).await;
-            metrics::record_backend_attempt(
-                &upstream.name,
-                &backend.name,
-                result.as_ref().ok().map(Response::status),
-                sent.elapsed(),
-            );
+            backend
+                .metrics
+                .record_attempt(result.as_ref().ok().map(Response::status), sent.elapsed());
             if let Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) = &result {
-                metrics::record_connect_error(&upstream.name, &backend.name);
+                backend.metrics.record_connect_error();
             }
             let verdict = passive::verdict(
                 result.as_ref().map(Response::status),
@@ -222,8 +227,6 @@ impl Core {
             let mut response = match result {
                 Ok(response) => response,
                 Err(error) if !last && error.retryable(idempotent) => {
-                    tracing::info!(upstream = %upstream.name, backend = %backend.name, "{error}; retrying on another backend");
-                    metrics::record_retry(&upstream.name);
                     tried.push(backend);
                     last_error = Some(error);
                     continue;

@@ -107,8 +107,9 @@ pub async fn start(config: &Config, certs: Option<Arc<CertStore>>) -> anyhow::Re
     let shutdown = Shutdown::default();
     let prober = Prober::default();
     for upstream in core.router().upstreams() {
+        crate::metrics::register_upstream(&upstream.name);
         for backend in &upstream.backends {
-            crate::metrics::set_backend_health(&upstream.name, &backend.name, backend.health.is_healthy());
+            crate::metrics::register_backend(&upstream.name, &backend.name, backend.health.is_healthy());
         }
     }
     for upstream in core.router().upstreams().iter().filter(|u| u.health_check.enabled) {

@@ -383,23 +383,28 @@ async fn serve_request(
         }
     };
 
-    let (tx, body) = Body::channel(declared);
-    let mut pump = None;
-    match declared {
+    let (tx, channel) = Body::channel(declared);
+    let (body, pump) = match declared {
         // Refused: the body will never be read. Say so with the HTTP/3 code for "nothing wrong", rather
         // than the transport's default, which clients report as a reset.
-        _ if refusal.is_some() => recv.stop_sending(Code::H3_NO_ERROR),
+        _ if refusal.is_some() => {
+            recv.stop_sending(Code::H3_NO_ERROR);
+            (Body::empty(), None)
+        }
         Some(length) if length <= PREREAD_LIMIT => {
             if let Err(error) = preread(&mut recv, length, &tx).await {
                 refusal = Some(error);
             }
+            // The whole body is in the channel: closing it lets the reader see the end.
+            drop(tx);
+            (channel, None)
         }
         None => match peek(&mut recv) {
-            Peek::Ended => {}
-            Peek::First(first) => pump = Some(pump_body(recv, tx, declared, first)),
+            Peek::Ended => (Body::empty(), None),
+            Peek::First(first) => (channel, Some(pump_body(recv, tx, declared, first))),
         },
-        Some(_) => pump = Some(pump_body(recv, tx, declared, None)),
-    }
+        Some(_) => (channel, Some(pump_body(recv, tx, declared, None))),
+    };
     let mut request = Request::from_parts(parts, body);
     if let Some(error) = refusal {
         request.extensions_mut().insert(Refused(error));

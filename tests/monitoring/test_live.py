@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
-from conftest import REPORT
+from conftest import REPORT, http_get
 import queries
 
 # Long enough for a busy machine to collect 15s rate windows; the poll ends as soon as every query answers.
@@ -57,15 +58,7 @@ def test_prometheus_scraped_the_proxy_and_loaded_the_alerts(live):
     stack, prometheus, _load = live
     up = prometheus.query(f'up{{job="quic-proxy", instance="{stack.proxy.admin_address}"}}')["result"]
     assert up and up[0]["value"][1] == "1", up
-    rules = prometheus_get_rules(prometheus)
-    assert {"BackendDown", "UpstreamAllBackendsDown", "High5xxRatio", "HighP99Latency", "ProxyDown"} <= rules
-
-
-def prometheus_get_rules(prometheus) -> set[str]:
-    import json
-
-    from conftest import http_get
-
     status, body = http_get(f"http://{prometheus.address}/api/v1/rules")
     assert status == 200, body
-    return {rule["name"] for group in json.loads(body)["data"]["groups"] for rule in group["rules"]}
+    rules = {rule["name"] for group in json.loads(body)["data"]["groups"] for rule in group["rules"]}
+    assert {"BackendDown", "UpstreamAllBackendsDown", "High5xxRatio", "HighP99Latency", "ProxyDown"} <= rules

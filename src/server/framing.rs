@@ -429,6 +429,73 @@ mod tests {
         assert_eq!(t.phase, Phase::Head);
     }
 
+    /// One valid request: a Content-Length body, a chunked body (random chunk sizes), or none.
+    fn request(kind: u8, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut out = Vec::new();
+        match kind % 3 {
+            0 => {
+                out.extend_from_slice(
+                    format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+                );
+                out.extend_from_slice(body);
+            }
+            1 => {
+                out.extend_from_slice(b"POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let mut rest = body;
+                for &cut in cuts {
+                    let (chunk, tail) = rest.split_at(cut.min(rest.len()));
+                    if !chunk.is_empty() {
+                        out.extend_from_slice(format!("{:x};ext=1\r\n", chunk.len()).as_bytes());
+                        out.extend_from_slice(chunk);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    rest = tail;
+                }
+                if !rest.is_empty() {
+                    out.extend_from_slice(format!("{:X}\r\n", rest.len()).as_bytes());
+                    out.extend_from_slice(rest);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\nX-Trailer: 1\r\n\r\n");
+            }
+            _ => out.extend_from_slice(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\n"),
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_in_any_chunking_never_panic_and_stay_bounded(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
+            chunk in 1usize..64,
+        ) {
+            let mut t = Tracker { phase: Phase::Head, head: Vec::new(), max_head: 512, heads: 0 };
+            for piece in data.chunks(chunk) {
+                t.feed(piece);
+                proptest::prop_assert!(t.head.len() <= 512 + 64);
+            }
+        }
+
+        #[test]
+        fn valid_keep_alive_streams_are_never_flagged_however_split(
+            requests in proptest::collection::vec(
+                (0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::collection::vec(1usize..90, 0..4)),
+                1..8,
+            ),
+            chunk in 1usize..200,
+        ) {
+            let stream: Vec<u8> = requests.iter().flat_map(|(kind, body, cuts)| request(*kind, body, cuts)).collect();
+            let mut whole = tracker();
+            proptest::prop_assert_eq!(whole.feed(&stream), None);
+            proptest::prop_assert_eq!(whole.heads, requests.len() as u64);
+            proptest::prop_assert_eq!(whole.phase, Phase::Head);
+            let mut split = tracker();
+            let flagged = stream.chunks(chunk).find_map(|piece| split.feed(piece));
+            proptest::prop_assert_eq!(flagged, None);
+            proptest::prop_assert_eq!(split.heads, requests.len() as u64);
+        }
+    }
+
     #[test]
     fn flags_the_head_that_crosses_the_limit() {
         let mut t = Tracker {

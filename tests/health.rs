@@ -37,6 +37,15 @@ fn upstream_yaml(name: &str, backends: &str, health_check: &str, load_balancer: 
     )
 }
 
+/// A proxy in front of [`upstream_yaml`]'s one upstream.
+async fn upstream_proxy(name: &str, backends: &str, health_check: &str, load_balancer: &str) -> Running {
+    start_proxy(&render_config(
+        &[],
+        &upstream_yaml(name, backends, health_check, load_balancer),
+    ))
+    .await
+}
+
 fn backend_with_health_url(name: &str, addr: SocketAddr, health_url: &str) -> String {
     format!(r#"{{name: "{name}", url: "http://{addr}", health_url: "{health_url}"}}"#)
 }
@@ -314,13 +323,13 @@ async fn failing_health_takes_a_backend_out_of_rotation_and_back() {
     guarded(async {
         let names = ["rot-a", "rot-b"];
         let addrs = start_backends(&names);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "rotation",
             &equal_backends(&names, &addrs),
             "{interval: 100ms, timeout: 100ms, unhealthy_threshold: 3, healthy_threshold: 2}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         let b = backend_of(&running, "rotation", "rot-b");
         wait_until(|| b.health.report().consecutive_successes >= 1).await;
@@ -387,13 +396,13 @@ async fn tcp_probes_detect_a_closed_port() {
         let (silent, silent_task) = start_silent_listener();
         let dead = dead_port_addr();
         let backends = backend_list(&[("tcp-silent", silent, 1), ("tcp-dead", dead, 1)]);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "tcp-probes",
             &backends,
             "{type: tcp, interval: 100ms, timeout: 100ms, unhealthy_threshold: 2, healthy_threshold: 1}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let silent_backend = backend_of(&running, "tcp-probes", "tcp-silent");
         let dead_backend = backend_of(&running, "tcp-probes", "tcp-dead");
         // A listener that never answers HTTP is healthy for a TCP check.
@@ -498,13 +507,13 @@ async fn health_url_probes_another_port() {
             backend_with_health_url("hu-sick", sick, &format!("http://{helper}/health")),
             backend_with_health_url("hu-fine", fine, &format!("http://{dead}/health")),
         );
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "health-url",
             &backends,
             "{interval: 100ms, timeout: 100ms, healthy_threshold: 1, initial_state: unhealthy}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let sick_backend = backend_of(&running, "health-url", "hu-sick");
         let fine_backend = backend_of(&running, "health-url", "hu-fine");
         wait_until(|| sick_backend.health.is_healthy()).await;
@@ -543,13 +552,13 @@ async fn passive_checks_eject_a_refusing_backend_after_exactly_the_threshold() {
     guarded(async {
         let live = start_backends(&["pr-live"])[0];
         let backends = backend_list(&[("pr-live", live, 1), ("pr-dead", dead_port_addr(), 1)]);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "passive-refused",
             &backends,
             "{enabled: false, passive: {unhealthy_threshold: 2, reactivation: 1h, max_ejection: 1h}}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         let dead = backend_of(&running, "passive-refused", "pr-dead");
 
@@ -583,13 +592,13 @@ async fn passive_ejection_ends_on_probation_and_one_failure_ejects_again() {
     guarded(async {
         let live = start_backends(&["pp-live"])[0];
         let backends = backend_list(&[("pp-live", live, 1), ("pp-dead", dead_port_addr(), 1)]);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "passive-probation",
             &backends,
             "{enabled: false, passive: {unhealthy_threshold: 2, reactivation: 100ms, max_ejection: 300ms}}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         let dead = backend_of(&running, "passive-probation", "pp-dead");
 
@@ -618,13 +627,13 @@ async fn a_revived_backend_passes_probation_with_one_success() {
     guarded(async {
         let names = ["rv-a", "rv-b"];
         let addrs = start_backends(&names);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "passive-revive",
             &equal_backends(&names, &addrs),
             "{enabled: false, passive: {unhealthy_threshold: 2, reactivation: 100ms, max_ejection: 100ms}}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         let b = backend_of(&running, "passive-revive", "rv-b");
         // Proxied requests for /health get the demo backend's health status: 503 from rv-b is a failure
@@ -679,13 +688,13 @@ async fn fail_open_routes_to_unhealthy_backends_and_counts_them() {
         for addr in &addrs {
             control(*addr, "/control/health/503").await;
         }
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "all-down-open",
             &equal_backends(&names, &addrs),
             "{interval: 100ms, timeout: 100ms, initial_state: unhealthy}",
             "{when_all_unhealthy: fail_open}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         for _ in 0..4 {
             let reply = client.get("/").await;
@@ -720,13 +729,13 @@ async fn fail_closed_answers_503_with_retry_after() {
         for addr in &addrs {
             control(*addr, "/control/health/503").await;
         }
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "all-down-closed",
             &equal_backends(&names, &addrs),
             "{interval: 2s, timeout: 1s, initial_state: unhealthy}",
             "{when_all_unhealthy: fail_closed}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let client = HttpClient::new(running.fallback_addr);
         for _ in 0..3 {
             let reply = client.get("/").await;
@@ -916,55 +925,31 @@ async fn health_endpoint_reports_healthy_degraded_and_unhealthy() {
             equal_backends(&["h2-a"], &addrs[2..]),
         );
         let running = start_proxy(&render_config(&[], &yaml)).await;
-        check_health(
-            &running,
-            StatusCode::OK,
-            "healthy",
-            summary("healthy", 2, 2),
-            summary("healthy", 1, 1),
-            3,
-        )
-        .await;
-        set_drained(&running, "h-one", "h1-b", true).await;
-        check_health(
-            &running,
-            StatusCode::OK,
-            "degraded",
-            summary("degraded", 1, 2),
-            summary("healthy", 1, 1),
-            2,
-        )
-        .await;
-        set_drained(&running, "h-two", "h2-a", true).await;
-        check_health(
-            &running,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unhealthy",
-            summary("degraded", 1, 2),
-            summary("unhealthy", 0, 1),
-            1,
-        )
-        .await;
-        set_drained(&running, "h-one", "h1-b", false).await;
-        check_health(
-            &running,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unhealthy",
-            summary("healthy", 2, 2),
-            summary("unhealthy", 0, 1),
-            2,
-        )
-        .await;
-        set_drained(&running, "h-two", "h2-a", false).await;
-        check_health(
-            &running,
-            StatusCode::OK,
-            "healthy",
-            summary("healthy", 2, 2),
-            summary("healthy", 1, 1),
-            3,
-        )
-        .await;
+        // Each step drains or undrains one backend (or nothing), then checks the whole report.
+        let (up, down) = (StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE);
+        // One row a step reads more easily than rustfmt's one field a line.
+        #[rustfmt::skip]
+        let steps = [
+            (None, up, "healthy", ("healthy", 2, 2), ("healthy", 1, 1), 3),
+            (Some(("h-one", "h1-b", true)), up, "degraded", ("degraded", 1, 2), ("healthy", 1, 1), 2),
+            (Some(("h-two", "h2-a", true)), down, "unhealthy", ("degraded", 1, 2), ("unhealthy", 0, 1), 1),
+            (Some(("h-one", "h1-b", false)), down, "unhealthy", ("healthy", 2, 2), ("unhealthy", 0, 1), 2),
+            (Some(("h-two", "h2-a", false)), up, "healthy", ("healthy", 2, 2), ("healthy", 1, 1), 3),
+        ];
+        for (change, code, status, one, two, healthy) in steps {
+            if let Some((upstream, name, drained)) = change {
+                set_drained(&running, upstream, name, drained).await;
+            }
+            check_health(
+                &running,
+                code,
+                status,
+                summary(one.0, one.1, one.2),
+                summary(two.0, two.1, two.2),
+                healthy,
+            )
+            .await;
+        }
     })
     .await;
 }
@@ -980,8 +965,7 @@ async fn ready_waits_for_the_first_probe_round_and_live_never_does() {
             "[{}]",
             backend_with_health_url("ready-a", addr, &format!("http://{gate_addr}/gate-health"))
         );
-        let yaml = upstream_yaml("readiness", &backends, "{interval: 30s, timeout: 20s}", "{}");
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        let running = upstream_proxy("readiness", &backends, "{interval: 30s, timeout: 20s}", "{}").await;
         let endpoints = admin(&running);
 
         assert_eq!(endpoints.get("/ready").await.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -1028,13 +1012,13 @@ async fn api_backends_reports_every_field() {
         let live = start_backends(&["f-live"])[0];
         let dead = dead_port_addr();
         let backends = backend_list(&[("f-live", live, 3), ("f-dead", dead, 1)]);
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "fields",
             &backends,
             "{interval: 100ms, timeout: 100ms, unhealthy_threshold: 1}",
             "{}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let live_backend = backend_of(&running, "fields", "f-live");
         let dead_backend = backend_of(&running, "fields", "f-dead");
         wait_until(|| live_backend.health.report().consecutive_successes >= 1 && !dead_backend.health.is_healthy())
@@ -1096,13 +1080,13 @@ async fn a_recovered_backend_starts_slowly() {
         let addr = start_backends(&["slow-start"])[0];
         let backends = backend_list(&[("slow-start", addr, 10)]);
         // A window far longer than the test: the weight cannot reach full while it runs.
-        let yaml = upstream_yaml(
+        let running = upstream_proxy(
             "slow-start",
             &backends,
             "{interval: 100ms, timeout: 100ms, healthy_threshold: 1, initial_state: unhealthy}",
             "{slow_start: 1h}",
-        );
-        let running = start_proxy(&render_config(&[], &yaml)).await;
+        )
+        .await;
         let backend = backend_of(&running, "slow-start", "slow-start");
         wait_until(|| backend.health.is_healthy()).await;
         let view = api_backend(&running, "slow-start", "slow-start").await;

@@ -23,6 +23,20 @@ async fn proxy_with(server_extra: &[&str]) -> quic_proxy::server::Running {
     .await
 }
 
+/// A patient proxy in front of a raw backend that answers OK and hands over each request head it receives.
+async fn proxy_to_recorder() -> (
+    quic_proxy::server::Running,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (backend, received) = start_raw_backend(OK_RESPONSE);
+    let running = start_proxy(&render_config(
+        &[PATIENT],
+        &format!("backends: {}", backend_list(&[("recorder", backend, 1)])),
+    ))
+    .await;
+    (running, received)
+}
+
 fn assert_refused(exchange: &RawExchange, status: u16, what: &str) {
     assert_eq!(exchange.status(), Some(status), "{what}: got {:?}", exchange.text());
     // The refusal comes from the proxy, not a backend.
@@ -36,12 +50,7 @@ fn assert_refused(exchange: &RawExchange, status: u16, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_refused_and_never_forwarded() {
     guarded(async {
-        let (backend, mut received) = start_raw_backend(OK_RESPONSE);
-        let running = start_proxy(&render_config(
-            &[PATIENT],
-            &format!("backends: {}", backend_list(&[("recorder", backend, 1)])),
-        ))
-        .await;
+        let (running, mut received) = proxy_to_recorder().await;
 
         // Classic CL.TE and TE.CL shapes: a backend framing the body differently from the proxy would
         // read the embedded GET as a second request.
@@ -89,12 +98,7 @@ async fn content_length_with_transfer_encoding_is_refused_and_never_forwarded() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conflicting_length_in_pipelined_request_is_refused() {
     guarded(async {
-        let (backend, mut received) = start_raw_backend(OK_RESPONSE);
-        let running = start_proxy(&render_config(
-            &[PATIENT],
-            &format!("backends: {}", backend_list(&[("recorder", backend, 1)])),
-        ))
-        .await;
+        let (running, mut received) = proxy_to_recorder().await;
         // The bad head follows a valid request with a body in the same write, so finding it means
         // following the first request's framing.
         let pipelined = b"POST /first HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello\
@@ -118,12 +122,7 @@ async fn conflicting_length_in_pipelined_request_is_refused() {
 /// Sends `first_request` and reads its response on one connection, then a request with both
 /// Content-Length and Transfer-Encoding on the same connection: it must be refused and not forwarded.
 async fn refuses_conflicting_length_after(first_request: &str) {
-    let (backend, mut received) = start_raw_backend(OK_RESPONSE);
-    let running = start_proxy(&render_config(
-        &[PATIENT],
-        &format!("backends: {}", backend_list(&[("recorder", backend, 1)])),
-    ))
-    .await;
+    let (running, mut received) = proxy_to_recorder().await;
     let mut stream = TcpStream::connect(running.fallback_addr)
         .await
         .expect("connect to the proxy");

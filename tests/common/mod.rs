@@ -170,15 +170,19 @@ impl Reply {
 
     /// Every value of `name` in the demo backend's description of the request headers.
     pub fn seen_header(&self, name: &str) -> Option<Vec<String>> {
-        let json = self.json();
-        let values = json["headers"].get(name)?.as_array()?.clone();
-        Some(
-            values
-                .into_iter()
-                .map(|v| v.as_str().unwrap_or_default().to_owned())
-                .collect(),
-        )
+        seen_header_values(&self.json(), name)
     }
+}
+
+/// Every value of `name` in a demo backend's JSON description of the request headers.
+pub fn seen_header_values(json: &serde_json::Value, name: &str) -> Option<Vec<String>> {
+    let values = json["headers"].get(name)?.as_array()?.clone();
+    Some(
+        values
+            .into_iter()
+            .map(|v| v.as_str().unwrap_or_default().to_owned())
+            .collect(),
+    )
 }
 
 pub fn empty() -> TestBody {

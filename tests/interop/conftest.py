@@ -229,6 +229,22 @@ def write_config(path: Path, cert: Path, key: Path, backends: list[Backend]) -> 
     path.write_text("\n".join(lines) + "\n")
 
 
+def started_proxy(process: Process, backends: list[Backend]) -> Proxy:
+    """Waits until the proxy `process` has bound every listener and finished starting."""
+    proxy = Proxy(
+        process=process,
+        http_address=process.wait_for_message("HTTP/1.1 listener bound")["address"],
+        https_address=process.wait_for_message("HTTPS listener bound (h2, http/1.1)")["address"],
+        quic_address=process.wait_for_message("QUIC listener bound (h3)")["address"],
+        admin_address=process.wait_for(
+            lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
+        )["address"],
+        backends=backends,
+    )
+    process.wait_for_message("quic-proxy started")
+    return proxy
+
+
 @pytest.fixture
 def proxy(proxy_bin: Path, cert_pair: tuple[Path, Path], backends: list[Backend], tmp_path: Path):
     """quic-proxy in front of the three backends; at teardown it must exit 0 on SIGTERM."""
@@ -236,17 +252,7 @@ def proxy(proxy_bin: Path, cert_pair: tuple[Path, Path], backends: list[Backend]
     write_config(config, *cert_pair, backends)
     process = Process("quic-proxy", [str(proxy_bin), "--config", str(config)], cwd=tmp_path)
     try:
-        running = Proxy(
-            process=process,
-            http_address=process.wait_for_message("HTTP/1.1 listener bound")["address"],
-            https_address=process.wait_for_message("HTTPS listener bound (h2, http/1.1)")["address"],
-            quic_address=process.wait_for_message("QUIC listener bound (h3)")["address"],
-            admin_address=process.wait_for(
-                lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-            )["address"],
-            backends=backends,
-        )
-        process.wait_for_message("quic-proxy started")
+        running = started_proxy(process, backends)
         yield running
     finally:
         status, killed = process.stop()

@@ -381,17 +381,7 @@ def proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str
     write_proxy_config(config, *cert_pair, backends, dead_address)
     process = Process("quic-proxy", [str(proxy_bin), "--config", str(config)], workdir)
     try:
-        running = interop.Proxy(
-            process=process,
-            http_address=process.wait_for_message("HTTP/1.1 listener bound")["address"],
-            https_address=process.wait_for_message("HTTPS listener bound (h2, http/1.1)")["address"],
-            quic_address=process.wait_for_message("QUIC listener bound (h3)")["address"],
-            admin_address=process.wait_for(
-                lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-            )["address"],
-            backends=backends,
-        )
-        process.wait_for_message("quic-proxy started")
+        running = interop.started_proxy(process, backends)
         yield running
     finally:
         status, killed = process.stop()

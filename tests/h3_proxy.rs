@@ -432,6 +432,58 @@ async fn malformed_requests_never_reach_the_backend() {
     .await;
 }
 
+/// Sends `lines` as the field section of a raw HEADERS frame on a new request stream and returns the first
+/// frame of the answer: the h3 client cannot produce repeated or misplaced pseudo-headers itself.
+async fn raw_headers(client: &H3Client, lines: &[&[u8]]) -> Vec<u8> {
+    let mut section = vec![0x00, 0x00];
+    for line in lines {
+        section.extend_from_slice(line);
+    }
+    let mut frame = vec![0x01, u8::try_from(section.len()).expect("a short section")];
+    frame.extend_from_slice(&section);
+    let (mut send, mut recv) = client.connection.open_bi().await.expect("a request stream");
+    send.write_all(&frame).await.expect("HEADERS sent");
+    send.finish().expect("stream finished");
+    recv.read_to_end(64 * 1024).await.unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_or_misplaced_pseudo_headers_never_reach_the_backend() {
+    guarded(async {
+        let (backend, mut heads) = start_raw_backend(OK_RESPONSE);
+        let (running, certs) = proxy_to(backend, "").await;
+        let addr = quic_addr(&running);
+        let client = H3Client::connect(addr, &certs).await;
+        let authority = format!("{SERVER_NAME}:{}", addr.port());
+        // QPACK static table: :method GET 17, :method POST 20, :scheme https 23, :path / 1, :authority 0.
+        let (get, post, https, root) = ([0xc0 | 17], [0xc0 | 20], [0xc0 | 23], [0xc1]);
+        let mut authority_line = vec![0x50, u8::try_from(authority.len()).expect("short authority")];
+        authority_line.extend_from_slice(authority.as_bytes());
+        let regular = b"\x23x-a\x011";
+        let cases: [(&str, Vec<&[u8]>); 3] = [
+            ("repeated :method", vec![&get, &https, &root, &authority_line, &post]),
+            ("repeated :path", vec![&get, &https, &root, &authority_line, &root]),
+            (
+                "pseudo-header after a regular field",
+                vec![&get, &https, regular, &root, &authority_line],
+            ),
+        ];
+        for (case, lines) in cases {
+            let answer = raw_headers(&client, &lines).await;
+            // A HEADERS frame whose section is :status 400 (static entry 67: 0xff 0x04).
+            assert_eq!(answer.first(), Some(&0x01), "{case}: no HEADERS frame in {answer:?}");
+            assert_eq!(
+                answer.get(2..6),
+                Some(&[0x00, 0x00, 0xff, 0x04][..]),
+                "{case}: not 400: {answer:?}"
+            );
+        }
+        // Then a valid request must be the first thing the backend ever saw.
+        assert_only_valid_request_reached(addr, &certs, &mut heads).await;
+    })
+    .await;
+}
+
 /// What a backend that never answers early received on its first connection.
 #[derive(Debug, Clone, Default)]
 struct Recorded {

@@ -3,6 +3,8 @@
 pub mod framing;
 pub mod http1;
 pub mod quic;
+mod quic_fields;
+mod quic_tee;
 pub mod tls;
 
 use std::future::Future;

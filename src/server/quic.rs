@@ -35,6 +35,8 @@ use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
 use crate::tls::CertStore;
 
+use super::quic_fields::Malformed;
+use super::quic_tee::{TeeBidi, TeeConnection, TeeRecv, Verdicts};
 use super::Shutdown;
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
@@ -45,7 +47,7 @@ const PREREAD_LIMIT: u64 = 64 * 1024;
 const H3_NO_ERROR: u32 = 0x100;
 
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+type RecvHalf = RequestStream<TeeRecv, Bytes>;
 
 /// The bound QUIC endpoints (one per SO_REUSEPORT socket).
 pub struct QuicListener {
@@ -318,10 +320,19 @@ async fn serve_h3(
         tls: true,
     };
 
+    // The request streams pass a tee that checks each field section for what h3 lets through.
+    let verdicts = Verdicts::default();
+    let tee_limit = usize::try_from(settings.quic.max_header_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(16);
     let mut h3 = h3::server::builder()
         .max_field_section_size(settings.quic.max_header_bytes)
         .send_grease(true)
-        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .build::<_, Bytes>(TeeConnection::new(
+            h3_quinn::Connection::new(connection),
+            verdicts.clone(),
+            tee_limit,
+        ))
         .await?;
     let requests = TaskTracker::new();
     loop {
@@ -344,10 +355,13 @@ async fn serve_h3(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let (core, handshake) = (Arc::clone(&core), Arc::clone(&handshake));
+                let (core, handshake, verdicts) = (Arc::clone(&core), Arc::clone(&handshake), verdicts.clone());
                 requests.spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((request, stream)) => serve_request(request, stream, &core, client, &handshake).await,
+                        Ok((request, stream)) => {
+                            let malformed = verdicts.take(stream.id());
+                            serve_request(request, stream, malformed, &core, client, &handshake).await
+                        }
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
                         Err(error) => {
                             tracing::debug!(peer = %client.peer, "HTTP/3 request refused: {error}")
@@ -364,14 +378,15 @@ async fn serve_h3(
 
 async fn serve_request(
     request: Request<()>,
-    stream: RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+    stream: RequestStream<TeeBidi<Bytes>, Bytes>,
+    malformed: Option<Malformed>,
     core: &Core,
     client: ClientInfo,
     handshake: &Handshake,
 ) {
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = request.into_parts();
-    let mut refusal = None;
+    let mut refusal = malformed.map(ProxyError::BadRequest);
     if !is_safe(&parts.method) && !handshake.is_complete() {
         refusal = Some(ProxyError::TooEarly);
     }

@@ -446,26 +446,47 @@ measure_oha() {
   ROW_DETAIL[$key]=$detail
 }
 
-# curl here has no HTTP/3, so the check goes through oha: a few requests that must all succeed. A failure
-# means no usable h3 listener (oha does not fall back to TCP). Retried once: QUIC may come up after TCP.
-# Returns non-zero with H3_ERROR set, so a peer whose HTTP/3 does not work with oha costs a row, not the run.
+# HTTP/3 rows use examples/h3load (quinn + h3, built here): oha's HTTP/3 client hangs against Caddy's QUIC
+# stack, while h3load works with both peers, so one client measures both. Same shape as oha's TLS rows:
+# $CONNECTIONS connections, one request at a time on each, 2xx responses over the configured duration.
+H3LOAD=target/release/examples/h3load
+measure_h3load() {
+  local name=$1 url=$2 key="$ROUND/$1" values log_file="$TMP_DIR/h3load.log"
+  local seconds warm
+  seconds=$(to_seconds "$DURATION")
+  warm=$(to_seconds "$WARMUP")
+  log "round $ROUND, $name: warm-up $WARMUP, then $DURATION against $url (h3load, $CONNECTIONS connections)"
+  timeout $((warm + 30)) "$H3LOAD" "$url" "$CONNECTIONS" 1 "$warm" >"$log_file" 2>&1 ||
+    die "$name: h3load warm-up failed: $(cat "$log_file")"
+  timeout $((seconds + 30)) "$H3LOAD" "$url" "$CONNECTIONS" 1 "$seconds" >"$log_file" 2>&1 ||
+    die "$name: h3load failed: $(cat "$log_file")"
+  RAW_OUTPUTS+=$'\n'"== round $ROUND, $name: h3load $url $CONNECTIONS 1 $seconds"$'\n'"$(cat "$log_file")"$'\n'
+  values=$(jq -r '[.ok, .errors, .p50_ms, .p99_ms] | @tsv' "$log_file") ||
+    die "$name: cannot read h3load's output: $(head -c 500 "$log_file")"
+  local ok errors p50 p99
+  IFS=$'\t' read -r ok errors p50 p99 <<<"$values"
+  ((ok > 0)) || die "$name: no successful responses: $(cat "$log_file")"
+  add_row "$name" tls
+  ROW_RPS[$key]=$(awk -v n="$ok" -v d="$seconds" 'BEGIN { printf "%.1f", n / d }')
+  ROW_P50[$key]=$p50
+  ROW_P99[$key]=$p99
+  ROW_ERRORS[$key]=$errors
+  ROW_DETAIL[$key]="$ok responses 2xx, $errors errors (h3load)"
+}
+
+# curl here has no HTTP/3, so the check goes through h3load: one second of requests that must all succeed.
+# Retried once: QUIC may come up after TCP. Returns non-zero with H3_ERROR set, so a peer whose HTTP/3 does
+# not work costs a row, not the run.
 check_h3() {
-  local name=$1 url=$2 file="$TMP_DIR/h3-check.json" attempt ok status
+  local name=$1 url=$2 file="$TMP_DIR/h3-check.json" attempt status
   H3_ERROR=
   for ((attempt = 0; attempt < 2; attempt++)); do
-    ok=0 status=0
-    rm -f "$file"
-    timeout 15 "$OHA" --no-tui -n "$((BACKEND_COUNT * 2))" -c 1 --insecure --http-version 3 -t 3s \
-      --connect-timeout 3s --output-format json -o "$file" "$url" >/dev/null 2>&1 || status=$?
-    if ((status == 0)); then
-      ok=$(jq '[.statusCodeDistribution | to_entries[] | select(.key | test("^2")) | .value] | add // 0' "$file")
-      ((ok == BACKEND_COUNT * 2)) && return 0
-      H3_ERROR="$ok of $((BACKEND_COUNT * 2)) h3 requests succeeded: $(jq -c '{statusCodeDistribution, errorDistribution}' "$file")"
-    elif ((status == 124)); then
-      H3_ERROR="oha -n $((BACKEND_COUNT * 2)) --http-version 3 did not finish within 15 s"
-    else
-      H3_ERROR="oha --http-version 3 exited with status $status"
+    status=0
+    timeout 15 "$H3LOAD" "$url" 1 1 1 >"$file" 2>&1 || status=$?
+    if ((status == 0)) && [[ $(jq '.errors == 0 and .ok > 0' "$file" 2>/dev/null) == true ]]; then
+      return 0
     fi
+    H3_ERROR="h3load check failed (status $status): $(head -c 300 "$file")"
     sleep 0.5
   done
   log "$name: HTTP/3 check of $url failed: $H3_ERROR"
@@ -635,7 +656,7 @@ target_h3_quic_proxy() {
   start_quic_proxy "$name" true 1
   url="https://127.0.0.1:$QP_TLS_PORT$REQUEST_PATH"
   if check_h3 "$name" "$url"; then
-    measure_oha "$name" "$url" --http-version 3
+    measure_h3load "$name" "$url"
   else
     fail_row "$name" tls "$H3_ERROR"
   fi
@@ -647,7 +668,7 @@ target_h3_caddy() {
   start_caddy "$name"
   url="https://127.0.0.1:$CADDY_PORT$REQUEST_PATH"
   if check_h3 "$name" "$url"; then
-    measure_oha "$name" "$url" --http-version 3
+    measure_h3load "$name" "$url"
   else
     fail_row "$name" tls "$H3_ERROR"
   fi
@@ -726,7 +747,7 @@ report_round() {
       "${ROW_P99[$round/quic-proxy]}" "${ROW_P99[$round/quic-proxy nometrics]}"
   fi
   if has_group tls; then
-    printf '\nHTTP/3 and HTTPS over TCP (oha -z %s -c %s, one request at a time per connection), ratios to quic-proxy h3:\n' \
+    printf '\nHTTP/3 (h3load) and HTTPS over TCP (oha), %s with %s connections, one request at a time on each, ratios to quic-proxy h3:\n' \
       "$DURATION" "$CONNECTIONS"
     print_table "$round" tls "quic-proxy h3"
   fi
@@ -812,6 +833,9 @@ main() {
   [[ -x $BIN ]] || die "$BIN not found; run 'cargo build --release' (or 'make bench') first"
   install_packages
   if wants 'h3_*' || wants 'https_*'; then install_oha; fi
+  if wants 'h3_*'; then
+    cargo build --release --quiet --example h3load || die "cannot build examples/h3load"
+  fi
   trap cleanup EXIT
   TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quic-proxy-bench.XXXXXX")
   trap 'exit 130' INT

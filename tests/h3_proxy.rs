@@ -478,6 +478,12 @@ async fn repeated_or_misplaced_pseudo_headers_never_reach_the_backend() {
                 "{case}: not 400: {answer:?}"
             );
         }
+        // Uppercase field names are refused by h3 itself, with a stream error instead of a response.
+        let answer = raw_headers(&client, &[&get, &https, &root, &authority_line, b"\x24X-Up\x011"]).await;
+        assert!(
+            answer.is_empty() || answer.get(2..6) == Some(&[0x00, 0x00, 0xff, 0x04][..]),
+            "uppercase name: neither a stream error nor 400: {answer:?}"
+        );
         // Then a valid request must be the first thing the backend ever saw.
         assert_only_valid_request_reached(addr, &certs, &mut heads).await;
     })

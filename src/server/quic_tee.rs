@@ -32,6 +32,8 @@ impl Verdicts {
 
 /// Follows the frames at the start of a request stream until the HEADERS frame has been checked.
 struct Tee {
+    /// The stream's id, taken when it is accepted (h3-quinn cannot give it after the stream ends).
+    id: StreamId,
     verdicts: Verdicts,
     pending: Vec<u8>,
     done: bool,
@@ -39,12 +41,15 @@ struct Tee {
     limit: usize,
 }
 
+type RecvPoll = Poll<Result<Option<Bytes>, StreamErrorIncoming>>;
+
 const HEADERS: u64 = 0x01;
 const DATA: u64 = 0x00;
 
 impl Tee {
-    fn new(verdicts: Verdicts, limit: usize) -> Self {
+    fn new(id: StreamId, verdicts: Verdicts, limit: usize) -> Self {
         Self {
+            id,
             verdicts,
             pending: Vec::new(),
             done: false,
@@ -52,7 +57,7 @@ impl Tee {
         }
     }
 
-    fn observe(&mut self, id: StreamId, data: &[u8]) {
+    fn observe(&mut self, data: &[u8]) {
         if self.done {
             return;
         }
@@ -74,7 +79,7 @@ impl Tee {
             }
             if kind == HEADERS {
                 if let Err(malformed) = quic_fields::check_request(&frame[..length]) {
-                    self.verdicts.record(id, malformed);
+                    self.verdicts.record(self.id, malformed);
                 }
                 self.finish();
                 return;
@@ -85,6 +90,14 @@ impl Tee {
         if self.pending.len() > self.limit {
             self.finish();
         }
+    }
+
+    /// Passes a receive poll through, observing the data it carries.
+    fn pass(&mut self, polled: RecvPoll) -> RecvPoll {
+        if let Poll::Ready(Ok(Some(data))) = &polled {
+            self.observe(data);
+        }
+        polled
     }
 
     fn finish(&mut self) {
@@ -110,14 +123,19 @@ fn varint(input: &mut &[u8]) -> Option<u64> {
 /// h3-quinn's connection, with tees on the request streams it accepts.
 pub struct TeeConnection {
     inner: h3_quinn::Connection,
-    verdicts: Verdicts,
-    limit: usize,
+    /// The connection's own stream-opening role, wrapped like the openers it hands out.
+    opener: TeeOpener,
 }
 
 impl TeeConnection {
     /// Wraps `inner`; HEADERS frames larger than `limit` are not inspected (h3 refuses them).
     pub fn new(inner: h3_quinn::Connection, verdicts: Verdicts, limit: usize) -> Self {
-        Self { inner, verdicts, limit }
+        let opener = TeeOpener {
+            inner: quic::Connection::<Bytes>::opener(&inner),
+            verdicts,
+            limit,
+        };
+        Self { inner, opener }
     }
 }
 
@@ -126,16 +144,15 @@ impl<B: Buf> quic::OpenStreams<B> for TeeConnection {
     type SendStream = h3_quinn::SendStream<B>;
 
     fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        let (verdicts, limit) = (self.verdicts.clone(), self.limit);
-        quic::OpenStreams::<B>::poll_open_bidi(&mut self.inner, cx).map_ok(|s| TeeBidi::new(s, verdicts, limit))
+        self.opener.poll_open_bidi(cx)
     }
 
     fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        quic::OpenStreams::<B>::poll_open_send(&mut self.inner, cx)
+        self.opener.poll_open_send(cx)
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        quic::OpenStreams::<B>::close(&mut self.inner, code, reason);
+        quic::OpenStreams::<B>::close(&mut self.opener, code, reason);
     }
 }
 
@@ -148,15 +165,15 @@ impl<B: Buf> quic::Connection<B> for TeeConnection {
     }
 
     fn poll_accept_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        let (verdicts, limit) = (self.verdicts.clone(), self.limit);
+        let (verdicts, limit) = (self.opener.verdicts.clone(), self.opener.limit);
         quic::Connection::<B>::poll_accept_bidi(&mut self.inner, cx).map_ok(|s| TeeBidi::new(s, verdicts, limit))
     }
 
     fn opener(&self) -> Self::OpenStreams {
         TeeOpener {
             inner: quic::Connection::<B>::opener(&self.inner),
-            verdicts: self.verdicts.clone(),
-            limit: self.limit,
+            verdicts: self.opener.verdicts.clone(),
+            limit: self.opener.limit,
         }
     }
 }
@@ -194,9 +211,10 @@ pub struct TeeBidi<B: Buf> {
 
 impl<B: Buf> TeeBidi<B> {
     fn new(inner: h3_quinn::BidiStream<B>, verdicts: Verdicts, limit: usize) -> Self {
+        let id = quic::RecvStream::recv_id(&inner);
         Self {
             inner,
-            tee: Tee::new(verdicts, limit),
+            tee: Tee::new(id, verdicts, limit),
         }
     }
 }
@@ -222,13 +240,9 @@ impl<B: Buf> quic::SendStream<B> for TeeBidi<B> {
 impl<B: Buf> quic::RecvStream for TeeBidi<B> {
     type Buf = Bytes;
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> RecvPoll {
         let polled = self.inner.poll_data(cx);
-        if let Poll::Ready(Ok(Some(data))) = &polled {
-            let id = self.inner.recv_id();
-            self.tee.observe(id, data);
-        }
-        polled
+        self.tee.pass(polled)
     }
     fn stop_sending(&mut self, error_code: u64) {
         self.inner.stop_sending(error_code);
@@ -263,13 +277,9 @@ pub struct TeeRecv {
 impl quic::RecvStream for TeeRecv {
     type Buf = Bytes;
 
-    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> RecvPoll {
         let polled = self.inner.poll_data(cx);
-        if let Poll::Ready(Ok(Some(data))) = &polled {
-            let id = self.inner.recv_id();
-            self.tee.observe(id, data);
-        }
-        polled
+        self.tee.pass(polled)
     }
     fn stop_sending(&mut self, error_code: u64) {
         self.inner.stop_sending(error_code);

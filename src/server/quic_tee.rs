@@ -248,7 +248,8 @@ impl<B: Buf> quic::RecvStream for TeeBidi<B> {
         self.inner.stop_sending(error_code);
     }
     fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
+        // h3-quinn's own recv_id panics once the stream has ended; the id taken at accept never does.
+        self.tee.id
     }
 }
 
@@ -285,7 +286,8 @@ impl quic::RecvStream for TeeRecv {
         self.inner.stop_sending(error_code);
     }
     fn recv_id(&self) -> StreamId {
-        self.inner.recv_id()
+        // h3-quinn's own recv_id panics once the stream has ended; the id taken at accept never does.
+        self.tee.id
     }
 }
 

@@ -2,7 +2,6 @@
 //! backend API (state, drain, undrain).
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,20 +16,13 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::health::active::Prober;
-use crate::proxy::{Core, Upstream};
-use crate::server::{accept_loop, Shutdown};
+use crate::runtime::{accept_loop, NotReady, Shared, Shutdown};
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
 pub struct State {
     pub metrics: PrometheusHandle,
-    /// Listeners are bound and the proxy is not draining.
-    pub ready: Arc<AtomicBool>,
-    pub core: Arc<Core>,
-    pub prober: Prober,
-    /// `admin.token`: required by drain and undrain.
-    pub token: Option<String>,
+    pub shared: Arc<Shared>,
 }
 
 /// Serves the admin endpoints until shutdown; runs the metrics upkeep alongside.
@@ -73,12 +65,14 @@ fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (request.method(), segments.as_slice()) {
         (&Method::POST, ["api", "backends", upstream, name, action @ ("drain" | "undrain")]) => {
-            drain(state, request, upstream, name, *action == "drain")
+            authorized(state, request).unwrap_or_else(|| drain(state, upstream, name, *action == "drain"))
         }
+        (&Method::POST, ["api", "reload"]) => authorized(state, request).unwrap_or_else(|| reload(state)),
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_process_metrics());
+                text.push_str(&crate::metrics::render_state_metrics(&state.shared.snapshot()));
                 let mut response = Response::new(Body::full(text));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
@@ -87,18 +81,15 @@ fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
                 response
             }
             "/live" => text(StatusCode::OK, "live\n"),
-            "/ready" => {
-                if !state.ready.load(Ordering::Relaxed) {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n")
-                } else if !state.prober.first_round_done() {
-                    text(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "not ready: first health check round running\n",
-                    )
-                } else {
-                    text(StatusCode::OK, "ready\n")
-                }
-            }
+            "/ready" => match state.shared.readiness().check() {
+                Ok(()) => text(StatusCode::OK, "ready\n"),
+                Err(NotReady::Starting) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n"),
+                Err(NotReady::Draining) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n"),
+                Err(NotReady::FirstHealthChecks) => text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: first health check round running\n",
+                ),
+            },
             "/health" => health(state),
             "/api/backends" => backends(state),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -109,7 +100,8 @@ fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
 
 /// Overall status: healthy when every backend is, degraded when every upstream still has one, else unhealthy.
 fn health(state: &State) -> Response<Body> {
-    let upstreams = state.core.router().upstreams();
+    let snapshot = state.shared.snapshot();
+    let upstreams = snapshot.upstreams();
     let mut summary = serde_json::Map::new();
     let (mut healthy_total, mut backends_total, mut any_empty) = (0, 0, false);
     for upstream in upstreams {
@@ -151,9 +143,8 @@ fn status_word(healthy: usize, total: usize) -> &'static str {
 }
 
 fn backends(state: &State) -> Response<Body> {
-    let list: Vec<Value> = state
-        .core
-        .router()
+    let snapshot = state.shared.snapshot();
+    let list: Vec<Value> = snapshot
         .upstreams()
         .iter()
         .flat_map(|upstream| upstream.backends.iter().map(move |b| (upstream, b)))
@@ -170,7 +161,7 @@ fn backends(state: &State) -> Response<Body> {
                 "last_latency_ms": report.last_latency.map(|d| d.as_secs_f64() * 1000.0),
                 "last_error": report.last_error,
                 "in_flight": backend.in_flight(),
-                "weight": backend.weight,
+                "weight": backend.weight(),
                 "effective_weight": backend.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
                 "drained": backend.is_drained(),
             })
@@ -179,12 +170,14 @@ fn backends(state: &State) -> Response<Body> {
     json_response(StatusCode::OK, &json!({ "backends": list }))
 }
 
-fn drain(state: &State, request: &Request<Incoming>, upstream: &str, name: &str, drained: bool) -> Response<Body> {
-    let Some(token) = &state.token else {
-        return text(
+/// `None` when the request carries the admin token; otherwise the refusal to send.
+fn authorized(state: &State, request: &Request<Incoming>) -> Option<Response<Body>> {
+    let snapshot = state.shared.snapshot();
+    let Some(token) = &snapshot.config.admin_token else {
+        return Some(text(
             StatusCode::FORBIDDEN,
-            "drain and undrain are disabled: set admin.token to enable them\n",
-        );
+            "state-changing endpoints are disabled: set admin.token to enable them\n",
+        ));
     };
     let presented = request
         .headers()
@@ -193,25 +186,44 @@ fn drain(state: &State, request: &Request<Incoming>, upstream: &str, name: &str,
         .and_then(|v| v.split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, credentials)| credentials.trim());
-    if !presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
-        let mut response = text(
-            StatusCode::UNAUTHORIZED,
-            "a valid Authorization: Bearer token is required\n",
-        );
-        response
-            .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return response;
+    if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes())) {
+        return None;
     }
-    let found = state
-        .core
-        .router()
-        .upstreams()
-        .iter()
-        .filter(|u: &&Arc<Upstream>| u.name == upstream)
-        .flat_map(|u| u.backends.iter())
-        .find(|b| b.name == name);
-    let Some(backend) = found else {
+    let mut response = text(
+        StatusCode::UNAUTHORIZED,
+        "a valid Authorization: Bearer token is required\n",
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    Some(response)
+}
+
+/// Reads the configuration file again and applies it: 200 with what changed, or 400 with why nothing did.
+fn reload(state: &State) -> Response<Body> {
+    match state.shared.reload_from_file() {
+        Ok(report) => {
+            tracing::info!("admin API: {report}");
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "generation": report.generation,
+                    "digest": report.digest,
+                    "changes": report.changes,
+                    "restart_required": report.restart_required,
+                }),
+            )
+        }
+        Err(error) => {
+            tracing::error!("admin API: configuration not reloaded, the running one stays: {error}");
+            json_response(StatusCode::BAD_REQUEST, &json!({ "error": error.to_string() }))
+        }
+    }
+}
+
+fn drain(state: &State, upstream: &str, name: &str, drained: bool) -> Response<Body> {
+    let snapshot = state.shared.snapshot();
+    let Some(backend) = snapshot.backend(upstream, name) else {
         return text(StatusCode::NOT_FOUND, "no such upstream/backend\n");
     };
     let was = backend.set_drained(drained);

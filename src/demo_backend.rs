@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::server::{accept_loop, Shutdown};
+use crate::runtime::{accept_loop, Shutdown};
 
 /// A demo backend's name and the behaviour it was told to have.
 #[derive(Debug)]

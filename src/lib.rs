@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod balancer;
 pub mod body;
 pub mod config;
@@ -14,8 +15,11 @@ pub mod health;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod routing;
+pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use body::Body;
 pub use config::Config;

@@ -1,19 +1,52 @@
-//! Log output: JSON lines or text, at the configured level (`RUST_LOG` overrides it).
+//! Log output: JSON lines or text, at the configured level (`RUST_LOG` overrides it). The level can be
+//! changed while running (a configuration reload does).
 
-use tracing_subscriber::EnvFilter;
+use std::sync::OnceLock;
+
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{fmt, reload, EnvFilter, Registry};
 
 use crate::config::{LogFormat, LoggingConfig};
 
+/// The installed filter, swappable; absent when another subscriber was installed first.
+static FILTER: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
 /// Installs the global subscriber; a second call in the same process is ignored.
 pub fn init(config: &LoggingConfig) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let installed = match config.format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    let (filter, handle) = reload::Layer::new(filter_for(&config.level));
+    let json = (config.format == LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+    });
+    let text = (config.format == LogFormat::Text).then(|| fmt::layer().with_writer(std::io::stderr));
     // A subscriber already installed (tests starting several proxies) keeps logging.
-    drop(installed);
+    if tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(text)
+        .try_init()
+        .is_ok()
+    {
+        drop(FILTER.set(handle));
+    }
+}
+
+/// Applies a reloaded log level, unless `RUST_LOG` decides it.
+pub fn set_level(level: &str) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        return;
+    }
+    if let Some(handle) = FILTER.get() {
+        if let Err(error) = handle.reload(EnvFilter::new(level)) {
+            tracing::warn!("cannot change the log level: {error}");
+        }
+    }
+}
+
+fn filter_for(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
 }

@@ -7,20 +7,28 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use quic_proxy::app;
 use quic_proxy::config::{parse_listen_addr, Config, LogFormat, LoggingConfig};
 use quic_proxy::demo_backend::DemoBackend;
-use quic_proxy::server::{self, bind_tcp, Shutdown};
+use quic_proxy::runtime::{bind_tcp, Shared, Shutdown};
 use quic_proxy::tls::{self, CertStore};
 
 /// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
+/// Where the config is looked for when `--config` is not given, after the `QUIC_PROXY_CONFIG` variable.
+const CONFIG_SEARCH: [&str; 2] = ["configs/proxy.yaml", "/etc/quic-proxy/proxy.yaml"];
+
 #[derive(Parser)]
 #[command(name = "quic-proxy", version, about = "A QUIC/HTTP-3-first edge reverse proxy")]
 struct Cli {
-    /// Config file to run with.
-    #[arg(long, short, default_value = "configs/proxy.yaml", global = true)]
-    config: PathBuf,
+    /// Config file to run with; default: $QUIC_PROXY_CONFIG, else ./configs/proxy.yaml, else
+    /// /etc/quic-proxy/proxy.yaml.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Reload the configuration whenever its file changes (a Kubernetes ConfigMap update included).
+    #[arg(long)]
+    watch: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -60,10 +68,37 @@ fn main() -> ExitCode {
     tls::install_crypto_provider();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Check) => check(&cli.config),
+        Some(Command::Check) => match config_path(cli.config) {
+            Ok((path, how)) => check(&path, how),
+            Err(code) => code,
+        },
         Some(Command::Cert(CertCommand::Generate { out, hosts })) => generate_cert(&out, &hosts),
         Some(Command::Backend { listen, name }) => run_backend(&listen, &name),
-        None => run_proxy(&cli.config),
+        None => match config_path(cli.config) {
+            Ok((path, how)) => run_proxy(&path, how, cli.watch),
+            Err(code) => code,
+        },
+    }
+}
+
+/// The config file to use and how it was found: `--config`, `$QUIC_PROXY_CONFIG`, or the first of
+/// [`CONFIG_SEARCH`] that exists.
+fn config_path(given: Option<PathBuf>) -> Result<(PathBuf, &'static str), ExitCode> {
+    if let Some(path) = given {
+        return Ok((path, "--config"));
+    }
+    if let Some(path) = std::env::var_os("QUIC_PROXY_CONFIG").filter(|p| !p.is_empty()) {
+        return Ok((PathBuf::from(path), "QUIC_PROXY_CONFIG"));
+    }
+    match CONFIG_SEARCH.iter().map(Path::new).find(|p| p.exists()) {
+        Some(path) => Ok((path.to_owned(), "the default search path")),
+        None => {
+            eprintln!(
+                "quic-proxy: invalid config: no config file: pass --config FILE, set QUIC_PROXY_CONFIG, or create {}",
+                CONFIG_SEARCH.join(" or ")
+            );
+            Err(ExitCode::from(EXIT_USAGE))
+        }
     }
 }
 
@@ -88,7 +123,7 @@ fn load_certs(path: &Path, config: &Config) -> Result<Option<Arc<CertStore>>, Ex
         })
 }
 
-fn check(path: &Path) -> ExitCode {
+fn check(path: &Path, found_by: &str) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -96,7 +131,11 @@ fn check(path: &Path) -> ExitCode {
     if let Err(code) = load_certs(path, &config) {
         return code;
     }
-    println!("{}: valid", path.display());
+    println!(
+        "{}: valid (configuration {}, found by {found_by})",
+        path.display(),
+        config.digest
+    );
     match &config.server.tls {
         Some(tls) => println!(
             "listeners: http/1.1 {}, https+quic {} (cert {})",
@@ -137,8 +176,10 @@ fn check(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The control plane's runtime (signals, admin listener, health probes, reloads): one thread. The data
+/// plane runs on worker threads of its own.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")
@@ -161,7 +202,7 @@ fn generate_cert(out: &Path, hosts: &[String]) -> ExitCode {
     }
 }
 
-fn run_proxy(path: &Path) -> ExitCode {
+fn run_proxy(path: &Path, found_by: &str, watch: bool) -> ExitCode {
     let config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
@@ -178,10 +219,14 @@ fn run_proxy(path: &Path) -> ExitCode {
         rt.block_on(async {
             // Signal handlers first: a SIGHUP or SIGTERM right after start-up must not hit the default action.
             let signals = Signals::install()?;
-            let running = server::start(&config, certs.clone()).await?;
-            tracing::info!(config = %path.display(), "quic-proxy started");
-            signals.wait(certs.as_deref()).await;
-            tracing::info!(timeout = ?config.server.drain_timeout, "shutting down: draining in-flight requests");
+            let digest = config.digest.clone();
+            let running = app::start(config, certs).await?;
+            tracing::info!(config = %path.display(), found_by, digest, "quic-proxy started");
+            let watcher = watch.then(|| quic_proxy::watch::spawn(path, Arc::clone(running.shared())));
+            signals.wait(running.shared()).await;
+            drop(watcher);
+            let timeout = running.shared().snapshot().config.server.drain_timeout;
+            tracing::info!(?timeout, "shutting down: draining in-flight requests");
             if !running.shutdown().await {
                 tracing::warn!("drain timeout reached; closing remaining connections");
             }
@@ -206,7 +251,7 @@ fn run_backend(listen: &str, name: &str) -> ExitCode {
             tracing::info!(name, address = %listener.local_addr()?, "demo backend listening");
             let shutdown = Shutdown::default();
             tokio::spawn(DemoBackend::new(name).serve(listener, shutdown.clone()));
-            Signals::install()?.wait(None).await;
+            Signals::install()?.terminated().await;
             shutdown.drain(std::time::Duration::from_secs(5)).await;
             anyhow::Ok(())
         })
@@ -241,17 +286,27 @@ impl Signals {
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the certificate (open connections keep theirs).
-    async fn wait(mut self, certs: Option<&CertStore>) {
+    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the whole configuration (a bad file changes nothing).
+    async fn wait(mut self, shared: &Shared) {
         loop {
             tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
-                _ = self.hangup.recv() => match certs.map(CertStore::reload) {
-                    Some(Ok(())) => tracing::info!("SIGHUP: certificate reloaded"),
-                    Some(Err(error)) => tracing::error!("SIGHUP: certificate not reloaded, keeping the current one: {error}"),
-                    None => tracing::info!("SIGHUP: no TLS configured, nothing to reload"),
+                _ = self.hangup.recv() => match shared.reload_from_file() {
+                    Ok(report) => tracing::info!("SIGHUP: {report}"),
+                    Err(error) => tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}"),
                 },
+            }
+        }
+    }
+
+    /// Waits for SIGTERM or SIGINT, ignoring SIGHUP.
+    async fn terminated(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+                _ = self.hangup.recv() => {}
             }
         }
     }

@@ -17,6 +17,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::balancer::Backend;
+use crate::routing::Snapshot;
+
 pub const HTTP_REQUESTS_TOTAL: &str = "http_requests_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "http_request_duration_seconds";
 pub const HTTP_REQUEST_SIZE_BYTES: &str = "http_request_size_bytes";
@@ -41,6 +44,12 @@ pub const QUIC_RTT_SECONDS: &str = "quic_rtt_seconds";
 pub const QUIC_LOST_PACKETS_TOTAL: &str = "quic_lost_packets_total";
 pub const QUIC_SENT_PACKETS_TOTAL: &str = "quic_sent_packets_total";
 pub const BUILD_INFO: &str = "quic_proxy_build_info";
+pub const CONFIG_INFO: &str = "quic_proxy_config_info";
+pub const CONFIG_RELOADS_TOTAL: &str = "config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "config_last_reload_success_timestamp_seconds";
+pub const BACKEND_IN_FLIGHT: &str = "backend_in_flight_requests";
+pub const BACKEND_EFFECTIVE_WEIGHT: &str = "backend_effective_weight";
+pub const BACKEND_DRAINED: &str = "backend_drained";
 
 /// Latency buckets from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -62,6 +71,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
                 .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
             describe();
             gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            register_process_wide();
             Ok(handle)
         })
         .clone()
@@ -103,11 +113,6 @@ fn describe() {
         BACKEND_CONNECT_ERRORS_TOTAL,
         Unit::Count,
         "Failed connects to a backend."
-    );
-    describe_gauge!(
-        BACKEND_HEALTH,
-        Unit::Count,
-        "1 when the backend is healthy, 0 when not."
     );
     describe_counter!(HEALTH_CHECKS_TOTAL, Unit::Count, "Active health checks, by result.");
     describe_counter!(HEALTH_CHECK_FAILURES_TOTAL, Unit::Count, "Failed active health checks.");
@@ -151,6 +156,16 @@ fn describe() {
         BUILD_INFO,
         Unit::Count,
         "Always 1; the version label says which build runs."
+    );
+    describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        Unit::Count,
+        "Configuration reloads, by result (success, failure)."
+    );
+    describe_gauge!(
+        CONFIG_LAST_RELOAD_SUCCESS,
+        Unit::Seconds,
+        "When the running configuration was loaded (start-up or the last successful reload), Unix time."
     );
 }
 
@@ -359,14 +374,46 @@ pub fn record_health_check(upstream: &str, backend: &str, healthy: bool) {
 
 /// Registers a backend's series at start-up, so that rare events (a first failure, a first transition)
 /// show as a change from zero instead of appearing with their first increment, which `rate()` cannot see.
-pub fn register_backend(upstream: &str, backend: &str, healthy: bool) {
+pub fn register_backend(upstream: &str, backend: &str) {
     let (upstream, backend) = (upstream.to_owned(), backend.to_owned());
     for to in ["healthy", "unhealthy"] {
         counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "to" => to)
             .absolute(0);
     }
-    counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone()).absolute(0);
-    set_backend_health(&upstream, &backend, healthy);
+    counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream, "backend" => backend).absolute(0);
+}
+
+/// Registers the process-wide series of rare events at zero (see `register_backend`).
+fn register_process_wide() {
+    for name in [
+        QUIC_HANDSHAKES_TOTAL,
+        QUIC_HANDSHAKE_FAILURES_TOTAL,
+        QUIC_RETRY_PACKETS_SENT_TOTAL,
+        QUIC_CONNECTIONS_REFUSED_TOTAL,
+        QUIC_LOST_PACKETS_TOTAL,
+        QUIC_SENT_PACKETS_TOTAL,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for result in ["success", "failure"] {
+        counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Records a reload attempt.
+pub fn record_reload(success: bool) {
+    let result = if success { "success" } else { "failure" };
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+    if success {
+        gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
+    }
 }
 
 /// Registers an upstream's series at start-up (see `register_backend`).
@@ -375,21 +422,11 @@ pub fn register_upstream(upstream: &str) {
     counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_owned()).absolute(0);
 }
 
-/// Sets a backend's health gauge (at start-up and on every transition).
-pub fn set_backend_health(upstream: &str, backend: &str, healthy: bool) {
-    gauge!(BACKEND_HEALTH, "upstream" => upstream.to_owned(), "backend" => backend.to_owned()).set(if healthy {
-        1.0
-    } else {
-        0.0
-    });
-}
-
-/// Records a backend's health transition and its new state.
+/// Records a backend's health transition.
 pub fn record_health_transition(upstream: &str, backend: &str, healthy: bool) {
     let to = if healthy { "healthy" } else { "unhealthy" };
     counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "to" => to)
         .increment(1);
-    set_backend_health(upstream, backend, healthy);
 }
 
 /// Records a request routed to an unhealthy backend because every backend of its upstream is unhealthy.
@@ -546,6 +583,56 @@ pub fn render_process_metrics() -> String {
         );
     }
     out
+}
+
+/// Gauges of the current snapshot's state, computed at scrape time: a backend that a reload removed
+/// disappears from them at once, instead of leaving a stale series behind.
+pub fn render_state_metrics(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "# HELP {CONFIG_INFO} Always 1; digest is the running configuration's, generation counts reloads.\n\
+         # TYPE {CONFIG_INFO} gauge\n{CONFIG_INFO}{{digest=\"{}\",generation=\"{}\"}} 1\n\n",
+        snapshot.config.digest, snapshot.generation
+    );
+    type Gauge = (&'static str, &'static str, fn(&Backend) -> f64);
+    let gauges: [Gauge; 4] = [
+        (BACKEND_HEALTH, "1 when the backend is healthy, 0 when not.", |b| {
+            f64::from(u8::from(b.health.is_healthy()))
+        }),
+        (
+            BACKEND_IN_FLIGHT,
+            "Requests sent to the backend whose responses are not yet delivered.",
+            |b| b.in_flight() as f64,
+        ),
+        (
+            BACKEND_EFFECTIVE_WEIGHT,
+            "The weight the balancer uses now (lower during slow start).",
+            |b| b.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
+        ),
+        (BACKEND_DRAINED, "1 when an operator drained the backend.", |b| {
+            f64::from(u8::from(b.is_drained()))
+        }),
+    ];
+    for (name, help, value) in gauges {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
+        for backend in snapshot.backends() {
+            let _ = writeln!(
+                out,
+                "{name}{{upstream=\"{}\",backend=\"{}\"}} {}",
+                label_value(&backend.upstream),
+                label_value(&backend.name),
+                value(backend)
+            );
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A label value escaped for the Prometheus text format.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {

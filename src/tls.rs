@@ -4,7 +4,7 @@
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -48,7 +48,7 @@ fn provider() -> Arc<CryptoProvider> {
 /// The serving certificate, swappable at runtime (SIGHUP) without touching any other TLS or QUIC setting.
 #[derive(Debug)]
 pub struct CertStore {
-    files: TlsConfig,
+    files: Mutex<TlsConfig>,
     current: ArcSwap<CertifiedKey>,
 }
 
@@ -57,16 +57,26 @@ impl CertStore {
     pub fn load(files: &TlsConfig) -> Result<Arc<Self>, TlsError> {
         let key = load_certified_key(files)?;
         Ok(Arc::new(Self {
-            files: files.clone(),
+            files: Mutex::new(files.clone()),
             current: ArcSwap::from_pointee(key),
         }))
     }
 
-    /// Reads the files again; on success new handshakes use the new certificate, open connections keep theirs.
-    pub fn reload(&self) -> Result<(), TlsError> {
-        let key = load_certified_key(&self.files)?;
+    /// Reads `files` (which may name other paths than before); on success new handshakes use the new
+    /// certificate and open connections keep theirs. On failure nothing changes. True when the
+    /// certificate chain differs from the one served until now.
+    pub fn reload(&self, files: &TlsConfig) -> Result<bool, TlsError> {
+        let key = load_certified_key(files)?;
+        let mut current_files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+        let replaced = self.current.load().cert != key.cert;
         self.current.store(Arc::new(key));
-        Ok(())
+        *current_files = files.clone();
+        Ok(replaced)
+    }
+
+    /// The files the serving certificate was read from.
+    pub fn files(&self) -> TlsConfig {
+        self.files.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// rustls config for HTTPS over TCP: TLS 1.2 and 1.3, ALPN h2 then http/1.1.

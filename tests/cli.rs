@@ -138,7 +138,7 @@ fn check_prints_a_summary_of_a_valid_config() {
     let output = check(&config);
     assert_status(&output, 0);
     let expected = format!(
-        "{}: valid\n\
+        "{}: valid (configuration {}, found by --config)\n\
          listeners: http/1.1 127.0.0.1:8080 (no server.tls: HTTPS and HTTP/3 off)\n\
          admin: 127.0.0.1:9091\n\
          upstreams: 2, backends: 3, routes: 2\n  \
@@ -146,10 +146,66 @@ fn check_prints_a_summary_of_a_valid_config() {
          upstream api [least_connections]: api1 (127.0.0.1:9001, weight 1)\n  \
          route host=api.example.com path=/* -> api\n  \
          route host=* path=/static/* -> default\n",
-        config.path.display()
+        config.path.display(),
+        quic_proxy::config::digest(VALID)
     );
     assert_eq!(stdout(&output), expected);
     assert_eq!(stderr(&output), "");
+}
+
+/// The first line `check` prints: which file it read and how it found it.
+fn first_line(output: &Output) -> String {
+    stdout(output).lines().next().unwrap_or_default().to_owned()
+}
+
+#[test]
+fn without_config_the_environment_variable_then_the_search_path_decide() {
+    let from_env = config_file(VALID);
+    let searched = config_file(ONE_BACKEND);
+    std::fs::create_dir(searched.dir.path().join("configs")).unwrap();
+    std::fs::write(searched.dir.path().join("configs/proxy.yaml"), ONE_BACKEND).unwrap();
+
+    let mut command = quic_proxy(searched.dir.path());
+    command.arg("check").env("QUIC_PROXY_CONFIG", &from_env.path);
+    let output = run(command);
+    assert_status(&output, 0);
+    assert_eq!(
+        first_line(&output),
+        format!(
+            "{}: valid (configuration {}, found by QUIC_PROXY_CONFIG)",
+            from_env.path.display(),
+            quic_proxy::config::digest(VALID)
+        )
+    );
+
+    let mut command = quic_proxy(searched.dir.path());
+    command.arg("check").env_remove("QUIC_PROXY_CONFIG");
+    let output = run(command);
+    assert_status(&output, 0);
+    assert_eq!(
+        first_line(&output),
+        format!(
+            "configs/proxy.yaml: valid (configuration {}, found by the default search path)",
+            quic_proxy::config::digest(ONE_BACKEND)
+        )
+    );
+}
+
+#[test]
+fn without_any_config_file_the_proxy_says_where_it_looked() {
+    let empty = tempfile::tempdir().unwrap();
+    for args in [&["check"][..], &[][..]] {
+        let mut command = quic_proxy(empty.path());
+        command.args(args).env_remove("QUIC_PROXY_CONFIG");
+        let output = run(command);
+        assert_status(&output, EXIT_USAGE);
+        let message = stderr(&output);
+        assert!(message.contains("QUIC_PROXY_CONFIG"), "{message}");
+        assert!(
+            message.contains("configs/proxy.yaml or /etc/quic-proxy/proxy.yaml"),
+            "{message}"
+        );
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use common::*;
 use h3_client::*;
 use http::{Request, StatusCode};
-use quic_proxy::server::Running;
+use quic_proxy::app::Running;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,

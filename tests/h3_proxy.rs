@@ -22,7 +22,7 @@ use http::header::{HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use quic_proxy::server::Running;
+use quic_proxy::app::Running;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -823,7 +823,7 @@ async fn shutdown_lets_an_in_flight_h3_request_finish() {
         let mut client = H3Client::connect(addr, &certs).await;
         let mut sender = client.sender.clone();
         let slow = tokio::spawn(async move { sender.get("/slow?delay_ms=500").await });
-        let backend = Arc::clone(&running.core.router().upstreams()[0].backends[0]);
+        let backend = Arc::clone(&running.snapshot().upstreams()[0].backends[0]);
         wait_until(|| backend.in_flight() == 1).await;
         // The client keeps its connection open, as a browser would: the proxy has to close it.
         let drained = running.shutdown().await;
@@ -879,9 +879,19 @@ async fn connection_limit_refuses_a_second_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_limit_holds_across_endpoints() {
+async fn connection_limit_holds_across_workers() {
     guarded(async {
-        let (running, certs) = demo_proxy(&["limit"], "{max_connections: 1, endpoints: 2}").await;
+        let certs = TestCerts::generate();
+        let addrs = start_backends(&["limit"]);
+        let tls = certs.server_line();
+        let yaml = render_config(
+            &[tls.as_str(), "workers: 2"],
+            &format!(
+                "backends: {}\nquic: {{max_connections: 1}}",
+                equal_backends(&["limit"], &addrs)
+            ),
+        );
+        let running = start_tls_proxy(&yaml).await;
         let addr = quic_addr(&running);
         let mut first = H3Client::connect(addr, &certs).await;
         assert_eq!(first.get("/").await.expect("first").status, StatusCode::OK);

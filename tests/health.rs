@@ -20,10 +20,10 @@ use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use quic_proxy::app::Running;
 use quic_proxy::balancer::Backend;
 use quic_proxy::config::{BackendConfig, CheckKind, HealthCheckConfig, StatusRange};
 use quic_proxy::health::active::Prober;
-use quic_proxy::server::Running;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -53,13 +53,8 @@ fn backend_with_health_url(name: &str, addr: SocketAddr, health_url: &str) -> St
 /// The proxy's own view of a backend (the same objects the admin API reports on).
 fn backend_of(running: &Running, upstream: &str, name: &str) -> Arc<Backend> {
     running
-        .core
-        .router()
-        .upstreams()
-        .iter()
-        .filter(|u| u.name == upstream)
-        .flat_map(|u| u.backends.iter())
-        .find(|b| b.name == name)
+        .snapshot()
+        .backend(upstream, name)
         .cloned()
         .unwrap_or_else(|| panic!("no backend {upstream}/{name}"))
 }

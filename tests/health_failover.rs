@@ -164,8 +164,8 @@ async fn killing_one_of_three_backends_under_load_fails_no_get() {
     .await;
 }
 
-fn backend_of_failover(running: &quic_proxy::server::Running, name: &str) -> Arc<quic_proxy::balancer::Backend> {
-    running.core.router().upstreams()[0]
+fn backend_of_failover(running: &quic_proxy::app::Running, name: &str) -> Arc<quic_proxy::balancer::Backend> {
+    running.snapshot().upstreams()[0]
         .backends
         .iter()
         .find(|b| b.name == name)

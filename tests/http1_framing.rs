@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 const PATIENT: &str = "header_read_timeout: 120s";
 
 /// A proxy with one demo backend and the given `server` settings.
-async fn proxy_with(server_extra: &[&str]) -> quic_proxy::server::Running {
+async fn proxy_with(server_extra: &[&str]) -> quic_proxy::app::Running {
     let addrs = start_backends(&["demo"]);
     start_proxy(&render_config(
         server_extra,
@@ -24,10 +24,7 @@ async fn proxy_with(server_extra: &[&str]) -> quic_proxy::server::Running {
 }
 
 /// A patient proxy in front of a raw backend that answers OK and hands over each request head it receives.
-async fn proxy_to_recorder() -> (
-    quic_proxy::server::Running,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
+async fn proxy_to_recorder() -> (quic_proxy::app::Running, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let (backend, received) = start_raw_backend(OK_RESPONSE);
     let running = start_proxy(&render_config(
         &[PATIENT],

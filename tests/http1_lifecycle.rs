@@ -153,7 +153,7 @@ async fn graceful_shutdown_finishes_in_flight_request_then_refuses_connections()
     guarded(async {
         let running = proxy_with_backends(&["drain"], "round_robin").await;
         let addr = running.fallback_addr;
-        let backend = running.core.router().upstreams()[0].backends[0].clone();
+        let backend = running.snapshot().upstreams()[0].backends[0].clone();
 
         let mut connection = Connection::open(addr).await;
         let slow = tokio::spawn(async move {

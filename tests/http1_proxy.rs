@@ -82,7 +82,7 @@ async fn least_connections_avoids_backends_holding_slow_requests() {
     guarded(async {
         let names = ["lc1", "lc2", "lc3", "lc4"];
         let running = proxy_with_backends(&names, "least_connections").await;
-        let backends = running.core.router().upstreams()[0].backends.clone();
+        let backends = running.snapshot().upstreams()[0].backends.clone();
         let total_in_flight = {
             let backends = backends.clone();
             move || backends.iter().map(|b| b.in_flight()).sum::<usize>()

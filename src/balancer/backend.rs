@@ -1,9 +1,14 @@
 //! A backend as the request path sees it, and the guard that counts its requests in flight.
+//!
+//! A backend outlives configuration snapshots: a reload that keeps it (same upstream, name and URL) hands the
+//! same object to the new snapshot, so its health, in-flight count, slow-start clock and pooled connections
+//! carry over, and only its reloadable settings (weight, slow start, health settings) are updated in place.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
@@ -14,6 +19,15 @@ use crate::metrics::BackendMetrics;
 /// Weights are scaled by this factor so that slow start can ramp them in small steps.
 pub const WEIGHT_SCALE: u64 = 100;
 
+/// What makes two backends of two snapshots the same backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BackendKey {
+    pub upstream: String,
+    pub name: String,
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
 /// A backend server of an upstream pool.
 #[derive(Debug)]
 pub struct Backend {
@@ -21,12 +35,13 @@ pub struct Backend {
     pub upstream: String,
     pub scheme: Scheme,
     pub authority: Authority,
-    pub weight: u32,
-    pub health_url: Option<Uri>,
     pub health: BackendHealth,
     /// Metric handles, resolved once.
     pub metrics: BackendMetrics,
-    slow_start: Option<Duration>,
+    weight: AtomicU32,
+    /// The slow-start window in milliseconds; 0 when off.
+    slow_start_ms: AtomicU64,
+    health_url: ArcSwapOption<Uri>,
     drained: AtomicBool,
     in_flight: AtomicUsize,
 }
@@ -49,14 +64,52 @@ impl Backend {
             upstream: upstream.to_owned(),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
-            weight: config.weight,
-            health_url: config.health_url.clone(),
             health: BackendHealth::new(health),
             metrics: BackendMetrics::new(upstream, &config.name),
-            slow_start,
+            weight: AtomicU32::new(config.weight),
+            slow_start_ms: AtomicU64::new(window_ms(slow_start)),
+            health_url: ArcSwapOption::new(config.health_url.clone().map(Arc::new)),
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// The identity a reload matches backends by.
+    pub fn key(&self) -> BackendKey {
+        BackendKey {
+            upstream: self.upstream.clone(),
+            name: self.name.clone(),
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+        }
+    }
+
+    /// The identity `config` would have as a backend of `upstream`.
+    pub fn key_of(upstream: &str, config: &BackendConfig) -> BackendKey {
+        BackendKey {
+            upstream: upstream.to_owned(),
+            name: config.name.clone(),
+            scheme: config.scheme.clone(),
+            authority: config.authority.clone(),
+        }
+    }
+
+    /// Takes a reloaded configuration's settings; state (health, in-flight, drain, clocks) is kept.
+    pub fn apply(&self, config: &BackendConfig, health: &HealthCheckConfig, slow_start: Option<Duration>) {
+        self.weight.store(config.weight, Ordering::Relaxed);
+        self.slow_start_ms.store(window_ms(slow_start), Ordering::Relaxed);
+        self.health_url.store(config.health_url.clone().map(Arc::new));
+        self.health.set_policy(health);
+    }
+
+    /// The configured weight.
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Where active checks go instead of the backend's own address, if configured.
+    pub fn health_url(&self) -> Option<Arc<Uri>> {
+        self.health_url.load_full()
     }
 
     /// Requests currently sent to this backend whose responses have not been fully delivered.
@@ -87,19 +140,29 @@ impl Backend {
         self.health.is_healthy() && !self.is_drained()
     }
 
+    /// True while a recovered backend's weight is still ramping up.
+    pub fn in_slow_start(&self) -> bool {
+        self.effective_weight() < u64::from(self.weight()) * WEIGHT_SCALE
+    }
+
     /// The weight the balancer uses, scaled by `WEIGHT_SCALE`: during slow start after a recovery it
     /// ramps from 10% to 100% of the configured weight.
     pub fn effective_weight(&self) -> u64 {
-        let full = u64::from(self.weight) * WEIGHT_SCALE;
-        let (Some(window), Some(since)) = (self.slow_start, self.health.since_recovery()) else {
+        let full = u64::from(self.weight()) * WEIGHT_SCALE;
+        let window = Duration::from_millis(self.slow_start_ms.load(Ordering::Relaxed));
+        let Some(since) = self.health.since_recovery() else {
             return full;
         };
-        if since >= window || window.is_zero() {
+        if window.is_zero() || since >= window {
             return full;
         }
         let fraction = (since.as_secs_f64() / window.as_secs_f64()).max(0.1);
         ((full as f64 * fraction) as u64).max(1)
     }
+}
+
+fn window_ms(window: Option<Duration>) -> u64 {
+    window.map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// One request in flight on a backend; dropping it, on any path, ends the count.

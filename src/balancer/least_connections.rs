@@ -24,7 +24,7 @@ impl Load {
     fn of(backend: &Backend) -> Self {
         Self {
             in_flight: backend.in_flight() as u128,
-            weight: u128::from(backend.weight.max(1)),
+            weight: u128::from(backend.effective_weight().max(1)),
         }
     }
 

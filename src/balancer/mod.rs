@@ -8,7 +8,7 @@ mod least_connections;
 mod round_robin;
 mod weighted;
 
-pub use backend::{Backend, InFlight, WEIGHT_SCALE};
+pub use backend::{Backend, BackendKey, InFlight, WEIGHT_SCALE};
 
 use std::sync::Arc;
 

@@ -362,11 +362,11 @@ proptest! {
             for (index, other) in backends.iter().enumerate().filter(|&(i, _)| accepted(i)) {
                 // chosen.load / chosen.weight <= other.load / other.weight, without division.
                 prop_assert!(
-                    chosen.in_flight() as u64 * u64::from(other.weight)
-                        <= other.in_flight() as u64 * u64::from(chosen.weight),
+                    chosen.in_flight() as u64 * u64::from(other.weight())
+                        <= other.in_flight() as u64 * u64::from(chosen.weight()),
                     "picked {} ({}/{}) over {} ({}/{}) at index {}",
-                    chosen.name, chosen.in_flight(), chosen.weight,
-                    other.name, other.in_flight(), other.weight, index
+                    chosen.name, chosen.in_flight(), chosen.weight(),
+                    other.name, other.in_flight(), other.weight(), index
                 );
             }
             held.push(chosen.start_request());

@@ -59,6 +59,15 @@ pub struct ServerConfig {
     /// Largest request head accepted; larger ones get 431.
     #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
     pub max_header_bytes: u64,
+    /// Most header fields in an HTTP/1.1 request head; more get 431.
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    /// Longest silence while a client sends a request body; then 408 (or the stream is reset).
+    #[serde(default = "default_body_timeout", deserialize_with = "units::duration")]
+    pub client_body_timeout: Duration,
+    /// Worker threads, each with its own listeners, QUIC endpoint and upstream connections; default: one
+    /// per core.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +80,9 @@ impl Default for ServerConfig {
             drain_timeout: default_drain_timeout(),
             header_read_timeout: default_header_read_timeout(),
             max_header_bytes: default_max_header_bytes(),
+            max_headers: default_max_headers(),
+            client_body_timeout: default_body_timeout(),
+            workers: None,
         }
     }
 }
@@ -127,9 +139,8 @@ pub struct QuicConfig {
     pub early_data: bool,
     /// The port advertised in Alt-Svc; the bound UDP port when absent (set it behind port forwarding).
     pub alt_svc_port: Option<u16>,
-    /// UDP sockets (SO_REUSEPORT) each driven by its own task; default 1. More sockets spread packet I/O over
-    /// cores, but a client whose address changes may land on a socket that does not know its connection.
-    pub endpoints: Option<usize>,
+    /// A file holding `stateless_reset_key` (a mounted secret), instead of writing the key in the config.
+    pub stateless_reset_key_file: Option<PathBuf>,
 }
 
 impl Default for QuicConfig {
@@ -149,7 +160,7 @@ impl Default for QuicConfig {
             connection_id_length: default_cid_length(),
             early_data: false,
             alt_svc_port: None,
-            endpoints: None,
+            stateless_reset_key_file: None,
         }
     }
 }
@@ -374,8 +385,11 @@ impl Default for PassiveConfig {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
-    /// Bearer token required by the drain/undrain endpoints; without it they are refused.
+    /// Bearer token required by the state-changing endpoints (drain, undrain, reload); without it they are
+    /// refused.
     pub token: Option<String>,
+    /// A file holding the token (a mounted secret), instead of writing it in the config.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -406,6 +420,10 @@ pub struct Timeouts {
     pub response_header: Duration,
     #[serde(default = "default_pool_idle_timeout", deserialize_with = "units::duration")]
     pub pool_idle: Duration,
+    /// Longest silence while a backend sends a response body; then both sides are aborted and the backend
+    /// is charged with a failure.
+    #[serde(default = "default_body_timeout", deserialize_with = "units::duration")]
+    pub response_body: Duration,
 }
 
 impl Default for Timeouts {
@@ -414,6 +432,7 @@ impl Default for Timeouts {
             connect: default_connect_timeout(),
             response_header: default_response_header_timeout(),
             pool_idle: default_pool_idle_timeout(),
+            response_body: default_body_timeout(),
         }
     }
 }
@@ -519,6 +538,12 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_max_header_bytes() -> u64 {
     64 * 1024
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_body_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_weight() -> u32 {
     1

@@ -36,8 +36,14 @@ pub struct Config {
     /// `quic.stateless_reset_key`, decoded.
     pub quic_secret: Option<Vec<u8>>,
     pub admin: AdminConfig,
+    /// `admin.token`, or the contents of `admin.token_file`.
+    pub admin_token: Option<String>,
     pub timeouts: Timeouts,
     pub telemetry: Telemetry,
+    /// The file this configuration was read from (as given, not canonicalised).
+    pub path: PathBuf,
+    /// The first 16 hex digits of the SHA-256 of the file's text: which configuration is running.
+    pub digest: String,
 }
 
 /// A named pool of backends with its balancing and health settings.
@@ -149,7 +155,10 @@ impl Config {
                 explain_serde_error(&inner),
             )
         })?;
-        validate(raw).map_err(|(key, message)| error(key, None, message))
+        let mut config = validate(raw).map_err(|(key, message)| error(key, None, message))?;
+        config.path = path.to_owned();
+        config.digest = digest(text);
+        Ok(config)
     }
 }
 
@@ -270,9 +279,6 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             "no top-level `backends` and no routes: no request could reach an upstream".into(),
         ));
     }
-    if server.max_header_bytes < 8192 {
-        return Err(("server.max_header_bytes".into(), "must be at least 8KiB".into()));
-    }
     const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
     if !LEVELS.contains(&telemetry.logging.level.to_ascii_lowercase().as_str()) {
         return Err((
@@ -283,7 +289,12 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             ),
         ));
     }
+    check_server(&server)?;
+    if timeouts.response_body.is_zero() {
+        return Err(("timeouts.response_body".into(), "must be above zero".into()));
+    }
     let quic_secret = check_quic(&quic)?;
+    let admin_token = admin_token(&admin)?;
     Ok(Config {
         server,
         upstreams,
@@ -292,9 +303,19 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         quic,
         quic_secret,
         admin,
+        admin_token,
         timeouts,
         telemetry,
+        path: PathBuf::new(),
+        digest: String::new(),
     })
+}
+
+/// The first 16 hex digits of the SHA-256 of a config text.
+pub fn digest(text: &str) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    hash.iter().take(8).map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn check_quic(quic: &QuicConfig) -> Result<Option<Vec<u8>>, Invalid> {
@@ -316,11 +337,19 @@ fn check_quic(quic: &QuicConfig) -> Result<Option<Vec<u8>>, Invalid> {
             "must be at least quic.stream_receive_window, and both above zero".into(),
         ));
     }
-    if quic.endpoints == Some(0) {
-        return Err(("quic.endpoints".into(), "must be at least 1".into()));
-    }
-    let Some(hex) = &quic.stateless_reset_key else {
-        return Ok(None);
+    let (key, hex) = match (&quic.stateless_reset_key, &quic.stateless_reset_key_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err((
+                "quic.stateless_reset_key_file".into(),
+                "set either stateless_reset_key or stateless_reset_key_file, not both".into(),
+            ))
+        }
+        (Some(hex), None) => ("quic.stateless_reset_key", hex.clone()),
+        (None, Some(file)) => (
+            "quic.stateless_reset_key_file",
+            read_secret("quic.stateless_reset_key_file", file)?,
+        ),
     };
     let hex = hex.trim();
     let bytes: Option<Vec<u8>> = (hex.len() % 2 == 0)
@@ -334,10 +363,61 @@ fn check_quic(quic: &QuicConfig) -> Result<Option<Vec<u8>>, Invalid> {
     match bytes {
         Some(bytes) if bytes.len() >= 32 => Ok(Some(bytes)),
         _ => Err((
-            "quic.stateless_reset_key".into(),
+            key.into(),
             "must be at least 32 bytes written as hex (64 hex digits); generate one with `openssl rand -hex 32`".into(),
         )),
     }
+}
+
+/// The contents of a secret file, named in errors by its key path.
+fn read_secret(key: &str, path: &Path) -> Result<String, Invalid> {
+    std::fs::read_to_string(path).map_err(|e| (key.to_owned(), format!("cannot read {}: {e}", path.display())))
+}
+
+fn admin_token(admin: &AdminConfig) -> Result<Option<String>, Invalid> {
+    let token = match (&admin.token, &admin.token_file) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err((
+                "admin.token_file".into(),
+                "set either token or token_file, not both".into(),
+            ))
+        }
+        (Some(token), None) => token.clone(),
+        (None, Some(file)) => read_secret("admin.token_file", file)?,
+    };
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        return Err((
+            if admin.token.is_some() {
+                "admin.token"
+            } else {
+                "admin.token_file"
+            }
+            .into(),
+            "must be at least 16 characters; generate one with `openssl rand -hex 32`".into(),
+        ));
+    }
+    Ok(Some(token))
+}
+
+fn check_server(server: &ServerConfig) -> Result<(), Invalid> {
+    if server.max_header_bytes < 8192 {
+        return Err(("server.max_header_bytes".into(), "must be at least 8KiB".into()));
+    }
+    if !(1..=10_000).contains(&server.max_headers) {
+        return Err(("server.max_headers".into(), "must be between 1 and 10000".into()));
+    }
+    if server.client_body_timeout.is_zero() {
+        return Err(("server.client_body_timeout".into(), "must be above zero".into()));
+    }
+    if server.header_read_timeout.is_zero() {
+        return Err(("server.header_read_timeout".into(), "must be above zero".into()));
+    }
+    if server.workers.is_some_and(|w| !(1..=1024).contains(&w)) {
+        return Err(("server.workers".into(), "must be between 1 and 1024".into()));
+    }
+    Ok(())
 }
 
 fn upstream(

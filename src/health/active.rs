@@ -1,7 +1,6 @@
 //! Active checks: each backend of an upstream with `health_check.enabled` is probed on its own schedule,
 //! with jitter, over the prober's own connections (never the request pool).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,20 +13,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Backend;
 use crate::config::{CheckKind, HealthCheckConfig};
 use crate::metrics;
-use crate::server::Shutdown;
+use crate::runtime::{Shared, Shutdown};
 
 /// Probe response bodies are read up to this size (to match `expect_body` or to keep the connection).
 const MAX_PROBE_BODY: usize = 64 * 1024;
 
-/// The probes of every backend, and how many have not finished their first round yet.
+/// The probe client, shared by every backend's probe task (its own connections, never the request pool).
 #[derive(Debug, Clone)]
 pub struct Prober {
     client: Client<HttpConnector, Empty<Bytes>>,
-    first_round_pending: Arc<AtomicUsize>,
 }
 
 impl Default for Prober {
@@ -39,40 +38,100 @@ impl Default for Prober {
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(1)
             .build(connector);
-        Self {
-            client,
-            first_round_pending: Arc::new(AtomicUsize::new(0)),
-        }
+        Self { client }
     }
 }
 
+/// A running probe task: the backend it checks, with which settings, and how to stop it.
+struct Probing {
+    backend: Arc<Backend>,
+    config: Arc<HealthCheckConfig>,
+    stop: CancellationToken,
+}
+
 impl Prober {
-    /// True once every probed backend has been checked at least once.
-    pub fn first_round_done(&self) -> bool {
-        self.first_round_pending.load(Ordering::Relaxed) == 0
+    /// Probes the backends of every upstream with checks enabled until shutdown, following reloads: a
+    /// backend that is removed or whose upstream's check settings change gets its task stopped (and a new
+    /// one with the new settings). The first snapshot's backends hold readiness until checked once.
+    pub async fn run(self, shared: Arc<Shared>, shutdown: Shutdown) {
+        let mut changes = shared.subscribe();
+        let mut running: Vec<Probing> = Vec::new();
+        let mut first = true;
+        loop {
+            let snapshot = Arc::clone(&changes.borrow_and_update());
+            let wanted: Vec<(&Arc<Backend>, &Arc<HealthCheckConfig>)> = snapshot
+                .upstreams()
+                .iter()
+                .filter(|u| u.health_check.enabled)
+                .flat_map(|u| u.backends.iter().map(move |b| (b, &u.health_check)))
+                .collect();
+            running.retain(|probing| {
+                let keep = wanted
+                    .iter()
+                    .any(|(b, c)| Arc::ptr_eq(b, &probing.backend) && **c == probing.config);
+                if !keep {
+                    probing.stop.cancel();
+                }
+                keep
+            });
+            for (backend, config) in wanted {
+                if running.iter().any(|p| Arc::ptr_eq(&p.backend, backend)) {
+                    continue;
+                }
+                let stop = CancellationToken::new();
+                let readiness = first.then(|| Arc::clone(&shared));
+                if let Some(shared) = &readiness {
+                    shared.readiness().first_probe_pending();
+                }
+                tokio::spawn(
+                    self.clone()
+                        .probe_loop(Arc::clone(backend), Arc::clone(config), stop.clone(), readiness),
+                );
+                running.push(Probing {
+                    backend: Arc::clone(backend),
+                    config: Arc::clone(config),
+                    stop,
+                });
+            }
+            first = false;
+            tokio::select! {
+                () = shutdown.begun() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
+        for probing in running {
+            probing.stop.cancel();
+        }
     }
 
-    /// Starts probing `backend` until shutdown.
-    pub fn spawn(&self, backend: Arc<Backend>, config: Arc<HealthCheckConfig>, shutdown: Shutdown) {
-        self.first_round_pending.fetch_add(1, Ordering::Relaxed);
-        let prober = self.clone();
-        tokio::spawn(async move {
-            // The first round is spread over up to a second, later ones by ±10% of the interval, so that
-            // many backends are never probed in lock-step.
-            let mut delay = config.interval.min(Duration::from_secs(1)).mul_f64(fastrand::f64());
-            let mut first = true;
-            loop {
-                tokio::select! {
-                    () = shutdown.begun() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                prober.probe_once(&backend, &config).await;
-                if std::mem::take(&mut first) {
-                    prober.first_round_pending.fetch_sub(1, Ordering::Relaxed);
-                }
-                delay = config.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+    async fn probe_loop(
+        self,
+        backend: Arc<Backend>,
+        config: Arc<HealthCheckConfig>,
+        stop: CancellationToken,
+        mut readiness: Option<Arc<Shared>>,
+    ) {
+        // The first round is spread over up to a second, later ones by ±10% of the interval, so that many
+        // backends are never probed in lock-step.
+        let mut delay = config.interval.min(Duration::from_secs(1)).mul_f64(fastrand::f64());
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
             }
-        });
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = self.probe_once(&backend, &config) => {}
+            }
+            if let Some(shared) = readiness.take() {
+                shared.readiness().first_probe_done();
+            }
+            delay = config.interval.mul_f64(0.9 + 0.2 * fastrand::f64());
+        }
+        // Stopped before its first check (removed by a reload): it no longer holds readiness back.
+        if let Some(shared) = readiness {
+            shared.readiness().first_probe_done();
+        }
     }
 
     /// Runs one probe and records it.
@@ -133,8 +192,8 @@ impl Prober {
 }
 
 fn probe_uri(backend: &Backend, config: &HealthCheckConfig) -> Result<Uri, String> {
-    if let Some(url) = &backend.health_url {
-        return Ok(url.clone());
+    if let Some(url) = backend.health_url() {
+        return Ok(Uri::clone(&url));
     }
     Uri::builder()
         .scheme(backend.scheme.clone())

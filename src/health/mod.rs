@@ -31,6 +31,7 @@ pub struct Report {
 #[derive(Debug)]
 struct Detail {
     state: state::State,
+    policy: Policy,
     last_check: Option<SystemTime>,
     last_latency: Option<Duration>,
     last_error: Option<String>,
@@ -45,7 +46,6 @@ pub struct BackendHealth {
     /// When the backend last became healthy, in ms after `created` plus one; 0 when never (no slow start).
     recovered_at_ms: AtomicU64,
     created: Instant,
-    policy: Policy,
     detail: Mutex<Detail>,
 }
 
@@ -58,9 +58,9 @@ impl BackendHealth {
             watching: AtomicBool::new(false),
             recovered_at_ms: AtomicU64::new(0),
             created: Instant::now(),
-            policy: Policy::from(config),
             detail: Mutex::new(Detail {
                 state,
+                policy: Policy::from(config),
                 last_check: None,
                 last_latency: None,
                 last_error: None,
@@ -94,6 +94,11 @@ impl BackendHealth {
         }
     }
 
+    /// Takes reloaded thresholds; the counters and the current state are kept.
+    pub fn set_policy(&self, config: &HealthCheckConfig) {
+        self.lock().policy = Policy::from(config);
+    }
+
     fn lock(&self) -> MutexGuard<'_, Detail> {
         // Every update below leaves the state consistent, so a poisoned lock is still usable.
         self.detail.lock().unwrap_or_else(PoisonError::into_inner)
@@ -104,10 +109,11 @@ impl BackendHealth {
         let mut detail = self.lock();
         detail.last_check = Some(SystemTime::now());
         detail.last_latency = Some(latency);
+        let Detail { state, policy, .. } = &mut *detail;
         let transition = match outcome {
-            Ok(()) => detail.state.probe_succeeded(&self.policy),
+            Ok(()) => state.probe_succeeded(policy),
             Err(cause) => {
-                let transition = detail.state.probe_failed(&cause, &self.policy);
+                let transition = state.probe_failed(&cause, policy);
                 detail.last_error = Some(cause);
                 transition
             }
@@ -128,7 +134,8 @@ impl BackendHealth {
                 None
             }
             Err(cause) => {
-                let transition = detail.state.request_failed(&cause, &self.policy);
+                let Detail { state, policy, .. } = &mut *detail;
+                let transition = state.request_failed(&cause, policy);
                 detail.last_error = Some(cause);
                 transition
             }

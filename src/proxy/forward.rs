@@ -18,7 +18,6 @@ use crate::error::ProxyError;
 #[derive(Debug, Clone)]
 pub struct Forwarder {
     client: Client<HttpConnector, Body>,
-    response_header_timeout: Duration,
 }
 
 impl Forwarder {
@@ -31,20 +30,22 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(timeouts.pool_idle)
             .build(connector);
-        Self {
-            client,
-            response_header_timeout: timeouts.response_header,
-        }
+        Self { client }
     }
 
-    /// Sends `request` (already addressed to `backend`) and waits for the response head.
-    pub async fn send(&self, backend: &Backend, request: Request<Body>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_header_timeout, self.client.request(request)).await {
+    /// Sends `request` (already addressed to `backend`) and waits up to `timeout` for the response head.
+    pub async fn send(
+        &self,
+        backend: &Backend,
+        request: Request<Body>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(timeout, self.client.request(request)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(classify(backend, &error)),
             Err(_) => Err(ProxyError::ResponseTimeout {
                 backend: backend.name.clone(),
-                after: self.response_header_timeout,
+                after: timeout,
             }),
         }
     }

@@ -15,19 +15,17 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use ipnet::IpNet;
 
 use crate::balancer::{Backend, InFlight};
 use crate::body::Body;
-use crate::config::Config;
 use crate::error::{Origin, ProxyError};
 use crate::health::passive;
 use crate::metrics;
+use crate::routing::Upstream;
+use crate::runtime::{workers, Shared};
 
 use super::forward::Forwarder;
 use super::headers::{self, Forwarding};
-use super::router::Router;
-use super::upstream::Upstream;
 
 /// A problem a listener found in a request that the core must answer (and log) instead of forwarding it.
 #[derive(Debug, Clone)]
@@ -54,9 +52,9 @@ pub fn protocol_label(version: Version) -> &'static str {
 /// Routing, balancing and forwarding, shared by every listener.
 #[derive(Debug)]
 pub struct Core {
-    router: Router,
-    forwarder: Forwarder,
-    trusted_proxies: Vec<IpNet>,
+    shared: Arc<Shared>,
+    /// One upstream client per worker, so that a worker's requests use only its own connections.
+    forwarders: Box<[Forwarder]>,
     metrics: metrics::RequestMetrics,
 }
 
@@ -68,19 +66,24 @@ struct Outcome {
 }
 
 impl Core {
-    /// Builds the router, pools and upstream client from a validated config.
-    pub fn new(config: &Config) -> Self {
+    /// The core for `workers` worker threads over the shared state.
+    pub fn new(shared: Arc<Shared>, workers: usize) -> Self {
+        let timeouts = shared.snapshot().config.timeouts;
         Self {
-            router: Router::new(config),
-            forwarder: Forwarder::new(&config.timeouts),
-            trusted_proxies: config.server.trusted_proxies.clone(),
+            forwarders: (0..workers.max(1)).map(|_| Forwarder::new(&timeouts)).collect(),
+            shared,
             metrics: metrics::RequestMetrics::default(),
         }
     }
 
-    /// The route table and upstream pools.
-    pub fn router(&self) -> &Router {
-        &self.router
+    /// The shared state: configuration snapshot, readiness, certificates.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    fn forwarder(&self) -> &Forwarder {
+        let index = workers::current().unwrap_or(0) % self.forwarders.len();
+        &self.forwarders[index]
     }
 
     /// Proxies one request; never fails: errors become short plain-text responses.
@@ -135,9 +138,10 @@ impl Core {
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         check_framing(&request)?;
+        let snapshot = self.shared.snapshot();
         let host = request_host(&request);
-        let upstream = self
-            .router
+        let upstream = snapshot
+            .router()
             .route(host.as_deref(), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         outcome.upstream = Some(Arc::clone(upstream));
@@ -158,7 +162,7 @@ impl Core {
             &mut parts.headers,
             &Forwarding {
                 client_ip: client.peer.ip(),
-                trusted_proxies: &self.trusted_proxies,
+                trusted_proxies: &snapshot.config.server.trusted_proxies,
                 https: client.tls,
                 host: host.as_deref(),
                 via_version: via_version(parts.version),
@@ -210,7 +214,10 @@ impl Core {
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
             let sent = Instant::now();
-            let result = self.forwarder.send(&backend, upstream_request).await;
+            let result = self
+                .forwarder()
+                .send(&backend, upstream_request, snapshot.config.timeouts.response_header)
+                .await;
             backend
                 .metrics
                 .record_attempt(result.as_ref().ok().map(Response::status), sent.elapsed());

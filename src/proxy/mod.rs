@@ -3,9 +3,5 @@
 mod forward;
 mod handler;
 mod headers;
-mod router;
-mod upstream;
 
 pub use handler::{error_response, protocol_label, ClientInfo, Core, Refused};
-pub use router::Router;
-pub use upstream::Upstream;

@@ -18,15 +18,20 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
+use crate::runtime::{accept_loop, Shutdown};
 
 use super::framing::FramingWatch;
-use super::{accept_loop, serve_until_drained, Shutdown};
+use super::serve_until_drained;
 
-/// Connection settings shared by the HTTP/1.1 and HTTP/2 serving code.
+/// Connection settings shared by the HTTP/1.1 and HTTP/2 serving code, read from the current snapshot
+/// when a connection is accepted.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
+    pub max_headers: usize,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
     /// Added to every response (the HTTPS listener advertises HTTP/3 with it).
     pub alt_svc: Option<HeaderValue>,
 }
@@ -37,15 +42,18 @@ impl Settings {
         Self {
             header_read_timeout: config.server.header_read_timeout,
             max_header_bytes: usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX),
+            max_headers: config.server.max_headers,
+            max_concurrent_streams: config.quic.max_concurrent_streams,
             alt_svc: None,
         }
     }
 }
 
 /// Serves plain HTTP/1.1 on `listener` until shutdown.
-pub async fn serve(listener: TcpListener, core: Arc<Core>, settings: Settings, shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: Shutdown) {
     let drain = shutdown.clone();
     accept_loop(listener, shutdown, move |stream, peer| {
+        let settings = Settings::new(&core.shared().snapshot().config);
         serve_connection(
             TokioIo::new(stream),
             Arc::clone(&core),
@@ -96,6 +104,7 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .keep_alive(true)
+        .max_headers(settings.max_headers)
         .max_buf_size(settings.max_header_bytes);
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {

@@ -9,7 +9,7 @@
 //! or stopped, so clients never see a reset for a request the proxy answered.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,7 +25,6 @@ use http_body::Frame;
 use http_body_util::BodyExt as _;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt, ZeroRttAccepted};
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::task::TaskTracker;
 
 use crate::body::{Body, BoxError};
@@ -33,11 +32,11 @@ use crate::config::{Config, QuicConfig, RetryMode};
 use crate::error::ProxyError;
 use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
+use crate::runtime::Shutdown;
 use crate::tls::CertStore;
 
 use super::quic_fields::Malformed;
 use super::quic_tee::{TeeBidi, TeeConnection, TeeRecv, Verdicts};
-use super::Shutdown;
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
 /// so a body that does not match its Content-Length is refused before any backend sees the request.
@@ -49,96 +48,115 @@ const H3_NO_ERROR: u32 = 0x100;
 type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = RequestStream<TeeRecv, Bytes>;
 
-/// The bound QUIC endpoints (one per SO_REUSEPORT socket).
-pub struct QuicListener {
-    endpoints: Vec<quinn::Endpoint>,
-    settings: Arc<Settings>,
+/// What the QUIC endpoints of every worker share: the endpoint identity (stateless reset key, connection ID
+/// generator, Retry token key) and the counters the connection limit and the Retry threshold apply to.
+pub struct QuicGroup {
+    endpoint_config: EndpointConfig,
+    token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
+    certs: Arc<CertStore>,
+    /// Connections accepted and not yet closed, over every worker.
+    open: Arc<AtomicUsize>,
+    /// Unvalidated handshakes in progress, over every worker, counted from the moment they are accepted.
+    handshaking: Arc<AtomicUsize>,
 }
 
-struct Settings {
-    quic: QuicConfig,
-    /// Unvalidated handshakes in progress, for the Retry threshold.
-    handshaking: AtomicUsize,
-}
+impl QuicGroup {
+    /// The endpoint identity from config; without `quic.stateless_reset_key` the keys are random, but the
+    /// same for every worker of this process.
+    pub fn new(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<Arc<Self>> {
+        let secret = match &config.quic_secret {
+            Some(secret) => secret.clone(),
+            None => {
+                let mut random = vec![0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+                    .map_err(|_| anyhow::anyhow!("no randomness for the QUIC keys"))?;
+                random
+            }
+        };
+        let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens").extract(&secret);
+        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
+        let cid_length = config.quic.connection_id_length;
+        endpoint_config.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length)));
+        let group = Arc::new(Self {
+            endpoint_config,
+            token_key: Arc::new(token_key),
+            certs: Arc::clone(certs),
+            open: Arc::default(),
+            handshaking: Arc::default(),
+        });
+        // A bad transport setting stops start-up here rather than in a worker.
+        group.server_config(&config.quic)?;
+        Ok(group)
+    }
 
-impl QuicListener {
-    /// Binds the UDP sockets on `address` and builds the QUIC transport from config.
-    pub fn bind(config: &Config, address: SocketAddr, certs: &Arc<CertStore>) -> anyhow::Result<Self> {
-        let quic = &config.quic;
-        let rustls_config = certs
+    /// The server side of the QUIC config: TLS, Retry token key and transport, rebuilt whole on each reload
+    /// (quinn replaces the server config as one piece).
+    fn server_config(&self, quic: &QuicConfig) -> anyhow::Result<quinn::ServerConfig> {
+        let rustls_config = self
+            .certs
             .quic_server_config(quic.early_data)
             .context("cannot build the QUIC TLS config")?;
         let crypto = QuicServerConfig::try_from(rustls_config).context("cannot build the QUIC TLS config")?;
-        let mut server_config = match &config.quic_secret {
-            Some(secret) => {
-                let token_key =
-                    ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens").extract(secret);
-                quinn::ServerConfig::new(Arc::new(crypto), Arc::new(token_key))
-            }
-            None => quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        };
+        let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::clone(&self.token_key));
         server_config.transport_config(Arc::new(transport(quic)?));
+        Ok(server_config)
+    }
 
-        let mut endpoint_config = match &config.quic_secret {
-            Some(secret) => EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))),
-            None => EndpointConfig::default(),
-        };
-        let cid_length = quic.connection_id_length;
-        endpoint_config.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length)));
-
-        let count = quic.endpoints.unwrap_or(1);
+    /// Binds one UDP socket per worker on `address` (SO_REUSEPORT when more than one).
+    pub fn bind(address: SocketAddr, count: usize, quic: &QuicConfig) -> anyhow::Result<Vec<std::net::UdpSocket>> {
         let mut address = address;
-        let mut endpoints = Vec::with_capacity(count);
+        let mut sockets = Vec::with_capacity(count);
         for _ in 0..count {
             let socket = bind_udp(address, quic, count > 1)
                 .with_context(|| format!("cannot bind server.address {address} (UDP)"))?;
-            // Later sockets join the first one's port (it may have been chosen by the OS).
+            // Later sockets join the first one's port.
             address = socket.local_addr()?;
-            let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-            endpoints.push(
-                quinn::Endpoint::new(endpoint_config.clone(), Some(server_config.clone()), socket, runtime)
-                    .context("cannot start the QUIC endpoint")?,
-            );
+            sockets.push(socket);
         }
-        let settings = Arc::new(Settings {
-            quic: quic.clone(),
-            handshaking: AtomicUsize::new(0),
-        });
-        Ok(Self { endpoints, settings })
+        Ok(sockets)
     }
 
-    /// The bound UDP address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.endpoints
-            .first()
-            .ok_or_else(|| io::Error::other("no QUIC endpoint"))?
-            .local_addr()
-    }
-
-    /// Serves until shutdown, then sends GOAWAY, lets open requests finish and closes the endpoints.
-    pub async fn serve(self, core: Arc<Core>, shutdown: Shutdown) {
-        let mut accepting = Vec::new();
-        let all = Arc::new(self.endpoints.clone());
-        for endpoint in &self.endpoints {
-            let endpoint = endpoint.clone();
-            let (core, settings, shutdown) = (Arc::clone(&core), Arc::clone(&self.settings), shutdown.clone());
-            accepting.push(tokio::spawn(accept_loop(
-                endpoint,
-                Arc::clone(&all),
-                core,
-                settings,
-                shutdown,
-            )));
-        }
-        for task in accepting {
-            if let Err(error) = task.await {
-                tracing::error!("QUIC accept loop failed: {error}");
+    /// Serves QUIC on one worker's socket until shutdown; then sends GOAWAY, lets open requests finish and
+    /// closes the endpoint. Follows reloads: new connections get the new transport settings.
+    pub async fn serve(self: Arc<Self>, socket: std::net::UdpSocket, core: Arc<Core>, shutdown: Shutdown) {
+        let mut changes = core.shared().subscribe();
+        let endpoint = match self.endpoint(socket, &changes.borrow_and_update().config.quic) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                tracing::error!("QUIC endpoint not started: {error:#}");
+                return;
             }
-        }
+        };
+        let follower = {
+            let (endpoint, group, shutdown) = (endpoint.clone(), Arc::clone(&self), shutdown.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        () = shutdown.begun() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                    let quic = changes.borrow_and_update().config.quic.clone();
+                    match group.server_config(&quic) {
+                        Ok(config) => endpoint.set_server_config(Some(config)),
+                        Err(error) => tracing::error!("QUIC settings not applied: {error:#}"),
+                    }
+                }
+            }
+        };
+        tokio::join!(follower, accept_loop(endpoint.clone(), self, core, shutdown));
         // Connections close themselves once their requests finish after GOAWAY; the drain timeout bounds it.
-        for endpoint in &self.endpoints {
-            endpoint.wait_idle().await;
-        }
+        endpoint.wait_idle().await;
+    }
+
+    fn endpoint(&self, socket: std::net::UdpSocket, quic: &QuicConfig) -> anyhow::Result<quinn::Endpoint> {
+        let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
+        quinn::Endpoint::new(
+            self.endpoint_config.clone(),
+            Some(self.server_config(quic)?),
+            socket,
+            runtime,
+        )
+        .context("cannot start the QUIC endpoint")
     }
 }
 
@@ -160,15 +178,7 @@ fn transport(quic: &QuicConfig) -> anyhow::Result<TransportConfig> {
 
 /// A UDP socket with explicit buffer sizes; warns when the kernel grants less than asked.
 fn bind_udp(address: SocketAddr, quic: &QuicConfig, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
-    let socket = match udp_socket(address, reuse_port) {
-        Err(e) if address.ip().is_unspecified() && address.is_ipv6() && e.kind() != io::ErrorKind::AddrInUse => {
-            udp_socket(
-                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), address.port()),
-                reuse_port,
-            )?
-        }
-        other => other?,
-    };
+    let socket = crate::runtime::bind_udp(address, reuse_port)?;
     let asked = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
     if let Err(error) = socket.set_recv_buffer_size(asked(quic.socket_receive_buffer)) {
         tracing::warn!("cannot set the UDP receive buffer: {error}");
@@ -203,26 +213,7 @@ fn bind_udp(address: SocketAddr, quic: &QuicConfig, reuse_port: bool) -> io::Res
     Ok(socket.into())
 }
 
-fn udp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(address), Type::DGRAM, Some(Protocol::UDP))?;
-    if address.is_ipv6() {
-        socket.set_only_v6(!address.ip().is_unspecified())?;
-    }
-    if reuse_port {
-        socket.set_reuse_port(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&address.into())?;
-    Ok(socket)
-}
-
-async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    all: Arc<Vec<quinn::Endpoint>>,
-    core: Arc<Core>,
-    settings: Arc<Settings>,
-    shutdown: Shutdown,
-) {
+async fn accept_loop(endpoint: quinn::Endpoint, group: Arc<QuicGroup>, core: Arc<Core>, shutdown: Shutdown) {
     loop {
         let incoming = tokio::select! {
             () = shutdown.begun() => return,
@@ -231,61 +222,90 @@ async fn accept_loop(
                 None => return,
             },
         };
-        let open: usize = all.iter().map(quinn::Endpoint::open_connections).sum();
-        if open >= settings.quic.max_connections {
-            tracing::warn!(peer = %incoming.remote_address(), limit = settings.quic.max_connections, "QUIC connection refused: limit reached");
+        let snapshot = core.shared().snapshot();
+        let quic = &snapshot.config.quic;
+        let Some(open) = Counted::within(&group.open, quic.max_connections) else {
+            tracing::warn!(peer = %incoming.remote_address(), limit = quic.max_connections, "QUIC connection refused: limit reached");
             incoming.refuse();
             metrics::record_quic_refused();
             continue;
-        }
+        };
         let validated = incoming.remote_address_validated();
-        if !validated && incoming.may_retry() && wants_retry(&settings) {
+        if !validated && incoming.may_retry() && wants_retry(quic, &group) {
             match incoming.retry() {
                 Ok(()) => metrics::record_quic_retry(),
                 Err(error) => tracing::debug!("Retry not sent: {error}"),
             }
             continue;
         }
-        let (core, settings_for_conn, drain) = (Arc::clone(&core), Arc::clone(&settings), shutdown.clone());
+        // Counted here, before the connection's task runs, so that a burst of Initials read in one go
+        // sees every handshake the loop already let through.
+        let handshake = (!validated).then(|| Counted::new(&group.handshaking));
+        let settings = Settings {
+            header_read_timeout: snapshot.config.server.header_read_timeout,
+            max_header_bytes: quic.max_header_bytes,
+            early_data: quic.early_data,
+        };
+        let (core, drain) = (Arc::clone(&core), shutdown.clone());
         shutdown.spawn(async move {
             let peer = incoming.remote_address();
-            if let Err(error) = serve_connection(incoming, validated, core, settings_for_conn, drain).await {
+            if let Err(error) = serve_connection(incoming, handshake, open, core, settings, drain).await {
                 tracing::debug!(%peer, "QUIC connection ended: {error:#}");
             }
         });
     }
 }
 
-fn wants_retry(settings: &Settings) -> bool {
-    match settings.quic.retry {
+fn wants_retry(quic: &QuicConfig, group: &QuicGroup) -> bool {
+    match quic.retry {
         RetryMode::Always => true,
-        RetryMode::Auto => settings.handshaking.load(Ordering::Relaxed) >= settings.quic.retry_threshold,
+        RetryMode::Auto => group.handshaking.load(Ordering::Relaxed) >= quic.retry_threshold,
     }
 }
 
-/// Counts an unvalidated handshake until it completes or fails.
-struct Handshaking(Arc<Settings>);
+/// One unit of a shared count, given back on drop.
+struct Counted(Arc<AtomicUsize>);
 
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.0.handshaking.fetch_sub(1, Ordering::Relaxed);
+impl Counted {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(counter))
     }
+
+    /// Counts one more unless the count is already at `limit`.
+    fn within(counter: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()
+            .map(|_| Self(Arc::clone(counter)))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a connection's requests need from the configuration it was accepted under.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    header_read_timeout: Duration,
+    max_header_bytes: u64,
+    early_data: bool,
 }
 
 async fn serve_connection(
     incoming: quinn::Incoming,
-    validated: bool,
+    handshake: Option<Counted>,
+    open: Counted,
     core: Arc<Core>,
-    settings: Arc<Settings>,
+    settings: Settings,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
-    let counted = (!validated).then(|| {
-        settings.handshaking.fetch_add(1, Ordering::Relaxed);
-        Handshaking(Arc::clone(&settings))
-    });
     let handshaken = async {
         let connecting = incoming.accept()?;
-        anyhow::Ok(if settings.quic.early_data {
+        anyhow::Ok(if settings.early_data {
             match connecting.into_0rtt() {
                 Ok((connection, accepted)) => (connection, Handshake::pending(accepted)),
                 Err(connecting) => (connecting.await?, Handshake::complete()),
@@ -293,15 +313,19 @@ async fn serve_connection(
         } else {
             (connecting.await?, Handshake::complete())
         })
-    }
-    .await;
+    };
+    // Shutdown drains requests, not handshakes: one still in progress is abandoned.
+    let handshaken = tokio::select! {
+        handshaken = handshaken => handshaken,
+        () = shutdown.begun() => return Ok(()),
+    };
     metrics::record_quic_handshake(handshaken.is_ok());
-    drop(counted);
+    drop(handshake);
     let (connection, handshake) = handshaken?;
     let handshake = Arc::new(handshake);
-    let _open = metrics::connection_open("h3");
+    let _open = (open, metrics::connection_open("h3"));
     let stats_source = connection.clone();
-    let served = serve_h3(connection, handshake, core, &settings, shutdown).await;
+    let served = serve_h3(connection, handshake, core, settings, shutdown).await;
     metrics::record_quic_connection(&stats_source.stats());
     served
 }
@@ -310,7 +334,7 @@ async fn serve_h3(
     connection: quinn::Connection,
     handshake: Arc<Handshake>,
     core: Arc<Core>,
-    settings: &Settings,
+    settings: Settings,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
     let peer = connection.remote_address();
@@ -322,11 +346,11 @@ async fn serve_h3(
 
     // The request streams pass a tee that checks each field section for what h3 lets through.
     let verdicts = Verdicts::default();
-    let tee_limit = usize::try_from(settings.quic.max_header_bytes)
+    let tee_limit = usize::try_from(settings.max_header_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(16);
     let mut h3 = h3::server::builder()
-        .max_field_section_size(settings.quic.max_header_bytes)
+        .max_field_section_size(settings.max_header_bytes)
         .send_grease(true)
         .build::<_, Bytes>(TeeConnection::new(
             h3_quinn::Connection::new(connection),
@@ -356,16 +380,22 @@ async fn serve_h3(
         match accepted {
             Ok(Some(resolver)) => {
                 let (core, handshake, verdicts) = (Arc::clone(&core), Arc::clone(&handshake), verdicts.clone());
+                let header_read_timeout = settings.header_read_timeout;
                 requests.spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((request, stream)) => {
+                    match tokio::time::timeout(header_read_timeout, resolver.resolve_request()).await {
+                        Ok(Ok((request, stream))) => {
                             let malformed = verdicts.take(stream.id());
                             serve_request(request, stream, malformed, &core, client, &handshake).await
                         }
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
-                        Err(error) => {
+                        Ok(Err(error)) => {
                             tracing::debug!(peer = %client.peer, "HTTP/3 request refused: {error}")
                         }
+                        // Dropping the half-read stream stops it and frees what it buffered.
+                        Err(_) => tracing::debug!(
+                            peer = %client.peer,
+                            "HTTP/3 request head not received within {header_read_timeout:?}"
+                        ),
                     }
                 });
             }

@@ -12,30 +12,26 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use http::HeaderValue;
+
 use crate::metrics;
 use crate::proxy::{ClientInfo, Core};
+use crate::runtime::{accept_loop, Shutdown};
 
 use super::http1::{self, Settings};
-use super::{accept_loop, serve_until_drained, Shutdown};
+use super::serve_until_drained;
 
-/// HTTP/2 settings for HTTPS connections.
-#[derive(Debug, Clone, Copy)]
-pub struct Http2Limits {
-    pub max_concurrent_streams: u32,
-}
-
-/// Serves HTTPS on `listener` until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    acceptor: TlsAcceptor,
-    core: Arc<Core>,
-    settings: Settings,
-    limits: Http2Limits,
-    shutdown: Shutdown,
-) {
+/// Serves HTTPS on `listener` until shutdown. `udp_port` is the QUIC listener's, for Alt-Svc.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, core: Arc<Core>, udp_port: u16, shutdown: Shutdown) {
     let drain = shutdown.clone();
     accept_loop(listener, shutdown, move |stream, peer| {
-        let (acceptor, core, settings, drain) = (acceptor.clone(), Arc::clone(&core), settings.clone(), drain.clone());
+        let config = Arc::clone(&core.shared().snapshot().config);
+        let advertised = config.quic.alt_svc_port.unwrap_or(udp_port);
+        let settings = Settings {
+            alt_svc: HeaderValue::from_str(&format!("h3=\":{advertised}\"; ma=86400")).ok(),
+            ..Settings::new(&config)
+        };
+        let (acceptor, core, drain) = (acceptor.clone(), Arc::clone(&core), drain.clone());
         let client = ClientInfo { peer, tls: true };
         async move {
             // The handshake shares the header read deadline: a client that stalls it holds no slot for long.
@@ -53,7 +49,7 @@ pub async fn serve(
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(tls);
             if h2 {
-                serve_h2(io, core, client, &settings, limits, drain).await;
+                serve_h2(io, core, client, &settings, drain).await;
             } else {
                 http1::serve_connection(io, core, client, &settings, drain).await;
             }
@@ -62,14 +58,8 @@ pub async fn serve(
     .await;
 }
 
-async fn serve_h2<I>(
-    io: I,
-    core: Arc<Core>,
-    client: ClientInfo,
-    settings: &Settings,
-    limits: Http2Limits,
-    drain: Shutdown,
-) where
+async fn serve_h2<I>(io: I, core: Arc<Core>, client: ClientInfo, settings: &Settings, drain: Shutdown)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let alt_svc = settings.alt_svc.clone();
@@ -80,7 +70,7 @@ async fn serve_h2<I>(
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
     let _open = metrics::connection_open("h2");

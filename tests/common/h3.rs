@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{ConnectionError, StreamError};
 use http::{HeaderMap, Request, StatusCode};
-use quic_proxy::server::{self, Running};
+use quic_proxy::app::{self, Running};
 use quic_proxy::tls::CertStore;
 use quic_proxy::Config;
 use quinn::crypto::rustls::QuicClientConfig;
@@ -93,7 +93,7 @@ pub async fn start_tls_proxy(yaml: &str) -> Running {
         .unwrap_or_else(|e| panic!("config rejected: {e}\n---\n{yaml}"));
     let tls = config.server.tls.as_ref().expect("the config has a server.tls section");
     let certs = CertStore::load(tls).expect("load the test certificate");
-    server::start(&config, Some(certs)).await.expect("proxy starts")
+    app::start(config, Some(certs)).await.expect("proxy starts")
 }
 
 /// The UDP address of a proxy's QUIC listener.

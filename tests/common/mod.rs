@@ -19,8 +19,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use quic_proxy::app::{self, Running};
 use quic_proxy::demo_backend::DemoBackend;
-use quic_proxy::server::{self, Running, Shutdown};
+use quic_proxy::runtime::{self, Shutdown};
 use quic_proxy::Config;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,7 +60,7 @@ fn loopback() -> SocketAddr {
 
 /// Binds a listener on a loopback port chosen by the OS.
 pub fn bind_loopback() -> TcpListener {
-    server::bind_tcp(loopback()).expect("bind a loopback port")
+    runtime::bind_tcp(loopback()).expect("bind a loopback port")
 }
 
 /// Starts one demo backend per name; each answers with its name in `x-backend`.
@@ -119,7 +120,7 @@ pub fn render_config(server_extra: &[&str], rest: &str) -> String {
 pub async fn start_proxy(yaml: &str) -> Running {
     let config = Config::parse(Path::new("integration-test.yaml"), yaml)
         .unwrap_or_else(|e| panic!("config rejected: {e}\n---\n{yaml}"));
-    server::start(&config, None).await.expect("proxy starts")
+    app::start(config, None).await.expect("proxy starts")
 }
 
 /// A proxy in front of demo backends named `names`, balanced with `algorithm`.

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use crate::balancer::{Backend, Balancer};
+use crate::balancer::{Backend, BackendKey, Balancer};
 use crate::config::{AllUnhealthy, BalancerConfig, HealthCheckConfig, UpstreamConfig};
 use crate::error::ProxyError;
 use crate::metrics;
@@ -21,18 +21,23 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    /// Builds the pool from its config.
-    pub fn new(config: &UpstreamConfig) -> Self {
+    /// Builds the pool from its config; `existing` hands back a backend that a previous snapshot already
+    /// has under the same identity, which is kept (with its state) and given the new settings.
+    pub fn new(config: &UpstreamConfig, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>) -> Self {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
-            .map(|b| {
-                Arc::new(Backend::configured(
+            .map(|b| match existing(&Backend::key_of(&config.name, b)) {
+                Some(kept) => {
+                    kept.apply(b, &config.health_check, config.balancer.slow_start);
+                    kept
+                }
+                None => Arc::new(Backend::configured(
                     &config.name,
                     b,
                     &config.health_check,
                     config.balancer.slow_start,
-                ))
+                )),
             })
             .collect();
         let balancer = Balancer::new(config.balancer.algorithm, backends.len());

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, HostMatch, PathMatch};
 
 use super::upstream::Upstream;
@@ -22,9 +23,14 @@ struct Route {
 }
 
 impl Router {
-    /// Builds every upstream pool and the route table from a validated config.
-    pub fn new(config: &Config) -> Self {
-        let upstreams: Vec<Arc<Upstream>> = config.upstreams.iter().map(|u| Arc::new(Upstream::new(u))).collect();
+    /// Builds every upstream pool and the route table from a validated config; `existing` hands back
+    /// backends a previous snapshot already has (see `Upstream::new`).
+    pub fn new(config: &Config, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>) -> Self {
+        let upstreams: Vec<Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, &existing)))
+            .collect();
         let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let routes = config
             .routes
@@ -97,7 +103,7 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         match Config::parse(Path::new("test.yaml"), yaml) {
-            Ok(config) => Router::new(&config),
+            Ok(config) => Router::new(&config, |_| None),
             Err(e) => panic!("test config invalid: {e}"),
         }
     }

@@ -1,0 +1,133 @@
+//! The state every listener, the admin listener and the prober share: the current configuration snapshot
+//! (swapped atomically by a reload), readiness, and the certificate store.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::routing::Snapshot;
+use crate::tls::CertStore;
+
+/// The running proxy's shared state.
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    changed: watch::Sender<Arc<Snapshot>>,
+    readiness: Readiness,
+    certs: Option<Arc<CertStore>>,
+    /// Serialises reloads; the request path never takes it.
+    pub(super) reloading: Mutex<()>,
+}
+
+impl Shared {
+    /// State for a proxy starting with `config`, serving `certs` when TLS is configured.
+    pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Arc<Self> {
+        let snapshot = Arc::new(Snapshot::new(config));
+        let (changed, _) = watch::channel(Arc::clone(&snapshot));
+        Arc::new(Self {
+            current: ArcSwap::new(snapshot),
+            changed,
+            readiness: Readiness::default(),
+            certs,
+            reloading: Mutex::new(()),
+        })
+    }
+
+    /// The current snapshot. A request holds the one it started with until it ends.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Notified with every new snapshot (the prober and the QUIC listeners follow reloads this way).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.changed.subscribe()
+    }
+
+    /// Whether the proxy should receive traffic.
+    pub fn readiness(&self) -> &Readiness {
+        &self.readiness
+    }
+
+    /// The serving certificate, when TLS is configured.
+    pub fn certs(&self) -> Option<&Arc<CertStore>> {
+        self.certs.as_ref()
+    }
+
+    /// Makes `snapshot` current for new requests and tells the subscribers.
+    pub(super) fn install(&self, snapshot: Arc<Snapshot>) {
+        self.current.store(Arc::clone(&snapshot));
+        self.changed.send_replace(snapshot);
+    }
+
+    pub(super) fn lock_reloads(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.reloading.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Ready means: every listener is bound, the first round of health checks has finished, and the proxy is
+/// not draining.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listening: AtomicBool,
+    draining: AtomicBool,
+    first_probes_pending: AtomicUsize,
+}
+
+/// Why the proxy is not ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Starting,
+    Draining,
+    FirstHealthChecks,
+}
+
+impl Readiness {
+    /// `Ok` when the proxy should receive traffic.
+    pub fn check(&self) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::Relaxed) {
+            Err(NotReady::Draining)
+        } else if !self.listening.load(Ordering::Relaxed) {
+            Err(NotReady::Starting)
+        } else if self.first_probes_pending.load(Ordering::Relaxed) > 0 {
+            Err(NotReady::FirstHealthChecks)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Every listener is bound and serving.
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
+    /// Shutdown began: load balancers should stop sending new connections.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// True once shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// A backend's first health check is due before the proxy counts as ready.
+    pub fn first_probe_pending(&self) {
+        self.first_probes_pending.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A backend's first health check finished (or its probing stopped before it did).
+    pub fn first_probe_done(&self) {
+        // Never below zero, whatever order probes start and stop in.
+        let _ = self
+            .first_probes_pending
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// True once every backend probed at start-up has been checked once.
+    pub fn first_probes_done(&self) -> bool {
+        self.first_probes_pending.load(Ordering::Relaxed) == 0
+    }
+}

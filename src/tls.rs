@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 
 use crate::config::TlsConfig;
@@ -89,12 +89,18 @@ impl CertStore {
         Ok(config)
     }
 
-    /// rustls config for QUIC: TLS 1.3 only, ALPN h3; 0-RTT when `early_data`.
-    pub fn quic_server_config(self: &Arc<Self>, early_data: bool) -> Result<rustls::ServerConfig, rustls::Error> {
+    /// rustls config for QUIC: TLS 1.3 only, ALPN h3; 0-RTT when `early_data`. Resumption (and so 0-RTT)
+    /// works across every config built with the same `sessions`, whichever worker or reload built it.
+    pub fn quic_server_config(
+        self: &Arc<Self>,
+        early_data: bool,
+        sessions: Arc<dyn StoresServerSessions>,
+    ) -> Result<rustls::ServerConfig, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.session_storage = sessions;
         config.alpn_protocols = vec![b"h3".to_vec()];
         // quinn requires u32::MAX when early data is on; 0 turns it off.
         config.max_early_data_size = if early_data { u32::MAX } else { 0 };

@@ -2,10 +2,10 @@
 //! core's response back. They run on worker threads, on sockets the runtime layer bound.
 
 pub mod framing;
+mod h3_transport;
 pub mod http1;
 pub mod quic;
 mod quic_fields;
-mod quic_tee;
 pub mod tls;
 
 use std::future::Future;

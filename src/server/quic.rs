@@ -36,17 +36,20 @@ use crate::runtime::Shutdown;
 use crate::tls::CertStore;
 
 use super::quic_fields::Malformed;
-use super::quic_tee::{TeeBidi, TeeConnection, TeeRecv, Verdicts};
+use super::h3_transport::{self, BidiStream, Verdicts};
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
 /// so a body that does not match its Content-Length is refused before any backend sees the request.
 const PREREAD_LIMIT: u64 = 64 * 1024;
 
+/// TLS sessions kept for resumption (each a few hundred bytes).
+const TLS_SESSIONS: usize = 16_384;
+
 /// The HTTP/3 application error code for a clean close (RFC 9114 8.1).
 const H3_NO_ERROR: u32 = 0x100;
 
-type SendHalf = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
-type RecvHalf = RequestStream<TeeRecv, Bytes>;
+type SendHalf = RequestStream<h3_transport::SendStream<Bytes>, Bytes>;
+type RecvHalf = RequestStream<h3_transport::RecvStream, Bytes>;
 
 /// What the QUIC endpoints of every worker share: the endpoint identity (stateless reset key, connection ID
 /// generator, Retry token key) and the counters the connection limit and the Retry threshold apply to.
@@ -54,6 +57,9 @@ pub struct QuicGroup {
     endpoint_config: EndpointConfig,
     token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     certs: Arc<CertStore>,
+    /// TLS sessions for resumption and 0-RTT, shared so that a ticket is good on every worker and across
+    /// reloads (which rebuild the TLS config).
+    sessions: Arc<dyn rustls::server::StoresServerSessions>,
     /// Connections accepted and not yet closed, over every worker.
     open: Arc<AtomicUsize>,
     /// Unvalidated handshakes in progress, over every worker, counted from the moment they are accepted.
@@ -81,6 +87,7 @@ impl QuicGroup {
             endpoint_config,
             token_key: Arc::new(token_key),
             certs: Arc::clone(certs),
+            sessions: rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS),
             open: Arc::default(),
             handshaking: Arc::default(),
         });
@@ -94,7 +101,7 @@ impl QuicGroup {
     fn server_config(&self, quic: &QuicConfig) -> anyhow::Result<quinn::ServerConfig> {
         let rustls_config = self
             .certs
-            .quic_server_config(quic.early_data)
+            .quic_server_config(quic.early_data, Arc::clone(&self.sessions))
             .context("cannot build the QUIC TLS config")?;
         let crypto = QuicServerConfig::try_from(rustls_config).context("cannot build the QUIC TLS config")?;
         let mut server_config = quinn::ServerConfig::new(Arc::new(crypto), Arc::clone(&self.token_key));
@@ -352,8 +359,8 @@ async fn serve_h3(
     let mut h3 = h3::server::builder()
         .max_field_section_size(settings.max_header_bytes)
         .send_grease(true)
-        .build::<_, Bytes>(TeeConnection::new(
-            h3_quinn::Connection::new(connection),
+        .build::<_, Bytes>(h3_transport::Connection::new(
+            connection,
             verdicts.clone(),
             tee_limit,
         ))
@@ -408,7 +415,7 @@ async fn serve_h3(
 
 async fn serve_request(
     request: Request<()>,
-    stream: RequestStream<TeeBidi<Bytes>, Bytes>,
+    stream: RequestStream<BidiStream<Bytes>, Bytes>,
     malformed: Option<Malformed>,
     core: &Core,
     client: ClientInfo,
@@ -641,7 +648,7 @@ async fn send_response(send: &mut SendHalf, response: Response<Body>) -> Result<
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
                     send.send_trailers(trailers).await?;
-                    return Ok(());
+                    break;
                 }
             }
         }

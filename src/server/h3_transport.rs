@@ -1,0 +1,578 @@
+//! h3's QUIC transport traits, implemented over quinn directly.
+//!
+//! Why not h3-quinn: its receive stream moves the quinn stream into a pending read future, so a
+//! `stop_sending` while a read is pending (which h3 can leave behind) panics, and its `recv_id` panics once a
+//! stream has ended. Here a read is a fresh, cancel-safe `read_chunk` call each poll, so the stream is always
+//! at hand, and ids are taken once when a stream is accepted. Nothing in this file can panic.
+//!
+//! Request streams also carry the proxy's own rules:
+//! - their first HEADERS frame passes a tee that checks the encoded field section for what h3 lets through
+//!   (`quic_fields`); a malformed stream's verdict is kept by id for the request task;
+//! - a request stream dropped before its head arrived (the header read timeout) is stopped and reset with
+//!   H3_REQUEST_INCOMPLETE, and one dropped before its response finished is reset, never finished: a
+//!   response cut short must not look complete.
+
+use std::collections::HashMap;
+use std::future::Future as _;
+use std::pin::{pin, Pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures_util::stream::{self, BoxStream, StreamExt as _};
+use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
+use quinn::VarInt;
+
+use super::quic_fields::{self, Malformed};
+
+/// HTTP/3 error codes this transport sends (RFC 9114 8.1).
+const H3_INTERNAL_ERROR: u64 = 0x102;
+const H3_REQUEST_INCOMPLETE: u64 = 0x10d;
+
+/// Malformed request streams of one connection, by id.
+#[derive(Debug, Clone, Default)]
+pub struct Verdicts(Arc<Mutex<HashMap<StreamId, Malformed>>>);
+
+impl Verdicts {
+    /// Takes the verdict on stream `id`, if its field section was malformed.
+    pub fn take(&self, id: StreamId) -> Option<Malformed> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+    }
+
+    fn record(&self, id: StreamId, malformed: Malformed) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, malformed);
+    }
+}
+
+type Accepted<T> = BoxStream<'static, Result<T, quinn::ConnectionError>>;
+
+/// A quinn connection as h3 sees it.
+pub struct Connection {
+    opener: Opener,
+    incoming_bidi: Accepted<(quinn::SendStream, quinn::RecvStream)>,
+    incoming_uni: Accepted<quinn::RecvStream>,
+    verdicts: Verdicts,
+    /// Beyond this many buffered bytes a HEADERS frame is too large for h3 anyway; the tee stops looking.
+    head_limit: usize,
+}
+
+impl Connection {
+    /// Wraps `connection`; request heads larger than `head_limit` are not inspected (h3 refuses them).
+    pub fn new(connection: quinn::Connection, verdicts: Verdicts, head_limit: usize) -> Self {
+        let accept_bidi = |c: quinn::Connection| async move { Some((c.accept_bi().await, c)) };
+        let accept_uni = |c: quinn::Connection| async move { Some((c.accept_uni().await, c)) };
+        Self {
+            incoming_bidi: stream::unfold(connection.clone(), accept_bidi).boxed(),
+            incoming_uni: stream::unfold(connection.clone(), accept_uni).boxed(),
+            opener: Opener::new(connection),
+            verdicts,
+            head_limit,
+        }
+    }
+}
+
+fn next_accepted<T>(
+    incoming: &mut Accepted<T>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, ConnectionErrorIncoming>> {
+    match ready!(incoming.poll_next_unpin(cx)) {
+        Some(accepted) => Poll::Ready(accepted.map_err(connection_error)),
+        None => Poll::Ready(Err(ConnectionErrorIncoming::InternalError(
+            "stream acceptance ended".to_owned(),
+        ))),
+    }
+}
+
+impl<B: Buf> quic::Connection<B> for Connection {
+    type RecvStream = RecvStream;
+    type OpenStreams = Opener;
+
+    fn poll_accept_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
+        let recv = ready!(next_accepted(&mut self.incoming_uni, cx))?;
+        Poll::Ready(RecvStream::new(recv, None).map_err(internal))
+    }
+
+    fn poll_accept_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
+        let (send, recv) = ready!(next_accepted(&mut self.incoming_bidi, cx))?;
+        let tee = Tee::new(self.verdicts.clone(), self.head_limit);
+        let stream = SendStream::new(send, true)
+            .and_then(|send| Ok(BidiStream { send, recv: RecvStream::new(recv, Some(tee))? }));
+        Poll::Ready(stream.map_err(internal))
+    }
+
+    fn opener(&self) -> Opener {
+        Opener::new(self.opener.connection.clone())
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for Connection {
+    type BidiStream = BidiStream<B>;
+    type SendStream = SendStream<B>;
+
+    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_bidi(&mut self.opener, cx)
+    }
+
+    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendStream<B>, StreamErrorIncoming>> {
+        quic::OpenStreams::<B>::poll_open_send(&mut self.opener, cx)
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        quic::OpenStreams::<B>::close(&mut self.opener, code, reason);
+    }
+}
+
+/// Opens the server's own streams (control and QPACK streams; h3 opens no bidirectional ones on a server).
+pub struct Opener {
+    connection: quinn::Connection,
+    opening_bidi: Option<Accepted<(quinn::SendStream, quinn::RecvStream)>>,
+    opening_uni: Option<Accepted<quinn::SendStream>>,
+}
+
+impl Opener {
+    fn new(connection: quinn::Connection) -> Self {
+        Self {
+            connection,
+            opening_bidi: None,
+            opening_uni: None,
+        }
+    }
+}
+
+impl<B: Buf> quic::OpenStreams<B> for Opener {
+    type BidiStream = BidiStream<B>;
+    type SendStream = SendStream<B>;
+
+    fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, StreamErrorIncoming>> {
+        let connection = &self.connection;
+        let opening = self.opening_bidi.get_or_insert_with(|| {
+            stream::unfold(connection.clone(), |c| async move { Some((c.open_bi().await, c)) }).boxed()
+        });
+        let (send, recv) = ready!(next_accepted(opening, cx)).map_err(stream_of_connection)?;
+        let stream = SendStream::new(send, true)
+            .and_then(|send| Ok(BidiStream { send, recv: RecvStream::new(recv, None)? }));
+        Poll::Ready(stream.map_err(|e| stream_of_connection(internal(e))))
+    }
+
+    fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<SendStream<B>, StreamErrorIncoming>> {
+        let connection = &self.connection;
+        let opening = self.opening_uni.get_or_insert_with(|| {
+            stream::unfold(connection.clone(), |c| async move { Some((c.open_uni().await, c)) }).boxed()
+        });
+        let send = ready!(next_accepted(opening, cx)).map_err(stream_of_connection)?;
+        // The control and QPACK streams live as long as the connection: on drop they are finished, as
+        // quinn does by default, never reset (a reset critical stream is a connection error for the peer).
+        Poll::Ready(SendStream::new(send, false).map_err(|e| stream_of_connection(internal(e))))
+    }
+
+    fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
+        let code = VarInt::from_u64(code.value()).unwrap_or(VarInt::from_u32(0x102));
+        self.connection.close(code, reason);
+    }
+}
+
+/// A request stream, both halves.
+pub struct BidiStream<B: Buf> {
+    send: SendStream<B>,
+    recv: RecvStream,
+}
+
+impl<B: Buf> quic::BidiStream<B> for BidiStream<B> {
+    type SendStream = SendStream<B>;
+    type RecvStream = RecvStream;
+
+    fn split(self) -> (SendStream<B>, RecvStream) {
+        (self.send, self.recv)
+    }
+}
+
+impl<B: Buf> quic::RecvStream for BidiStream<B> {
+    type Buf = Bytes;
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        self.recv.poll_data(cx)
+    }
+    fn stop_sending(&mut self, error_code: u64) {
+        self.recv.stop_sending(error_code);
+    }
+    fn recv_id(&self) -> StreamId {
+        self.recv.id
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for BidiStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_ready(cx)
+    }
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        self.send.send_data(data)
+    }
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.send.poll_finish(cx)
+    }
+    fn reset(&mut self, reset_code: u64) {
+        self.send.reset(reset_code);
+    }
+    fn send_id(&self) -> StreamId {
+        self.send.id
+    }
+}
+
+/// The receiving half of a stream.
+pub struct RecvStream {
+    stream: quinn::RecvStream,
+    id: StreamId,
+    /// Request streams only: follows the frames up to the first HEADERS frame.
+    tee: Option<Tee>,
+    /// The peer finished the stream and everything was read.
+    ended: bool,
+}
+
+impl RecvStream {
+    fn new(stream: quinn::RecvStream, tee: Option<Tee>) -> Result<Self, quic::InvalidStreamId> {
+        let id = StreamId::try_from(u64::from(stream.id()))?;
+        Ok(Self {
+            stream,
+            id,
+            tee,
+            ended: false,
+        })
+    }
+
+    /// True while this is a request stream whose first HEADERS frame has not arrived completely.
+    fn head_pending(&self) -> bool {
+        self.tee.as_ref().is_some_and(|tee| !tee.done)
+    }
+}
+
+impl quic::RecvStream for RecvStream {
+    type Buf = Bytes;
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
+        // A read is a new future each poll: `read_chunk` is cancel-safe (quinn keeps the waker with the
+        // stream, not in the future), and the stream is never moved out of reach of `stop_sending`.
+        let read = pin!(self.stream.read_chunk(usize::MAX, true));
+        match ready!(read.poll(cx)) {
+            Ok(Some(chunk)) => {
+                if let Some(tee) = &mut self.tee {
+                    tee.observe(self.id, &chunk.bytes);
+                }
+                Poll::Ready(Ok(Some(chunk.bytes)))
+            }
+            Ok(None) => {
+                self.ended = true;
+                Poll::Ready(Ok(None))
+            }
+            Err(error) => Poll::Ready(Err(read_error(error))),
+        }
+    }
+
+    fn stop_sending(&mut self, error_code: u64) {
+        // An already stopped or finished stream has nothing left to stop.
+        let _ = self.stream.stop(varint(error_code));
+    }
+
+    fn recv_id(&self) -> StreamId {
+        self.id
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        if self.head_pending() && !self.ended {
+            let _ = self.stream.stop(varint(H3_REQUEST_INCOMPLETE));
+        }
+    }
+}
+
+/// The sending half of a stream.
+pub struct SendStream<B: Buf> {
+    stream: quinn::SendStream,
+    id: StreamId,
+    writing: Option<WriteBuf<B>>,
+    /// Request streams are reset when dropped unfinished; the server's own streams are finished.
+    reset_on_drop: bool,
+    wrote: bool,
+    ended: bool,
+}
+
+impl<B: Buf> SendStream<B> {
+    fn new(stream: quinn::SendStream, reset_on_drop: bool) -> Result<Self, quic::InvalidStreamId> {
+        let id = StreamId::try_from(u64::from(stream.id()))?;
+        Ok(Self {
+            stream,
+            id,
+            writing: None,
+            reset_on_drop,
+            wrote: false,
+            ended: false,
+        })
+    }
+}
+
+impl<B: Buf> quic::SendStream<B> for SendStream<B> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        if let Some(data) = &mut self.writing {
+            while data.has_remaining() {
+                let written = ready!(Pin::new(&mut self.stream).poll_write(cx, data.chunk())).map_err(write_error)?;
+                data.advance(written);
+            }
+        }
+        self.writing = None;
+        Poll::Ready(Ok(()))
+    }
+
+    fn send_data<T: Into<WriteBuf<B>>>(&mut self, data: T) -> Result<(), StreamErrorIncoming> {
+        if self.writing.is_some() {
+            return Err(StreamErrorIncoming::ConnectionErrorIncoming {
+                connection_error: ConnectionErrorIncoming::InternalError(
+                    "data sent on a stream that was not ready".to_owned(),
+                ),
+            });
+        }
+        self.wrote = true;
+        self.writing = Some(data.into());
+        Ok(())
+    }
+
+    fn poll_finish(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), StreamErrorIncoming>> {
+        self.ended = true;
+        Poll::Ready(
+            self.stream
+                .finish()
+                .map_err(|e| StreamErrorIncoming::Unknown(Box::new(e))),
+        )
+    }
+
+    fn reset(&mut self, reset_code: u64) {
+        self.ended = true;
+        let _ = self.stream.reset(varint(reset_code));
+    }
+
+    fn send_id(&self) -> StreamId {
+        self.id
+    }
+}
+
+impl<B: Buf> Drop for SendStream<B> {
+    fn drop(&mut self) {
+        if self.reset_on_drop && !self.ended {
+            let code = if self.wrote {
+                H3_INTERNAL_ERROR
+            } else {
+                H3_REQUEST_INCOMPLETE
+            };
+            let _ = self.stream.reset(varint(code));
+        }
+    }
+}
+
+/// Follows the frames at the start of a request stream until its HEADERS frame has been checked.
+struct Tee {
+    verdicts: Verdicts,
+    pending: Vec<u8>,
+    done: bool,
+    limit: usize,
+}
+
+const HEADERS: u64 = 0x01;
+const DATA: u64 = 0x00;
+
+impl Tee {
+    fn new(verdicts: Verdicts, limit: usize) -> Self {
+        Self {
+            verdicts,
+            pending: Vec::new(),
+            done: false,
+            limit,
+        }
+    }
+
+    fn observe(&mut self, id: StreamId, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        // Most heads arrive in one chunk: it is inspected in place, and only what a split frame leaves over
+        // is copied.
+        if self.pending.is_empty() {
+            if let Some(consumed) = self.scan(id, data) {
+                self.keep(&data[consumed..]);
+            }
+        } else {
+            let mut buffered = std::mem::take(&mut self.pending);
+            buffered.extend_from_slice(data);
+            if let Some(consumed) = self.scan(id, &buffered) {
+                buffered.drain(..consumed);
+                self.keep(&buffered);
+            }
+        }
+    }
+
+    /// Walks whole frames; `None` once the verdict is in, else how many bytes were skipped over.
+    fn scan(&mut self, id: StreamId, input: &[u8]) -> Option<usize> {
+        let mut consumed = 0;
+        loop {
+            let mut frame = &input[consumed..];
+            let (Some(kind), Some(length)) = (varint_of(&mut frame), varint_of(&mut frame)) else {
+                return Some(consumed);
+            };
+            let header = input.len() - consumed - frame.len();
+            let length = usize::try_from(length).unwrap_or(usize::MAX);
+            if kind == DATA {
+                // DATA before HEADERS: h3 refuses the stream itself.
+                self.finish();
+                return None;
+            }
+            if frame.len() < length {
+                return Some(consumed);
+            }
+            if kind == HEADERS {
+                if let Err(malformed) = quic_fields::check_request(&frame[..length]) {
+                    self.verdicts.record(id, malformed);
+                }
+                self.finish();
+                return None;
+            }
+            // Reserved or unknown frame types before HEADERS are skipped, as h3 does.
+            consumed += header + length;
+        }
+    }
+
+    fn keep(&mut self, rest: &[u8]) {
+        if rest.len() > self.limit {
+            self.finish();
+        } else {
+            self.pending = rest.to_vec();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.done = true;
+        self.pending = Vec::new();
+    }
+}
+
+/// A QUIC variable-length integer (RFC 9000 16).
+fn varint_of(input: &mut &[u8]) -> Option<u64> {
+    let first = *input.first()?;
+    let length = 1usize << (first >> 6);
+    let bytes = input.get(1..length)?;
+    let value = bytes
+        .iter()
+        .fold(u64::from(first & 0x3f), |value, &byte| (value << 8) | u64::from(byte));
+    *input = &input[length..];
+    Some(value)
+}
+
+fn varint(code: u64) -> VarInt {
+    VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0x102))
+}
+
+fn internal(error: impl std::fmt::Display) -> ConnectionErrorIncoming {
+    ConnectionErrorIncoming::InternalError(error.to_string())
+}
+
+fn stream_of_connection(connection_error: ConnectionErrorIncoming) -> StreamErrorIncoming {
+    StreamErrorIncoming::ConnectionErrorIncoming { connection_error }
+}
+
+fn connection_error(error: quinn::ConnectionError) -> ConnectionErrorIncoming {
+    match error {
+        quinn::ConnectionError::ApplicationClosed(close) => ConnectionErrorIncoming::ApplicationClose {
+            error_code: close.error_code.into_inner(),
+        },
+        quinn::ConnectionError::TimedOut => ConnectionErrorIncoming::Timeout,
+        other => ConnectionErrorIncoming::Undefined(Arc::new(other)),
+    }
+}
+
+fn read_error(error: quinn::ReadError) -> StreamErrorIncoming {
+    match error {
+        quinn::ReadError::Reset(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        quinn::ReadError::ConnectionLost(error) => stream_of_connection(connection_error(error)),
+        other => StreamErrorIncoming::Unknown(Box::new(other)),
+    }
+}
+
+fn write_error(error: quinn::WriteError) -> StreamErrorIncoming {
+    match error {
+        quinn::WriteError::Stopped(code) => StreamErrorIncoming::StreamTerminated {
+            error_code: code.into_inner(),
+        },
+        quinn::WriteError::ConnectionLost(error) => stream_of_connection(connection_error(error)),
+        other => StreamErrorIncoming::Unknown(Box::new(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quic_varints_of_every_length() {
+        for (bytes, value) in [
+            (&[0x25][..], 37u64),
+            (&[0x7b, 0xbd][..], 15_293),
+            (&[0x9d, 0x7f, 0x3e, 0x7d][..], 494_878_333),
+            (
+                &[0xc2, 0x19, 0x7c, 0x5e, 0xff, 0x14, 0xe8, 0x8c][..],
+                151_288_809_941_952_652,
+            ),
+        ] {
+            let mut input = bytes;
+            assert_eq!(varint_of(&mut input), Some(value));
+            assert!(input.is_empty());
+        }
+        assert_eq!(varint_of(&mut &[0x7b][..]), None);
+    }
+
+    fn stream_id() -> StreamId {
+        StreamId::try_from(0u64).unwrap_or_else(|_| unreachable!())
+    }
+
+    /// A HEADERS frame around `section`.
+    fn headers_frame(section: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0x01, u8::try_from(section.len()).unwrap_or(0)];
+        frame.extend_from_slice(section);
+        frame
+    }
+
+    #[test]
+    fn the_tee_judges_a_head_split_anywhere() {
+        // `:method GET` twice: repeated pseudo-header.
+        let frame = headers_frame(&[0x00, 0x00, 0xd1, 0xd7, 0xc1, 0xd1]);
+        for split in 0..=frame.len() {
+            let verdicts = Verdicts::default();
+            let mut tee = Tee::new(verdicts.clone(), 1024);
+            tee.observe(stream_id(), &frame[..split]);
+            tee.observe(stream_id(), &frame[split..]);
+            assert!(tee.done, "split at {split}");
+            assert_eq!(verdicts.take(stream_id()), Some("repeated pseudo-header field"), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn the_tee_skips_unknown_frames_and_stops_at_data_or_the_limit() {
+        let verdicts = Verdicts::default();
+        let mut tee = Tee::new(verdicts.clone(), 1024);
+        let mut bytes = vec![0x21, 0x02, 0xaa, 0xbb];
+        bytes.extend(headers_frame(&[0x00, 0x00, 0xd1, 0xd7, 0xc1]));
+        tee.observe(stream_id(), &bytes);
+        assert!(tee.done);
+        assert_eq!(verdicts.take(stream_id()), None);
+
+        let mut tee = Tee::new(Verdicts::default(), 1024);
+        tee.observe(stream_id(), &[0x00, 0x01, b'x']);
+        assert!(tee.done);
+
+        let mut tee = Tee::new(Verdicts::default(), 8);
+        tee.observe(stream_id(), &[0x01, 0x40, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(tee.done);
+        assert!(tee.pending.is_empty());
+    }
+}

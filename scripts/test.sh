@@ -36,24 +36,5 @@ cargo build --quiet
 
 "$venv/bin/python" -m pytest -q tests/interop
 
-# Monitoring tests (tests/monitoring): the dashboard, alert rules and a real Prometheus scraping the real proxy.
-# promtool and prometheus come from Debian's package. Its install starts a distro daemon (systemd unit or
-# init script) listening on :9090, the proxy's default admin port: the tests start their own Prometheus, so
-# the distro one is stopped, disabled, and any daemon the install started is killed by pid.
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  running_before=$(pgrep -x prometheus || true)
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
-  if [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus.service >/dev/null 2>&1 || true
-  elif [ -x /etc/init.d/prometheus ]; then
-    /etc/init.d/prometheus stop >/dev/null 2>&1 || true
-  fi
-  for pid in $(pgrep -x prometheus || true); do
-    if ! grep -qxF "$pid" <<<"$running_before"; then
-      kill "$pid" 2>/dev/null || true
-    fi
-  done
-fi
-
-"$venv/bin/python" -m pytest -q tests/monitoring
+# Monitoring tests (tests/monitoring): dashboard types, provisioning, metrics docs, a real Prometheus.
+./scripts/test-monitoring.sh

@@ -184,6 +184,16 @@ impl<K: Eq + Hash> Default for CounterCache<K> {
 }
 
 impl<K: Eq + Hash> CounterCache<K> {
+    /// Registers the counter for `key` at zero, so that its series exists before the first event.
+    fn register(&self, key: K, make: impl FnOnce() -> Counter) {
+        self.counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert_with(make)
+            .absolute(0);
+    }
+
     /// Increments the counter for `key`, registering it with `make` the first time.
     fn increment(&self, key: K, make: impl FnOnce() -> Counter) {
         if let Some(counter) = self.counters.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
@@ -220,27 +230,39 @@ pub struct BackendMetrics {
 }
 
 impl BackendMetrics {
-    /// Handles for `backend` of `upstream`.
+    /// Handles for `backend` of `upstream`. The commonest request series (GET answered 200, per protocol)
+    /// are registered at zero, so that a backend shows in every panel and query from start-up.
     pub fn new(upstream: &str, backend: &str) -> Self {
         let upstream = SharedString::from_shared(Arc::<str>::from(upstream));
         let backend = SharedString::from_shared(Arc::<str>::from(backend));
-        Self {
+        let metrics = Self {
             response_time: histogram!(BACKEND_RESPONSE_TIME_SECONDS, "upstream" => upstream.clone(), "backend" => backend.clone()),
             connect_errors: counter!(BACKEND_CONNECT_ERRORS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone()),
             requests: RequestCounters::default(),
             attempts: CounterCache::default(),
             upstream,
             backend,
+        };
+        metrics
+            .attempts
+            .register(200, || metrics.attempt_counter(Some(StatusCode::OK)));
+        for protocol in PROTOCOLS {
+            metrics.requests.register(("GET", 200, protocol), || {
+                request_counter("GET", StatusCode::OK, metrics.backend.clone(), protocol)
+            });
         }
+        metrics
+    }
+
+    fn attempt_counter(&self, status: Option<StatusCode>) -> Counter {
+        let status = status.map_or(SharedString::const_str("error"), status_label);
+        counter!(BACKEND_REQUESTS_TOTAL, "upstream" => self.upstream.clone(), "backend" => self.backend.clone(), "status_code" => status)
     }
 
     /// One attempt sent to this backend: its status (`None`: no response) and time to response head.
     pub fn record_attempt(&self, status: Option<StatusCode>, elapsed: Duration) {
         let code = status.map_or(0, |s| s.as_u16());
-        self.attempts.increment(code, || {
-            let status = status.map_or(SharedString::const_str("error"), status_label);
-            counter!(BACKEND_REQUESTS_TOTAL, "upstream" => self.upstream.clone(), "backend" => self.backend.clone(), "status_code" => status)
-        });
+        self.attempts.increment(code, || self.attempt_counter(status));
         self.response_time.record(elapsed.as_secs_f64());
     }
 
@@ -327,17 +349,24 @@ impl RequestMetrics {
             None => (&self.unrouted, SharedString::const_str("-")),
         };
         counters.increment((method, status.as_u16(), protocol), || {
-            counter!(
-                HTTP_REQUESTS_TOTAL,
-                "method" => method,
-                "status_code" => status_label(status),
-                "backend" => backend_label,
-                "protocol" => protocol,
-            )
+            request_counter(method, status, backend_label, protocol)
         });
         self.protocol(protocol).duration.record(elapsed.as_secs_f64());
     }
 }
+
+fn request_counter(method: &'static str, status: StatusCode, backend: SharedString, protocol: &'static str) -> Counter {
+    counter!(
+        HTTP_REQUESTS_TOTAL,
+        "method" => method,
+        "status_code" => status_label(status),
+        "backend" => backend,
+        "protocol" => protocol,
+    )
+}
+
+/// The client protocols, as the `protocol` label names them.
+const PROTOCOLS: [&str; 3] = ["h3", "h2", "http/1.1"];
 
 /// Counts an open client connection until the returned guard is dropped.
 pub fn connection_open(protocol: &'static str) -> GaugeGuard {
@@ -398,6 +427,12 @@ fn register_process_wide() {
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
+    for protocol in PROTOCOLS {
+        counter!(CONNECTIONS_TOTAL, "protocol" => protocol).absolute(0);
+        gauge!(CONNECTIONS_OPEN, "protocol" => protocol).set(0.0);
+    }
+    // An empty histogram renders its buckets at zero.
+    drop(histogram!(QUIC_RTT_SECONDS));
     gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
 }
 

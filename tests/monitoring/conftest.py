@@ -8,6 +8,7 @@ background load keeps every rate non-zero while the dashboard queries run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -21,12 +22,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from curl_cffi import CurlHttpVersion, CurlOpt, requests
 from curl_cffi.const import CurlIpResolve
+from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -74,6 +77,11 @@ def parse_scrape(text: str) -> dict[str, float]:
 
 def metric_names(series: dict[str, float]) -> set[str]:
     return {key.split("{", 1)[0] for key in series}
+
+
+def load_yaml(path: Path):
+    """A YAML file as plain Python data (merge keys resolved), with ruamel.yaml's safe loader."""
+    return YAML(typ="safe", pure=True).load(path.read_text())
 
 
 def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
@@ -375,17 +383,32 @@ def backends(proxy_bin: Path, workdir: Path):
             backend.process.stop()
 
 
-@pytest.fixture(scope="session")
-def proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str, workdir: Path):
+@contextlib.contextmanager
+def running_proxy(
+    proxy_bin: Path, cert_pair: tuple[Path, Path], backends: list[Backend], dead_address: str, workdir: Path
+) -> Iterator["interop.Proxy"]:
+    """quic-proxy with the monitoring config, started in `workdir`; it must exit 0 on SIGTERM afterwards."""
     config = workdir / "proxy.yaml"
     write_proxy_config(config, *cert_pair, backends, dead_address)
     process = Process("quic-proxy", [str(proxy_bin), "--config", str(config)], workdir)
     try:
-        running = interop.started_proxy(process, backends)
-        yield running
+        yield interop.started_proxy(process, backends)
     finally:
         status, killed = process.stop()
     assert not killed and status == 0, f"quic-proxy did not exit cleanly on SIGTERM; stderr:\n{process.stderr()}"
+
+
+@pytest.fixture(scope="session")
+def proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str, workdir: Path):
+    with running_proxy(proxy_bin, cert_pair, backends, dead_address, workdir) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str, tmp_path: Path):
+    """A proxy of its own for one test, started just now: nothing but that test has sent it traffic."""
+    with running_proxy(proxy_bin, cert_pair, backends, dead_address, tmp_path) as running:
+        yield running
 
 
 # --- Prometheus -----------------------------------------------------------------------------------------

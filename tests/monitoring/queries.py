@@ -35,6 +35,19 @@ def all_panels(dashboard: dict) -> list[dict]:
     return [inner for panel in dashboard["panels"] for inner in [panel, *panel.get("panels", [])]]
 
 
+def query_variables(dashboard: dict) -> list[dict]:
+    """The template variables that run a Prometheus query (not the datasource picker)."""
+    return [v for v in dashboard["templating"]["list"] if v["type"] == "query"]
+
+
+def label_values_selector(variable: dict) -> str:
+    """The series selector of a `label_values(selector, label)` variable query."""
+    query = variable["query"]["query"]
+    match = re.fullmatch(r"label_values\((.*),\s*\w+\)", query)
+    assert match, f"variable {variable['name']}: not a label_values(selector, label) query: {query}"
+    return match.group(1)
+
+
 def promql_string(text: str) -> str:
     """`text` as the inside of a double-quoted PromQL string."""
     return text.replace("\\", "\\\\").replace('"', '\\"')

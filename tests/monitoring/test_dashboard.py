@@ -34,7 +34,7 @@ def test_every_panel_and_target_uses_the_datasource_input(dashboard):
         assert panel.get("targets"), f"panel {panel['title']!r} has no query"
         for target in panel["targets"]:
             assert target.get("datasource") == DATASOURCE, (panel["title"], target["refId"])
-    for variable in dashboard["templating"]["list"]:
+    for variable in queries.query_variables(dashboard):
         assert variable.get("datasource") == DATASOURCE, variable["name"]
     # No other datasource reference anywhere, such as a uid left over from the instance it was built on.
     text = json.dumps(dashboard)
@@ -44,12 +44,26 @@ def test_every_panel_and_target_uses_the_datasource_input(dashboard):
 
 def test_variables(dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert list(variables) == ["DS_PROMETHEUS", "instance", "backend"], "the data source comes first"
     instance, backend = variables["instance"], variables["backend"]
-    assert instance["definition"] == "label_values(quic_proxy_build_info, instance)"
-    assert instance["query"]["query"] == instance["definition"]
-    assert backend["definition"] == 'label_values(http_requests_total{instance=~"$instance"}, backend)'
-    assert backend["query"]["query"] == backend["definition"]
+    assert instance["query"]["query"] == "label_values(quic_proxy_build_info, instance)"
+    assert backend["query"]["query"] == 'label_values(http_requests_total{instance=~"$instance"}, backend)'
     assert backend["multi"] and backend["includeAll"] and backend["allValue"] == ".*"
+
+
+def test_datasource_resolves_both_when_imported_and_when_provisioned(dashboard):
+    # Import through the UI replaces ${DS_PROMETHEUS} with the data source picked for the input; file
+    # provisioning ignores __inputs, and Grafana then resolves ${DS_PROMETHEUS} as a template variable, so a
+    # datasource variable of that name must exist and offer Prometheus data sources.
+    inputs = {i["name"]: i for i in dashboard["__inputs"]}
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    referenced = set(re.findall(r"\$\{(\w+)\}", json.dumps([queries.all_panels(dashboard), variables])))
+    datasource_names = {name for name in referenced if name.startswith("DS_")}
+    assert datasource_names == {"DS_PROMETHEUS"}, referenced
+    for name in datasource_names:
+        assert inputs[name]["type"] == "datasource" and inputs[name]["pluginId"] == "prometheus"
+        assert variables[name]["type"] == "datasource" and variables[name]["query"] == "prometheus"
+        assert not variables[name]["multi"] and not variables[name]["includeAll"]
 
 
 def test_panel_ids_are_unique(dashboard):
@@ -121,8 +135,8 @@ def test_every_metric_in_the_dashboard_is_in_a_real_scrape(dashboard, live):
         for name in queries.metric_names(target["expr"]):
             if name not in exported:
                 missing.setdefault(name, []).append(panel["title"])
-    for variable in dashboard["templating"]["list"]:
-        for name in queries.metric_names(re.sub(r"label_values\((.*),[^,]*\)$", r"\1", variable["definition"])):
+    for variable in queries.query_variables(dashboard):
+        for name in queries.metric_names(queries.label_values_selector(variable)):
             if name not in exported:
                 missing.setdefault(name, []).append(f"variable {variable['name']}")
     assert not missing, f"not in the proxy's /metrics after traffic: {missing}"

@@ -33,9 +33,9 @@ def test_every_dashboard_query_returns_data(dashboard, live):
     instance = stack.proxy.admin_address
     exprs = [(panel["title"], target["refId"], queries.substitute(target["expr"], instance))
              for panel, target in queries.targets(dashboard)]
-    for variable in dashboard["templating"]["list"]:
+    for variable in queries.query_variables(dashboard):
         # label_values(selector, label) is a series lookup; the selector must match series.
-        selector = variable["definition"][len("label_values(") : variable["definition"].rindex(",")]
+        selector = queries.label_values_selector(variable)
         exprs.append((f"variable {variable['name']}", "-", f"count({queries.substitute(selector, instance)})"))
 
     deadline = time.monotonic() + DATA_TIMEOUT

@@ -1,17 +1,29 @@
 //! The one body type every listener and the forwarder speak.
 //!
 //! A body is a hyper `Incoming` (HTTP/1.1, HTTP/2, upstream responses), a channel fed by an HTTP/3 stream
-//! reader, a complete buffer (synthetic responses) or nothing. It may carry an in-flight guard, so that a
-//! backend counts as busy until the response body has been delivered or dropped.
+//! reader, a complete buffer (synthetic responses, bodies kept for a retry) or nothing. Around that it may
+//! carry:
+//! - an in-flight guard, so that a backend counts as busy until its response body has been delivered or
+//!   dropped, and is charged with a failure if that body fails;
+//! - an idle timeout: while the reader waits for the next frame longer than that, the body fails with the
+//!   given error (a stalled client upload, a stalled backend response). Time the reader spends not asking
+//!   (backpressure from the other side) never counts;
+//! - a signal sent once the last frame has been handed out, which starts the response-header timer only
+//!   when the request has been sent in full.
 
+use std::future::Future as _;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use http::HeaderMap;
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, Sleep};
 
 use crate::balancer::InFlight;
+use crate::error::ProxyError;
 
 /// Boxed error carried by body frames.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -23,6 +35,32 @@ pub struct Body {
     guard: Option<InFlight>,
     /// Counts the bytes that pass; records them when the body is dropped.
     meter: Option<Meter>,
+    idle: Option<Box<Idle>>,
+    /// Told when the last frame has been handed out.
+    sent: Option<oneshot::Sender<()>>,
+    exact: Option<Exact>,
+}
+
+/// A declared length, enforced: more or fewer bytes are an error, and the frame that completes the length
+/// is held back until the inner body has ended, so that a reader relaying it never sees a complete message
+/// that the client then overruns.
+struct Exact {
+    remaining: u64,
+    /// The data frame that completed the length, waiting for the inner body's end.
+    held: Option<Frame<Bytes>>,
+    /// Trailers that arrived after a held frame, handed out next.
+    queued: Option<Frame<Bytes>>,
+}
+
+const LENGTH_MISMATCH: ProxyError = ProxyError::BadRequest("request body does not match its Content-Length");
+
+/// The longest wait for a frame, and what a longer one means.
+struct Idle {
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// True while the reader is waiting and the timer runs.
+    armed: bool,
+    stalled: ProxyError,
 }
 
 /// A size histogram and the bytes seen so far.
@@ -39,7 +77,10 @@ impl Drop for Meter {
 
 enum Kind {
     Empty,
-    Full(Option<Bytes>),
+    Full {
+        data: Option<Bytes>,
+        trailers: Option<HeaderMap>,
+    },
     Incoming(hyper::body::Incoming),
     Channel {
         rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
@@ -48,42 +89,43 @@ enum Kind {
 }
 
 impl Body {
-    /// No body.
-    pub fn empty() -> Self {
-        Self {
-            kind: Kind::Empty,
-            guard: None,
-            meter: None,
-        }
-    }
-
-    /// A body held in memory.
-    pub fn full(data: impl Into<Bytes>) -> Self {
-        let data = data.into();
-        let kind = if data.is_empty() {
-            Kind::Empty
-        } else {
-            Kind::Full(Some(data))
-        };
+    fn of(kind: Kind) -> Self {
         Self {
             kind,
             guard: None,
             meter: None,
+            idle: None,
+            sent: None,
+            exact: None,
         }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self::of(Kind::Empty)
+    }
+
+    /// A body held in memory.
+    pub fn full(data: impl Into<Bytes>) -> Self {
+        Self::complete(data.into(), None)
+    }
+
+    /// A body held in memory, ending with `trailers`.
+    pub fn complete(data: Bytes, trailers: Option<HeaderMap>) -> Self {
+        if data.is_empty() && trailers.is_none() {
+            return Self::empty();
+        }
+        Self::of(Kind::Full {
+            data: (!data.is_empty()).then_some(data),
+            trailers,
+        })
     }
 
     /// A body fed through a channel; `length` is the declared Content-Length, if any.
     pub fn channel(length: Option<u64>) -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Self) {
         // A small channel: the sender waits for the receiver, so memory stays flat for any body size.
         let (tx, rx) = mpsc::channel(4);
-        (
-            tx,
-            Self {
-                kind: Kind::Channel { rx, remaining: length },
-                guard: None,
-                meter: None,
-            },
-        )
+        (tx, Self::of(Kind::Channel { rx, remaining: length }))
     }
 
     /// Records the number of bytes that pass through this body in `histogram` when it is dropped.
@@ -92,32 +134,103 @@ impl Body {
         self
     }
 
-    /// Keeps `guard` alive for as long as this body exists.
+    /// Keeps `guard` alive for as long as this body exists, and charges its backend with a failure if the
+    /// body fails.
     pub fn with_guard(mut self, guard: InFlight) -> Self {
         self.guard = Some(guard);
         self
     }
-}
 
-impl From<hyper::body::Incoming> for Body {
-    fn from(incoming: hyper::body::Incoming) -> Self {
-        Self {
-            kind: Kind::Incoming(incoming),
-            guard: None,
-            meter: None,
+    /// Fails with `stalled` when a wait for the next frame lasts longer than `timeout`.
+    pub fn with_idle_timeout(mut self, timeout: Duration, stalled: ProxyError) -> Self {
+        if !self.is_end_stream() {
+            self.idle = Some(Box::new(Idle {
+                timeout,
+                timer: Box::pin(tokio::time::sleep(timeout)),
+                armed: false,
+                stalled,
+            }));
+        }
+        self
+    }
+
+    /// Enforces the body's declared length (its exact size hint), if it has one: see [`Exact`].
+    pub fn with_exact_length(mut self) -> Self {
+        if let Some(remaining) = self.size_hint().exact().filter(|_| !self.is_end_stream()) {
+            self.exact = Some(Exact {
+                remaining,
+                held: None,
+                queued: None,
+            });
+        }
+        self
+    }
+
+    /// Sends on `sent` once the whole body has been handed out (at once for an empty body).
+    pub fn with_sent_signal(mut self, sent: oneshot::Sender<()>) -> Self {
+        if self.is_end_stream() {
+            let _ = sent.send(());
+        } else {
+            self.sent = Some(sent);
+        }
+        self
+    }
+
+    fn poll_checked(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let Some(exact) = &mut self.exact else {
+            return self.kind.poll(cx);
+        };
+        loop {
+            if let Some(trailers) = exact.queued.take() {
+                return Poll::Ready(Some(Ok(trailers)));
+            }
+            let frame = match ready!(self.kind.poll(cx)) {
+                None if exact.held.is_some() => return Poll::Ready(exact.held.take().map(Ok)),
+                None if exact.remaining == 0 => return Poll::Ready(None),
+                None => return Poll::Ready(Some(Err(LENGTH_MISMATCH.into()))),
+                Some(Err(error)) => return Poll::Ready(Some(Err(error))),
+                Some(Ok(frame)) => frame,
+            };
+            let frame = match frame.into_data() {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => {
+                    let length = data.len() as u64;
+                    if exact.held.is_some() || length > exact.remaining {
+                        return Poll::Ready(Some(Err(LENGTH_MISMATCH.into())));
+                    }
+                    exact.remaining -= length;
+                    if exact.remaining == 0 && !self.kind.is_end_stream() {
+                        exact.held = Some(Frame::data(data));
+                        continue;
+                    }
+                    Frame::data(data)
+                }
+                Err(trailers) => {
+                    if exact.remaining > 0 {
+                        return Poll::Ready(Some(Err(LENGTH_MISMATCH.into())));
+                    }
+                    match exact.held.take() {
+                        Some(held) => {
+                            exact.queued = Some(trailers);
+                            held
+                        }
+                        None => trailers,
+                    }
+                }
+            };
+            return Poll::Ready(Some(Ok(frame)));
         }
     }
 }
 
-impl http_body::Body for Body {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let polled = match &mut this.kind {
+impl Kind {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
             Kind::Empty => Poll::Ready(None),
-            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Full { data, trailers } => Poll::Ready(match data.take() {
+                Some(data) => Some(Ok(Frame::data(data))),
+                None => trailers.take().map(|t| Ok(Frame::trailers(t))),
+            }),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
             Kind::Channel { rx, remaining } => {
                 let polled = rx.poll_recv(cx);
@@ -128,28 +241,111 @@ impl http_body::Body for Body {
                 }
                 polled
             }
-        };
-        if let (Some(meter), Poll::Ready(Some(Ok(frame)))) = (this.meter.as_mut(), &polled) {
-            if let Some(data) = frame.data_ref() {
-                meter.bytes += data.len() as u64;
+        }
+    }
+}
+
+impl Idle {
+    /// Called when the inner body has nothing yet: runs the timer; `Some` once it has expired.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<ProxyError> {
+        if !self.armed {
+            self.armed = true;
+            self.timer.as_mut().reset(Instant::now() + self.timeout);
+        }
+        self.timer.as_mut().poll(cx).is_ready().then(|| self.stalled.clone())
+    }
+}
+
+impl From<hyper::body::Incoming> for Body {
+    fn from(incoming: hyper::body::Incoming) -> Self {
+        Self::of(Kind::Incoming(incoming))
+    }
+}
+
+impl Body {
+    fn signal_sent(&mut self) {
+        if let Some(sent) = self.sent.take() {
+            let _ = sent.send(());
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let mut polled = this.poll_checked(cx);
+        if let Some(idle) = this.idle.as_mut() {
+            if polled.is_pending() {
+                if let Some(stalled) = idle.poll_expired(cx) {
+                    polled = Poll::Ready(Some(Err(stalled.into())));
+                }
+            } else {
+                idle.armed = false;
             }
+        }
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(meter), Some(data)) = (this.meter.as_mut(), frame.data_ref()) {
+                    meter.bytes += data.len() as u64;
+                }
+                if this.sent.is_some() && this.is_end_stream() {
+                    this.signal_sent();
+                }
+            }
+            Poll::Ready(None) => this.signal_sent(),
+            Poll::Ready(Some(Err(error))) => {
+                if let Some(guard) = &this.guard {
+                    guard.backend().body_failed(error.as_ref());
+                }
+            }
+            Poll::Pending => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
+        if self
+            .exact
+            .as_ref()
+            .is_some_and(|e| e.held.is_some() || e.queued.is_some())
+        {
+            return false;
+        }
+        self.kind.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.exact {
+            Some(exact) => SizeHint::with_exact(
+                exact.remaining
+                    + exact
+                        .held
+                        .as_ref()
+                        .and_then(Frame::data_ref)
+                        .map_or(0, |d| d.len() as u64),
+            ),
+            None => self.kind.size_hint(),
+        }
+    }
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
             Kind::Empty => true,
-            Kind::Full(data) => data.is_none(),
+            Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Incoming(incoming) => incoming.is_end_stream(),
             Kind::Channel { .. } => false,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
+        match self {
             Kind::Empty => SizeHint::with_exact(0),
-            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
             Kind::Channel {
                 remaining: Some(left), ..

@@ -19,6 +19,10 @@ pub enum ProxyError {
     HeadTooLarge,
     #[error("the request body failed before it was complete")]
     ClientBodyFailed,
+    #[error("the client sent no request body data for {0:?}")]
+    ClientBodyTimeout(std::time::Duration),
+    #[error("CONNECT is not supported: this is a reverse proxy")]
+    MethodNotAllowed,
     #[error("0-RTT early data is only accepted for safe methods; retry after the handshake")]
     TooEarly,
     #[error("no route for this host and path")]
@@ -36,6 +40,11 @@ pub enum ProxyError {
     },
     #[error("{backend} failed: {cause}")]
     UpstreamFailed { backend: String, cause: String },
+    #[error("{backend} sent no response body data for {after:?}")]
+    UpstreamBodyStalled {
+        backend: String,
+        after: std::time::Duration,
+    },
 }
 
 impl ProxyError {
@@ -43,26 +52,35 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) | Self::ClientBodyFailed => StatusCode::BAD_REQUEST,
+            Self::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::TooEarly => StatusCode::TOO_EARLY,
             Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
-            Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } | Self::UpstreamBodyStalled { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
         }
     }
 
     /// Who is to blame, for logs and metrics.
     pub fn origin(&self) -> Origin {
         match self {
-            Self::BadRequest(_) | Self::HeadTooLarge | Self::ClientBodyFailed | Self::NoRoute | Self::TooEarly => {
-                Origin::Client
-            }
+            Self::BadRequest(_)
+            | Self::HeadTooLarge
+            | Self::ClientBodyFailed
+            | Self::ClientBodyTimeout(_)
+            | Self::MethodNotAllowed
+            | Self::NoRoute
+            | Self::TooEarly => Origin::Client,
             Self::NoBackend { .. } => Origin::Proxy,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }
             | Self::ResponseTimeout { .. }
-            | Self::UpstreamFailed { .. } => Origin::Upstream,
+            | Self::UpstreamFailed { .. }
+            | Self::UpstreamBodyStalled { .. } => Origin::Upstream,
         }
     }
 
@@ -82,12 +100,16 @@ impl ProxyError {
             Self::ConnectFailed { cause, .. } | Self::UpstreamFailed { cause, .. } => cause.clone(),
             Self::ConnectTimeout { .. } => "connect timed out".to_owned(),
             Self::ResponseTimeout { .. } => "response headers timed out".to_owned(),
+            Self::UpstreamBodyStalled { .. } => "response body stalled".to_owned(),
             other => other.to_string(),
         }
     }
 
     /// True when the client's connection must be closed after the response (framing errors).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::BadRequest(_) | Self::HeadTooLarge)
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::HeadTooLarge | Self::ClientBodyFailed | Self::ClientBodyTimeout(_)
+        )
     }
 }

@@ -135,6 +135,17 @@ impl Backend {
         self.drained.swap(drained, Ordering::Relaxed)
     }
 
+    /// A response body from this backend failed (reset, cut short, or stalled): a passive-health failure.
+    pub fn body_failed(self: &Arc<Self>, error: &(dyn std::error::Error + 'static)) {
+        let cause = match error.downcast_ref::<crate::error::ProxyError>() {
+            Some(error) => error.cause(),
+            None => format!("response body failed: {error}"),
+        };
+        if let Some(transition) = self.health.record_request(Err(cause)) {
+            crate::health::announce(self, transition);
+        }
+    }
+
     /// Healthy and not drained: the balancer may pick it.
     pub fn is_usable(&self) -> bool {
         self.health.is_healthy() && !self.is_drained()

@@ -8,6 +8,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use crate::balancer::Backend;
 use crate::body::Body;
@@ -33,21 +35,41 @@ impl Forwarder {
         Self { client }
     }
 
-    /// Sends `request` (already addressed to `backend`) and waits up to `timeout` for the response head.
+    /// Sends `request` (already addressed to `backend`) and waits for the response head, for at most
+    /// `timeout` after the request body has been sent in full (`sent` says when): however slowly a client
+    /// uploads, that time is never the backend's. Returns the outcome and how long the backend took to
+    /// answer once it had the whole request.
     pub async fn send(
         &self,
         backend: &Backend,
         request: Request<Body>,
+        sent: oneshot::Receiver<()>,
         timeout: Duration,
-    ) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(timeout, self.client.request(request)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(classify(backend, &error)),
+    ) -> (Result<Response<Incoming>, ProxyError>, Duration) {
+        let started = Instant::now();
+        let response = self.client.request(request);
+        tokio::pin!(response);
+        let sent_at = tokio::select! {
+            response = &mut response => {
+                return (response.map_err(|error| classify(backend, &error)), started.elapsed());
+            }
+            sent = sent => match sent {
+                Ok(()) => Instant::now(),
+                // A body that fails is never sent in full; the response future ends with its error instead.
+                Err(_) => {
+                    let response = response.await.map_err(|error| classify(backend, &error));
+                    return (response, started.elapsed());
+                }
+            },
+        };
+        let result = match tokio::time::timeout(timeout, response).await {
+            Ok(response) => response.map_err(|error| classify(backend, &error)),
             Err(_) => Err(ProxyError::ResponseTimeout {
                 backend: backend.name.clone(),
                 after: timeout,
             }),
-        }
+        };
+        (result, sent_at.elapsed())
     }
 }
 

@@ -148,6 +148,9 @@ impl Core {
 
         let is_http1 = request.version() <= Version::HTTP_11;
         let upgrade = is_http1 && headers::is_upgrade_request(request.headers());
+        // The connection's framing is no longer followed after a head that asks for an upgrade (its bytes may
+        // become tunnel data), so unless the upgrade happens, the connection ends with this response.
+        let close_unless_switched = is_http1 && request.headers().contains_key(header::UPGRADE);
         let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
@@ -175,6 +178,11 @@ impl Core {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let idempotent = is_idempotent(&parts.method);
 
+        let timeouts = snapshot.config.timeouts;
+        let client_body_timeout = snapshot.config.server.client_body_timeout;
+        let body = body
+            .with_exact_length()
+            .with_idle_timeout(client_body_timeout, ProxyError::ClientBodyTimeout(client_body_timeout));
         let retries = if upgrade { 0 } else { upstream.policy.retries };
         let (mut body, replay) = replayable(body, retries, upstream.policy.retry_buffer).await?;
         let attempts = if replay.is_some() { retries + 1 } else { 1 };
@@ -195,10 +203,14 @@ impl Core {
             outcome.backend = Some(Arc::clone(&backend));
             let in_flight = backend.start_request();
             let last = attempt >= attempts;
-            let mut upstream_request = Request::new(match &replay {
-                Some(bytes) => Body::full(bytes.clone()),
-                None => std::mem::replace(&mut body, Body::empty()),
-            });
+            let (sent, sending) = tokio::sync::oneshot::channel();
+            let mut upstream_request = Request::new(
+                match &replay {
+                    Some(kept) => kept.body(),
+                    None => std::mem::replace(&mut body, Body::empty()),
+                }
+                .with_sent_signal(sent),
+            );
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.version_mut() = Version::HTTP_11;
             *upstream_request.headers_mut() = if last {
@@ -213,14 +225,13 @@ impl Core {
                 .build()
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
-            let sent = Instant::now();
-            let result = self
+            let (result, waited) = self
                 .forwarder()
-                .send(&backend, upstream_request, snapshot.config.timeouts.response_header)
+                .send(&backend, upstream_request, sending, timeouts.response_header)
                 .await;
             backend
                 .metrics
-                .record_attempt(result.as_ref().ok().map(Response::status), sent.elapsed());
+                .record_attempt(result.as_ref().ok().map(Response::status), waited);
             if let Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) = &result {
                 backend.metrics.record_connect_error();
             }
@@ -252,8 +263,26 @@ impl Core {
                 tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
                 return Ok(response.map(|_| Body::empty()));
             }
+            // RFC 9112 6.3: chunked framing wins over a Content-Length sent with it, which must not be passed on
+            // (the client would take the body for complete after that many bytes).
+            if response.headers().contains_key(header::TRANSFER_ENCODING) {
+                response.headers_mut().remove(header::CONTENT_LENGTH);
+            }
             headers::remove_hop_by_hop(response.headers_mut(), false);
-            return Ok(response.map(|body| Body::from(body).with_guard(in_flight)));
+            if close_unless_switched {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            let stalled = ProxyError::UpstreamBodyStalled {
+                backend: backend.name.clone(),
+                after: timeouts.response_body,
+            };
+            return Ok(response.map(|body| {
+                Body::from(body)
+                    .with_idle_timeout(timeouts.response_body, stalled)
+                    .with_guard(in_flight)
+            }));
         }
     }
 }
@@ -266,23 +295,46 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
+/// A request body read completely, so that it can be sent again.
+struct Kept {
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl Kept {
+    fn body(&self) -> Body {
+        Body::complete(self.data.clone(), self.trailers.clone())
+    }
+}
+
 /// Splits a request body into what the first attempt sends and, when retries may need it again, a copy.
 /// Empty bodies and bodies of known size up to `limit` are kept; anything else streams once, unretried.
-async fn replayable(body: Body, retries: u32, limit: u64) -> Result<(Body, Option<Bytes>), ProxyError> {
+async fn replayable(body: Body, retries: u32, limit: u64) -> Result<(Body, Option<Kept>), ProxyError> {
     if retries == 0 {
         return Ok((body, None));
     }
     if body.is_end_stream() {
-        return Ok((body, Some(Bytes::new())));
+        let empty = Kept {
+            data: Bytes::new(),
+            trailers: None,
+        };
+        return Ok((body, Some(empty)));
     }
     match body.size_hint().exact() {
         Some(length) if length <= limit => {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|_| ProxyError::BadRequest("request body could not be read"))?
-                .to_bytes();
-            Ok((Body::empty(), Some(bytes)))
+            let collected = body.collect().await.map_err(|error| {
+                // A stalled or failed client body says why; anything else is the client's body failing.
+                error
+                    .downcast_ref::<ProxyError>()
+                    .cloned()
+                    .unwrap_or(ProxyError::ClientBodyFailed)
+            })?;
+            let trailers = collected.trailers().cloned();
+            let kept = Kept {
+                data: collected.to_bytes(),
+                trailers,
+            };
+            Ok((Body::empty(), Some(kept)))
         }
         _ => Ok((body, None)),
     }
@@ -307,6 +359,14 @@ async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
 fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
     if let Some(Refused(error)) = request.extensions().get::<Refused>() {
         return Err(error.clone());
+    }
+    // A reverse proxy is no tunnel: CONNECT (and extended CONNECT) is answered here, never forwarded.
+    if request.method() == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    // The asterisk form is for OPTIONS alone (RFC 9110 9.3.7, RFC 9114 4.3.1).
+    if request.uri().path() == "*" && request.method() != Method::OPTIONS {
+        return Err(ProxyError::BadRequest("only OPTIONS may have the target *"));
     }
     if request.version() > Version::HTTP_11 {
         return check_fields(request);
@@ -419,6 +479,12 @@ pub fn error_response(error: &ProxyError, version: Version) -> Response<Body> {
     } = error
     {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
+    }
+    if let ProxyError::MethodNotAllowed = error {
+        headers.insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+        );
     }
     if error.closes_connection() && version <= Version::HTTP_11 {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

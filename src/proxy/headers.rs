@@ -10,10 +10,13 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// Removes hop-by-hop headers: the fixed set and every header named in `Connection`. With `keep_upgrade`,
 /// `Connection: upgrade` and `Upgrade` survive, for a protocol upgrade the backend must see.
-/// `TE: trailers` is kept as the proxy's own: it relays trailers, so the backend may send them.
+/// `TE: trailers` is kept as the proxy's own: it relays trailers, so the backend may send them. `Trailer`
+/// is end-to-end (RFC 9110 6.6.2) and stays: it names the trailer fields a chunked body will end with.
+/// `HTTP2-Settings` only ever belongs to an h2c upgrade, which is never forwarded.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     let accepts_trailers = headers
         .get_all(header::TE)
@@ -45,7 +48,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         PROXY_CONNECTION,
         header::TE,
         header::TRANSFER_ENCODING,
-        header::TRAILER,
+        HTTP2_SETTINGS,
     ] {
         headers.remove(name);
     }
@@ -59,9 +62,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// True when the request asks for a protocol upgrade (`Connection: upgrade` with an `Upgrade` header).
+/// True when the request asks for a protocol upgrade (`Connection: upgrade` with an `Upgrade` header) that
+/// may be forwarded. An upgrade to h2c never is: a backend that accepted it would speak HTTP/2 over a
+/// connection the proxy treats as an opaque tunnel, outside every check (h2c smuggling).
 pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().to_ascii_lowercase().starts_with("h2c"));
     headers.contains_key(header::UPGRADE)
+        && !h2c
         && headers
             .get_all(header::CONNECTION)
             .iter()
@@ -174,12 +186,28 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "websocket"),
             ("proxy-connection", "keep-alive"),
-            ("trailer", "x"),
+            ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ("trailer", "x-checksum"),
             ("accept", "*/*"),
         ]);
         remove_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert!(h.contains_key("accept"));
+        assert!(h.contains_key("trailer"), "Trailer is end-to-end");
+    }
+
+    #[test]
+    fn an_h2c_upgrade_is_never_an_upgrade_to_forward() {
+        for upgrade in ["h2c", "H2C", "websocket, h2c", "h2c-14"] {
+            let mut h = headers(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", upgrade),
+                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ]);
+            assert!(!is_upgrade_request(&h), "{upgrade}");
+            remove_hop_by_hop(&mut h, false);
+            assert!(h.is_empty(), "{upgrade}: {h:?}");
+        }
     }
 
     #[test]

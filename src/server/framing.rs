@@ -1,14 +1,20 @@
-//! Watches an HTTP/1.1 connection's bytes as hyper reads them, finds each request head, and flags heads
-//! that hyper would let through but a proxy must refuse:
+//! Watches an HTTP/1.1 connection's bytes on their way to hyper, finds each request head, and flags heads
+//! that hyper would let through, or answer wrongly, but a proxy must refuse:
 //! - both Content-Length and Transfer-Encoding: hyper drops Content-Length and keeps the connection open,
 //!   but another hop may frame the body differently (request smuggling);
-//! - a head over the size limit: hyper checks its limit only between reads, so it can overshoot by one read.
+//! - a head over the size limit: hyper checks its limit only between reads, so it can overshoot by one read;
+//! - a Content-Length hyper cannot represent (2^64-2 and up): hyper answers 431, but it is a bad request.
+//!
+//! A head is held back until it is complete, then judged and handed to hyper whole, so the watch and hyper
+//! always agree on where a head ends (the same line-ending rules as httparse) and a head can be neutralised
+//! before hyper parses it: an unrepresentable Content-Length is rewritten to `0` (padded to the same length)
+//! and the request flagged. Body bytes are passed on as they come, never held.
 //!
 //! The core answers a flagged request (400 or 431) and closes the connection.
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -23,13 +29,16 @@ pub enum FramingViolation {
     ConflictingLength,
     /// The head is larger than the limit.
     HeadTooLarge,
+    /// A Content-Length too large to represent.
+    InvalidLength,
 }
 
 /// Shared between the watcher and the connection's service: the first flagged head and why.
 #[derive(Debug)]
 pub struct Verdicts {
     first_flagged: AtomicU64,
-    too_large: AtomicBool,
+    /// The first flagged head's violation, as `FramingViolation as u8`.
+    violation: AtomicU8,
     answered: AtomicU64,
 }
 
@@ -39,6 +48,7 @@ impl FramingViolation {
         match self {
             Self::ConflictingLength => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
             Self::HeadTooLarge => ProxyError::HeadTooLarge,
+            Self::InvalidLength => ProxyError::BadRequest("invalid Content-Length"),
         }
     }
 }
@@ -47,15 +57,14 @@ impl Verdicts {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             first_flagged: AtomicU64::new(u64::MAX),
-            too_large: AtomicBool::new(false),
+            violation: AtomicU8::new(0),
             answered: AtomicU64::new(0),
         })
     }
 
     fn flag(&self, index: u64, violation: FramingViolation) {
         if self.first_flagged.fetch_min(index, Ordering::Relaxed) > index {
-            self.too_large
-                .store(violation == FramingViolation::HeadTooLarge, Ordering::Relaxed);
+            self.violation.store(violation as u8, Ordering::Relaxed);
         }
     }
 
@@ -63,12 +72,10 @@ impl Verdicts {
     /// The connection closes after a flagged request, so every later request inherits the verdict.
     pub fn next_request(&self) -> Option<FramingViolation> {
         let index = self.answered.fetch_add(1, Ordering::Relaxed);
-        (index >= self.first_flagged.load(Ordering::Relaxed)).then(|| {
-            if self.too_large.load(Ordering::Relaxed) {
-                FramingViolation::HeadTooLarge
-            } else {
-                FramingViolation::ConflictingLength
-            }
+        (index >= self.first_flagged.load(Ordering::Relaxed)).then(|| match self.violation.load(Ordering::Relaxed) {
+            v if v == FramingViolation::HeadTooLarge as u8 => FramingViolation::HeadTooLarge,
+            v if v == FramingViolation::InvalidLength as u8 => FramingViolation::InvalidLength,
+            _ => FramingViolation::ConflictingLength,
         })
     }
 }
@@ -79,6 +86,9 @@ pub struct FramingWatch<T> {
     inner: T,
     tracker: Tracker,
     verdicts: Arc<Verdicts>,
+    /// Released bytes hyper's buffer had no room for yet, and how many of them it has taken.
+    overflow: Vec<u8>,
+    taken: usize,
 }
 
 impl<T> FramingWatch<T> {
@@ -96,6 +106,8 @@ impl<T> FramingWatch<T> {
                 inner,
                 tracker,
                 verdicts: Arc::clone(&verdicts),
+                overflow: Vec::new(),
+                taken: 0,
             },
             verdicts,
         )
@@ -113,24 +125,64 @@ thread_local! {
 impl<T: Read + Unpin> Read for FramingWatch<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.tracker.phase == Phase::Done {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
-        }
-        SCRATCH_BUFFER.with_borrow_mut(|scratch| {
-            let room = buf.remaining().min(scratch.len());
-            let mut read_buf = hyper::rt::ReadBuf::new(&mut scratch[..room]);
-            match Pin::new(&mut this.inner).poll_read(cx, read_buf.unfilled()) {
-                Poll::Ready(Ok(())) => {
-                    let filled = read_buf.filled();
-                    if let Some((index, violation)) = this.tracker.feed(filled) {
-                        this.verdicts.flag(index, violation);
-                    }
-                    buf.put_slice(filled);
-                    Poll::Ready(Ok(()))
+        loop {
+            if this.taken < this.overflow.len() {
+                let take = buf.remaining().min(this.overflow.len() - this.taken);
+                buf.put_slice(&this.overflow[this.taken..this.taken + take]);
+                this.taken += take;
+                if this.taken == this.overflow.len() {
+                    this.overflow.clear();
+                    this.taken = 0;
                 }
-                other => other,
+                return Poll::Ready(Ok(()));
             }
-        })
+            if this.tracker.phase == Phase::Done {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            let mut delivered = 0usize;
+            let stop = SCRATCH_BUFFER.with_borrow_mut(|scratch| {
+                // A body of known length is read no further than its end, so the next head starts a read.
+                let room = match this.tracker.phase {
+                    Phase::Fixed(left) => usize::try_from(left).unwrap_or(usize::MAX).min(scratch.len()),
+                    _ => scratch.len(),
+                };
+                let mut read_buf = hyper::rt::ReadBuf::new(&mut scratch[..room]);
+                match Pin::new(&mut this.inner).poll_read(cx, read_buf.unfilled()) {
+                    Poll::Ready(Ok(())) => {}
+                    other => return Some(other),
+                }
+                let filled = read_buf.filled();
+                if filled.is_empty() {
+                    // End of input: whatever is held goes to hyper, which judges an incomplete head itself.
+                    this.tracker
+                        .release_held(&mut |bytes| this.overflow.extend_from_slice(bytes));
+                    this.tracker.phase = Phase::Done;
+                    return this.overflow.is_empty().then_some(Poll::Ready(Ok(())));
+                }
+                let (overflow, buf) = (&mut this.overflow, &mut buf);
+                let mut emit = |bytes: &[u8]| {
+                    let direct = if overflow.is_empty() {
+                        buf.remaining().min(bytes.len())
+                    } else {
+                        0
+                    };
+                    buf.put_slice(&bytes[..direct]);
+                    delivered += direct;
+                    overflow.extend_from_slice(&bytes[direct..]);
+                };
+                if let Some((index, violation)) = this.tracker.feed(filled, &mut emit) {
+                    this.verdicts.flag(index, violation);
+                }
+                None
+            });
+            if let Some(polled) = stop {
+                return polled;
+            }
+            if delivered > 0 {
+                return Poll::Ready(Ok(()));
+            }
+            // Nothing for hyper yet: a head is still incomplete (read on), or it all went to the overflow.
+        }
     }
 }
 
@@ -190,41 +242,55 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Consumes bytes; returns the index of a flagged head and why, if one is found here.
-    fn feed(&mut self, mut data: &[u8]) -> Option<(u64, FramingViolation)> {
+    /// Consumes bytes, handing to `emit` what may go on to hyper now (head bytes are held until the head is
+    /// complete); returns the index of a flagged head and why, if one is found here.
+    fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) -> Option<(u64, FramingViolation)> {
         let mut flagged = None;
         while !data.is_empty() {
-            match self.phase {
-                Phase::Done => return flagged,
+            let passed = match self.phase {
+                Phase::Done => data.len(),
                 Phase::Head => {
-                    let consumed = self.feed_head(data, &mut flagged);
+                    let consumed = self.feed_head(data, &mut flagged, emit);
                     data = &data[consumed..];
+                    continue;
                 }
                 Phase::Fixed(left) => {
                     let take = left.min(data.len() as u64);
-                    data = &data[take as usize..];
                     self.phase = if take == left {
                         Phase::Head
                     } else {
                         Phase::Fixed(left - take)
                     };
+                    take as usize
                 }
                 Phase::ChunkData(left) => {
                     let take = left.min(data.len() as u64);
-                    data = &data[take as usize..];
                     self.phase = if take == left {
                         Phase::ChunkEnd { seen_cr: false }
                     } else {
                         Phase::ChunkData(left - take)
                     };
+                    take as usize
                 }
                 _ => {
-                    self.phase = self.step(data[0]);
-                    data = &data[1..];
+                    let mut taken = 0;
+                    while taken < data.len() && self.phase.is_framing_byte() {
+                        self.phase = self.step(data[taken]);
+                        taken += 1;
+                    }
+                    taken
                 }
-            }
+            };
+            emit(&data[..passed]);
+            data = &data[passed..];
         }
         flagged
+    }
+
+    /// Hands everything held to `emit` (the connection's input ended: hyper judges what it got).
+    fn release_held(&mut self, emit: &mut impl FnMut(&[u8])) {
+        emit(&self.head);
+        self.head.clear();
     }
 
     /// One byte of chunked framing outside chunk data.
@@ -276,36 +342,44 @@ impl Tracker {
         }
     }
 
-    /// Appends head bytes until the blank line; then classifies the head. Returns bytes consumed.
-    fn feed_head(&mut self, data: &[u8], flagged: &mut Option<(u64, FramingViolation)>) -> usize {
-        // Empty lines before a request line are allowed and ignored.
+    /// Holds head bytes until the blank line; then judges the head and hands it on whole. Returns bytes
+    /// consumed.
+    fn feed_head(
+        &mut self,
+        data: &[u8],
+        flagged: &mut Option<(u64, FramingViolation)>,
+        emit: &mut impl FnMut(&[u8]),
+    ) -> usize {
+        // Empty lines before a request line are allowed and ignored (hyper skips them too).
         if self.head.is_empty() {
             let skip = data.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
             if skip > 0 {
+                emit(&data[..skip]);
                 return skip;
             }
         }
         let before = self.head.len();
         self.head.extend_from_slice(data);
-        let search_from = before.saturating_sub(3);
+        let search_from = before.saturating_sub(2);
         let end = find_head_end(&self.head[search_from..]).map(|e| e + search_from);
         let index = self.heads;
         if end.unwrap_or(self.head.len()) > self.max_head {
+            // hyper refuses it too; the flag makes sure of the status even when hyper's check overshoots.
             *flagged = Some((index, FramingViolation::HeadTooLarge));
             self.phase = Phase::Done;
+            self.release_held(emit);
             return data.len();
         }
         let Some(end) = end else {
             return data.len();
         };
         let consumed = end - before;
-        let head = std::mem::take(&mut self.head);
         self.heads += 1;
-        self.phase = match classify(&head[..end]) {
-            Framing::Conflicting => {
-                *flagged = Some((index, FramingViolation::ConflictingLength));
-                Phase::Done
-            }
+        let (framing, violation) = classify(&mut self.head[..end]);
+        if let Some(violation) = violation {
+            flagged.get_or_insert((index, violation));
+        }
+        self.phase = match framing {
             Framing::Length(0) => Phase::Head,
             Framing::Length(length) => Phase::Fixed(length),
             Framing::Chunked => Phase::ChunkSize {
@@ -315,62 +389,142 @@ impl Tracker {
             },
             Framing::Untracked => Phase::Done,
         };
+        emit(&self.head[..end]);
+        self.head.clear();
+        if self.head.capacity() > KEPT_HEAD_CAPACITY {
+            self.head = Vec::new();
+        }
         consumed
     }
 }
 
-/// End of the head (just past the blank line), accepting bare LF line ends as hyper does.
+/// A head buffer larger than this is not kept for the connection's next head.
+const KEPT_HEAD_CAPACITY: usize = 8 * 1024;
+
+/// End of the head (just past the blank line), with the line endings httparse accepts: a line ends with
+/// CRLF or a bare LF, and the blank line is CRLF or LF, so `\n\n`, `\n\r\n`, `\r\n\n` and `\r\n\r\n` all end a
+/// head.
 fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).enumerate().find_map(|(i, w)| match w {
-        b"\n\n" => Some(i + 2),
-        b"\r\n" if bytes.get(i + 2..i + 4) == Some(b"\r\n") => Some(i + 4),
-        _ => None,
-    })
+    let mut from = 0;
+    while let Some(offset) = bytes[from..].iter().position(|&b| b == b'\n') {
+        let newline = from + offset;
+        match bytes.get(newline + 1..) {
+            Some([b'\n', ..]) => return Some(newline + 2),
+            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
+            _ => from = newline + 1,
+        }
+    }
+    None
 }
 
 enum Framing {
-    Conflicting,
     Length(u64),
     Chunked,
     /// CONNECT, or heads hyper will refuse: stop tracking.
     Untracked,
 }
 
-fn classify(head: &[u8]) -> Framing {
+/// The largest Content-Length hyper represents; above it hyper answers 431 instead of 400.
+const MAX_LENGTH: u64 = u64::MAX - 2;
+
+/// How a head frames its body, and what is wrong with it. A Content-Length too large to represent is
+/// rewritten in place to `0` (padded with spaces, which hyper trims), so that hyper passes the request to
+/// the core, which refuses it.
+fn classify(head: &mut [u8]) -> (Framing, Option<FramingViolation>) {
     let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut more_headers;
     let mut request = httparse::Request::new(&mut headers);
-    if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
-        return Framing::Untracked;
+    let parsed = match request.parse(head) {
+        Err(httparse::Error::TooManyHeaders) => {
+            // Rare: more fields than fit on the stack; every line is at most one field.
+            let lines = head.iter().filter(|&&b| b == b'\n').count();
+            more_headers = vec![httparse::EMPTY_HEADER; lines];
+            request = httparse::Request::new(&mut more_headers);
+            request.parse(head)
+        }
+        other => other,
+    };
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
+        return (Framing::Untracked, None);
     }
     let mut length = None;
+    let mut unrepresentable = Vec::new();
     let mut chunked = None;
-    // An upgrade request is still framed as HTTP: if the backend declines it, the next request follows.
-    // After a 101 the bytes are tunnel data, which hyper no longer parses, so verdicts no longer matter.
-    let tunnel = request.method == Some("CONNECT");
+    // After CONNECT or an upgrade request the bytes may be tunnel data, which must flow at once and which
+    // hyper no longer parses; tracking stops, and the core closes the connection if the upgrade is declined.
+    let mut tunnel = request.method == Some("CONNECT");
     for header in request.headers.iter() {
+        if header.name.eq_ignore_ascii_case("upgrade") {
+            tunnel = true;
+        }
         if header.name.eq_ignore_ascii_case("content-length") {
-            length = std::str::from_utf8(header.value)
+            let value = std::str::from_utf8(header.value)
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .or(Some(u64::MAX));
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if value.is_some_and(|v| v > MAX_LENGTH) {
+                let start = header.value.as_ptr() as usize - head.as_ptr() as usize;
+                unrepresentable.push(start..start + header.value.len());
+            }
+            length = value.or(Some(u64::MAX));
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = header.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    match (length, chunked) {
-        (Some(_), Some(_)) => Framing::Conflicting,
-        _ if tunnel => Framing::Untracked,
+    let conflicting = length.is_some() && chunked.is_some();
+    let framing = match (length, chunked) {
+        _ if tunnel || conflicting => Framing::Untracked,
         (_, Some(true)) => Framing::Chunked,
         (_, Some(false)) | (Some(u64::MAX), None) => Framing::Untracked,
         (Some(length), None) => Framing::Length(length),
         (None, None) => Framing::Length(0),
+    };
+    if conflicting {
+        return (framing, Some(FramingViolation::ConflictingLength));
+    }
+    if unrepresentable.is_empty() {
+        return (framing, None);
+    }
+    for range in unrepresentable {
+        if let Some(value) = head.get_mut(range) {
+            value.fill(b' ');
+            value[0] = b'0';
+        }
+    }
+    (Framing::Length(0), Some(FramingViolation::InvalidLength))
+}
+
+impl Phase {
+    /// True in the phases that read chunked framing a byte at a time.
+    fn is_framing_byte(self) -> bool {
+        matches!(
+            self,
+            Phase::ChunkSize { .. } | Phase::ChunkEnd { .. } | Phase::Trailers { .. }
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Tracker {
+        /// Feeds bytes, discarding what would go on to hyper.
+        fn feed_all(&mut self, data: &[u8]) -> Option<(u64, FramingViolation)> {
+            self.feed(data, &mut |_| {})
+        }
+
+        /// Feeds bytes in pieces of `chunk`, returning everything released and the first flag.
+        fn pass(&mut self, data: &[u8], chunk: usize) -> (Vec<u8>, Option<(u64, FramingViolation)>) {
+            let mut out = Vec::new();
+            let mut flagged = None;
+            for piece in data.chunks(chunk.max(1)) {
+                let found = self.feed(piece, &mut |bytes: &[u8]| out.extend_from_slice(bytes));
+                flagged = flagged.or(found);
+            }
+            (out, flagged)
+        }
+    }
 
     fn tracker() -> Tracker {
         Tracker {
@@ -384,7 +538,7 @@ mod tests {
     /// Feeds `stream` one byte at a time, the worst split, and returns the flagged head, if any.
     fn flagged_bytewise(stream: &[u8]) -> Option<(u64, FramingViolation)> {
         let mut t = tracker();
-        stream.chunks(1).find_map(|b| t.feed(b))
+        stream.chunks(1).find_map(|b| t.feed_all(b))
     }
 
     const CONFLICT: FramingViolation = FramingViolation::ConflictingLength;
@@ -393,8 +547,8 @@ mod tests {
     fn flags_conflicting_head_in_either_order() {
         let cl_first = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
         let te_first = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n";
-        assert_eq!(tracker().feed(cl_first), Some((0, CONFLICT)));
-        assert_eq!(tracker().feed(te_first), Some((0, CONFLICT)));
+        assert_eq!(tracker().feed_all(cl_first), Some((0, CONFLICT)));
+        assert_eq!(tracker().feed_all(te_first), Some((0, CONFLICT)));
         assert_eq!(flagged_bytewise(te_first), Some((0, CONFLICT)));
     }
 
@@ -410,7 +564,7 @@ mod tests {
             b"PUT /d HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n",
         );
         assert_eq!(flagged_bytewise(&stream), Some((3, CONFLICT)));
-        assert_eq!(tracker().feed(&stream), Some((3, CONFLICT)));
+        assert_eq!(tracker().feed_all(&stream), Some((3, CONFLICT)));
     }
 
     #[test]
@@ -424,7 +578,7 @@ mod tests {
         }
         assert_eq!(flagged_bytewise(&stream), None);
         let mut t = tracker();
-        assert_eq!(t.feed(&stream), None);
+        assert_eq!(t.feed_all(&stream), None);
         assert_eq!(t.heads, 6);
         assert_eq!(t.phase, Phase::Head);
     }
@@ -465,13 +619,42 @@ mod tests {
 
     proptest::proptest! {
         #[test]
+        fn the_head_end_agrees_with_httparse_for_every_line_ending(
+            endings in proptest::collection::vec(proptest::bool::ANY, 1..12),
+            fields in 0usize..10,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..32),
+        ) {
+            let head = head_with_endings(&endings, fields);
+            let mut bytes = head.clone();
+            bytes.extend_from_slice(&tail);
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let parsed = httparse::Request::new(&mut headers).parse(&bytes);
+            proptest::prop_assert_eq!(parsed, Ok(httparse::Status::Complete(head.len())));
+            proptest::prop_assert_eq!(find_head_end(&bytes), Some(head.len()));
+        }
+
+        #[test]
+        fn a_valid_stream_passes_through_byte_for_byte_however_split(
+            requests in proptest::collection::vec(
+                (0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..200), proptest::collection::vec(1usize..90, 0..4)),
+                1..6,
+            ),
+            chunk in 1usize..120,
+        ) {
+            let stream: Vec<u8> = requests.iter().flat_map(|(kind, body, cuts)| request(*kind, body, cuts)).collect();
+            let (out, flagged) = tracker().pass(&stream, chunk);
+            proptest::prop_assert_eq!(flagged, None);
+            proptest::prop_assert_eq!(out, stream);
+        }
+
+        #[test]
         fn any_bytes_in_any_chunking_never_panic_and_stay_bounded(
             data in proptest::collection::vec(proptest::num::u8::ANY, 0..4096),
             chunk in 1usize..64,
         ) {
             let mut t = Tracker { phase: Phase::Head, head: Vec::new(), max_head: 512, heads: 0 };
             for piece in data.chunks(chunk) {
-                t.feed(piece);
+                t.feed_all(piece);
                 proptest::prop_assert!(t.head.len() <= 512 + 64);
             }
         }
@@ -486,14 +669,96 @@ mod tests {
         ) {
             let stream: Vec<u8> = requests.iter().flat_map(|(kind, body, cuts)| request(*kind, body, cuts)).collect();
             let mut whole = tracker();
-            proptest::prop_assert_eq!(whole.feed(&stream), None);
+            proptest::prop_assert_eq!(whole.feed_all(&stream), None);
             proptest::prop_assert_eq!(whole.heads, requests.len() as u64);
             proptest::prop_assert_eq!(whole.phase, Phase::Head);
             let mut split = tracker();
-            let flagged = stream.chunks(chunk).find_map(|piece| split.feed(piece));
+            let flagged = stream.chunks(chunk).find_map(|piece| split.feed_all(piece));
             proptest::prop_assert_eq!(flagged, None);
             proptest::prop_assert_eq!(split.heads, requests.len() as u64);
         }
+    }
+
+    #[test]
+    fn a_bare_lf_before_the_final_crlf_ends_the_head_as_for_hyper() {
+        let mut stream = b"GET /a HTTP/1.1\r\nHost: x\n\r\n".to_vec();
+        stream.extend_from_slice(
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(flagged_bytewise(&stream), Some((1, CONFLICT)));
+        assert_eq!(tracker().feed_all(&stream), Some((1, CONFLICT)));
+        for (ending, end) in [(&b"\n\n"[..], 2), (b"\n\r\n", 3), (b"\r\n\n", 3), (b"\r\n\r\n", 4)] {
+            let mut head = b"GET / HTTP/1.1\r\nHost: x".to_vec();
+            head.extend_from_slice(ending);
+            assert_eq!(find_head_end(&head), Some(head.len()), "{ending:?}");
+            assert_eq!(head.len(), 23 + end);
+        }
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r"), None);
+    }
+
+    #[test]
+    fn a_head_is_held_until_complete_and_then_passed_on_whole() {
+        let stream = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut t = tracker();
+        let mut out = Vec::new();
+        let head_end = stream.iter().position(|&b| b == b'a').unwrap_or(0);
+        for (index, byte) in stream.iter().enumerate() {
+            t.feed(std::slice::from_ref(byte), &mut |bytes: &[u8]| {
+                out.extend_from_slice(bytes)
+            });
+            if index + 1 < head_end {
+                assert!(out.is_empty(), "head bytes released before the head was complete");
+            }
+        }
+        assert_eq!(out, stream.to_vec());
+    }
+
+    #[test]
+    fn an_unrepresentable_content_length_is_neutralised_and_flagged() {
+        for value in ["18446744073709551615", "18446744073709551614", "018446744073709551615"] {
+            let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
+            let (out, flagged) = tracker().pass(head.as_bytes(), 7);
+            assert_eq!(flagged, Some((0, FramingViolation::InvalidLength)), "{value}");
+            let expected = head.replace(value, &format!("0{}", " ".repeat(value.len() - 1)));
+            assert_eq!(String::from_utf8_lossy(&out), expected);
+        }
+        let fine = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551613\r\n\r\n";
+        assert_eq!(tracker().pass(fine.as_bytes(), 5).1, None);
+    }
+
+    #[test]
+    fn heads_with_more_fields_than_the_stack_holds_are_still_judged() {
+        let mut head = String::from("POST / HTTP/1.1\r\nHost: x\r\n");
+        for n in 0..300 {
+            head.push_str(&format!("X-{n}: y\r\n"));
+        }
+        head.push_str("Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let mut t = Tracker {
+            phase: Phase::Head,
+            head: Vec::new(),
+            max_head: 65536,
+            heads: 0,
+        };
+        assert_eq!(t.feed_all(head.as_bytes()), Some((0, CONFLICT)));
+    }
+
+    /// A request head with random line endings (CRLF or bare LF) and fields.
+    fn head_with_endings(endings: &[bool], fields: usize) -> Vec<u8> {
+        let ending = |i: usize| {
+            if endings.get(i).copied().unwrap_or(true) {
+                &b"\r\n"[..]
+            } else {
+                &b"\n"[..]
+            }
+        };
+        let mut head = b"GET /p HTTP/1.1".to_vec();
+        head.extend_from_slice(ending(0));
+        for n in 0..fields {
+            head.extend_from_slice(format!("X-F{n}: v{n}").as_bytes());
+            head.extend_from_slice(ending(n + 1));
+        }
+        head.extend_from_slice(ending(fields + 1));
+        head
     }
 
     #[test]
@@ -504,10 +769,10 @@ mod tests {
             max_head: 64,
             heads: 0,
         };
-        assert_eq!(t.feed(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
+        assert_eq!(t.feed_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"), None);
         let big = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(64));
         assert_eq!(
-            big.as_bytes().chunks(7).find_map(|c| t.feed(c)),
+            big.as_bytes().chunks(7).find_map(|c| t.feed_all(c)),
             Some((1, FramingViolation::HeadTooLarge))
         );
     }

@@ -74,10 +74,7 @@ impl Connection {
     }
 }
 
-fn next_accepted<T>(
-    incoming: &mut Accepted<T>,
-    cx: &mut Context<'_>,
-) -> Poll<Result<T, ConnectionErrorIncoming>> {
+fn next_accepted<T>(incoming: &mut Accepted<T>, cx: &mut Context<'_>) -> Poll<Result<T, ConnectionErrorIncoming>> {
     match ready!(incoming.poll_next_unpin(cx)) {
         Some(accepted) => Poll::Ready(accepted.map_err(connection_error)),
         None => Poll::Ready(Err(ConnectionErrorIncoming::InternalError(
@@ -98,8 +95,12 @@ impl<B: Buf> quic::Connection<B> for Connection {
     fn poll_accept_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
         let (send, recv) = ready!(next_accepted(&mut self.incoming_bidi, cx))?;
         let tee = Tee::new(self.verdicts.clone(), self.head_limit);
-        let stream = SendStream::new(send, true)
-            .and_then(|send| Ok(BidiStream { send, recv: RecvStream::new(recv, Some(tee))? }));
+        let stream = SendStream::new(send, true).and_then(|send| {
+            Ok(BidiStream {
+                send,
+                recv: RecvStream::new(recv, Some(tee))?,
+            })
+        });
         Poll::Ready(stream.map_err(internal))
     }
 
@@ -152,8 +153,12 @@ impl<B: Buf> quic::OpenStreams<B> for Opener {
             stream::unfold(connection.clone(), |c| async move { Some((c.open_bi().await, c)) }).boxed()
         });
         let (send, recv) = ready!(next_accepted(opening, cx)).map_err(stream_of_connection)?;
-        let stream = SendStream::new(send, true)
-            .and_then(|send| Ok(BidiStream { send, recv: RecvStream::new(recv, None)? }));
+        let stream = SendStream::new(send, true).and_then(|send| {
+            Ok(BidiStream {
+                send,
+                recv: RecvStream::new(recv, None)?,
+            })
+        });
         Poll::Ready(stream.map_err(|e| stream_of_connection(internal(e))))
     }
 
@@ -552,7 +557,11 @@ mod tests {
             tee.observe(stream_id(), &frame[..split]);
             tee.observe(stream_id(), &frame[split..]);
             assert!(tee.done, "split at {split}");
-            assert_eq!(verdicts.take(stream_id()), Some("repeated pseudo-header field"), "split at {split}");
+            assert_eq!(
+                verdicts.take(stream_id()),
+                Some("repeated pseudo-header field"),
+                "split at {split}"
+            );
         }
     }
 

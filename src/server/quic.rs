@@ -35,8 +35,8 @@ use crate::proxy::{ClientInfo, Core, Refused};
 use crate::runtime::Shutdown;
 use crate::tls::CertStore;
 
-use super::quic_fields::Malformed;
 use super::h3_transport::{self, BidiStream, Verdicts};
+use super::quic_fields::Malformed;
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
 /// so a body that does not match its Content-Length is refused before any backend sees the request.
@@ -250,6 +250,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, group: Arc<QuicGroup>, core: Arc
         let handshake = (!validated).then(|| Counted::new(&group.handshaking));
         let settings = Settings {
             header_read_timeout: snapshot.config.server.header_read_timeout,
+            client_body_timeout: snapshot.config.server.client_body_timeout,
             max_header_bytes: quic.max_header_bytes,
             early_data: quic.early_data,
         };
@@ -298,6 +299,7 @@ impl Drop for Counted {
 #[derive(Debug, Clone, Copy)]
 struct Settings {
     header_read_timeout: Duration,
+    client_body_timeout: Duration,
     max_header_bytes: u64,
     early_data: bool,
 }
@@ -359,11 +361,7 @@ async fn serve_h3(
     let mut h3 = h3::server::builder()
         .max_field_section_size(settings.max_header_bytes)
         .send_grease(true)
-        .build::<_, Bytes>(h3_transport::Connection::new(
-            connection,
-            verdicts.clone(),
-            tee_limit,
-        ))
+        .build::<_, Bytes>(h3_transport::Connection::new(connection, verdicts.clone(), tee_limit))
         .await?;
     let requests = TaskTracker::new();
     loop {
@@ -388,11 +386,20 @@ async fn serve_h3(
             Ok(Some(resolver)) => {
                 let (core, handshake, verdicts) = (Arc::clone(&core), Arc::clone(&handshake), verdicts.clone());
                 let header_read_timeout = settings.header_read_timeout;
+                let body_timeout = settings.client_body_timeout;
                 requests.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, resolver.resolve_request()).await {
                         Ok(Ok((request, stream))) => {
                             let malformed = verdicts.take(stream.id());
-                            serve_request(request, stream, malformed, &core, client, &handshake).await
+                            let handshake = &handshake;
+                            let request = Incoming {
+                                request,
+                                stream,
+                                malformed,
+                                handshake,
+                                body_timeout,
+                            };
+                            serve_request(request, &core, client).await
                         }
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
                         Ok(Err(error)) => {
@@ -413,14 +420,23 @@ async fn serve_h3(
     }
 }
 
-async fn serve_request(
+/// A request stream whose head h3 has resolved, and what its task needs to know about it.
+struct Incoming<'a> {
     request: Request<()>,
     stream: RequestStream<BidiStream<Bytes>, Bytes>,
     malformed: Option<Malformed>,
-    core: &Core,
-    client: ClientInfo,
-    handshake: &Handshake,
-) {
+    handshake: &'a Handshake,
+    body_timeout: Duration,
+}
+
+async fn serve_request(incoming: Incoming<'_>, core: &Core, client: ClientInfo) {
+    let Incoming {
+        request,
+        stream,
+        malformed,
+        handshake,
+        body_timeout,
+    } = incoming;
     let (mut send, mut recv) = stream.split();
     let (parts, ()) = request.into_parts();
     let mut refusal = malformed.map(ProxyError::BadRequest);
@@ -444,7 +460,7 @@ async fn serve_request(
             (Body::empty(), None)
         }
         Some(length) if length <= PREREAD_LIMIT => {
-            if let Err(error) = preread(&mut recv, length, &tx).await {
+            if let Err(error) = preread(&mut recv, length, &tx, body_timeout).await {
                 refusal = Some(error);
             }
             // The whole body is in the channel: closing it lets the reader see the end.
@@ -453,9 +469,9 @@ async fn serve_request(
         }
         None => match peek(&mut recv) {
             Peek::Ended => (Body::empty(), None),
-            Peek::First(first) => (channel, Some(pump_body(recv, tx, declared, first))),
+            Peek::First(first) => (channel, Some(pump_body(recv, tx, declared, first, body_timeout))),
         },
-        Some(_) => (channel, Some(pump_body(recv, tx, declared, None))),
+        Some(_) => (channel, Some(pump_body(recv, tx, declared, None, body_timeout))),
     };
     let mut request = Request::from_parts(parts, body);
     if let Some(error) = refusal {
@@ -551,14 +567,23 @@ fn peek(recv: &mut RecvHalf) -> Peek {
 }
 
 /// Reads a small body completely and checks it against its Content-Length before anything is forwarded.
+/// Each wait for more of it is bounded by `server.client_body_timeout`.
 async fn preread(
     recv: &mut RecvHalf,
     length: u64,
     tx: &tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    body_timeout: Duration,
 ) -> Result<(), ProxyError> {
+    let stalled = |recv: &mut RecvHalf| {
+        recv.stop_sending(Code::H3_REQUEST_CANCELLED);
+        ProxyError::ClientBodyTimeout(body_timeout)
+    };
     let mut buffer = BytesMut::with_capacity(usize::try_from(length).unwrap_or(0));
     loop {
-        match recv.recv_data().await {
+        let Ok(next) = tokio::time::timeout(body_timeout, recv.recv_data()).await else {
+            return Err(stalled(recv));
+        };
+        match next {
             Ok(Some(mut chunk)) => {
                 if (buffer.len() + chunk.remaining()) as u64 > length {
                     recv.stop_sending(Code::H3_MESSAGE_ERROR);
@@ -573,33 +598,40 @@ async fn preread(
     if buffer.len() as u64 != length {
         return Err(LENGTH_MISMATCH);
     }
-    let trailers = recv.recv_trailers().await.ok().flatten();
+    let Ok(trailers) = tokio::time::timeout(body_timeout, recv.recv_trailers()).await else {
+        return Err(stalled(recv));
+    };
     // The channel has room for both frames, so these sends never wait.
     if !buffer.is_empty() {
         drop(tx.send(Ok(Frame::data(buffer.freeze()))).await);
     }
-    if let Some(trailers) = trailers {
+    if let Ok(Some(trailers)) = trailers {
         drop(tx.send(Ok(Frame::trailers(trailers))).await);
     }
     Ok(())
 }
 
 /// Streams the request body (after `first`, a chunk already read) into the channel, checking it against
-/// Content-Length as it goes.
+/// Content-Length as it goes. Stops, and stops the stream, as soon as the core drops the body (the backend
+/// answered without it, or it stalled), so a silent client never keeps this task alive.
 async fn pump_body(
     mut recv: RecvHalf,
     tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     declared: Option<u64>,
     mut first: Option<Bytes>,
+    body_timeout: Duration,
 ) {
     let mut received = 0u64;
     loop {
         let next = match first.take() {
             Some(data) => Ok(Some(data)),
-            None => recv
-                .recv_data()
-                .await
-                .map(|chunk| chunk.map(|mut c| c.copy_to_bytes(c.remaining()))),
+            None => tokio::select! {
+                next = recv.recv_data() => next.map(|chunk| chunk.map(|mut c| c.copy_to_bytes(c.remaining()))),
+                () = tx.closed() => {
+                    recv.stop_sending(Code::H3_NO_ERROR);
+                    return;
+                }
+            },
         };
         match next {
             Ok(Some(data)) => {
@@ -626,7 +658,11 @@ async fn pump_body(
         drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
         return;
     }
-    if let Ok(Some(trailers)) = recv.recv_trailers().await {
+    let trailers = tokio::select! {
+        trailers = tokio::time::timeout(body_timeout, recv.recv_trailers()) => trailers,
+        () = tx.closed() => return,
+    };
+    if let Ok(Ok(Some(trailers))) = trailers {
         drop(tx.send(Ok(Frame::trailers(trailers))).await);
     }
 }

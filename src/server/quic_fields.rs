@@ -1,6 +1,7 @@
 //! Checks an HTTP/3 request's encoded field section for what h3 does not reject: a pseudo-header field
-//! repeated, or placed after a regular field (RFC 9114 4.3). h3 keeps the last value of a repeated
-//! pseudo-header, so `:method: GET` followed by `:method: POST` would otherwise pass as a POST.
+//! repeated, placed after a regular field, or one that belongs to responses (`:status`) or to nobody
+//! (RFC 9114 4.3). h3 keeps the last value of a repeated pseudo-header, so `:method: GET` followed by
+//! `:method: POST` would otherwise pass as a POST, and it ignores `:status` in a request.
 //!
 //! Only field names are looked at. The section is walked the way QPACK encodes it (RFC 9204 4.5): static
 //! table references name pseudo-headers by index; literal names may be Huffman-coded. References to the
@@ -35,7 +36,7 @@ fn named_pseudo(name: &[u8]) -> Option<u8> {
         b":authority" => Some(AUTHORITY),
         b":path" => Some(PATH),
         b":protocol" => Some(PROTOCOL),
-        // Any other name starting with ':' is one h3 rejects itself; count it as pseudo for placement.
+        // `:status` and any other name starting with ':' have no place in a request.
         [b':', ..] => Some(STATUS),
         _ => None,
     }
@@ -81,8 +82,9 @@ pub fn check_request(section: &[u8]) -> Result<(), Malformed> {
             return Ok(());
         };
         match pseudo {
+            Some(STATUS) => return Err("response or unknown pseudo-header field in a request"),
             Some(_) if regular_seen => return Err("pseudo-header field after a regular field"),
-            Some(bit) if seen & bit != 0 && bit != STATUS => return Err("repeated pseudo-header field"),
+            Some(bit) if seen & bit != 0 => return Err("repeated pseudo-header field"),
             Some(bit) => seen |= bit,
             None => regular_seen = true,
         }
@@ -219,6 +221,24 @@ mod tests {
             &literal(":authority", "x", true),
         ]);
         assert_eq!(check_request(&lines), Err("pseudo-header field after a regular field"));
+    }
+
+    #[test]
+    fn status_and_unknown_pseudo_headers_are_malformed_in_a_request() {
+        const STATUS_200: u8 = 0xc0 | 25;
+        for line in [
+            vec![STATUS_200],
+            literal(":status", "200", false),
+            literal(":status", "204", true),
+            literal(":foo", "x", false),
+        ] {
+            let lines = section(&[&[GET, HTTPS, PATH_ROOT], &line]);
+            assert_eq!(
+                check_request(&lines),
+                Err("response or unknown pseudo-header field in a request"),
+                "{line:?}"
+            );
+        }
     }
 
     #[test]

@@ -38,3 +38,7 @@ cargo build --quiet
 
 # Monitoring tests (tests/monitoring): dashboard types, provisioning, metrics docs, a real Prometheus.
 ./scripts/test-monitoring.sh
+
+# Deployment artefacts (tests/deploy): Dockerfile (hadolint, the runtime stage built with buildah and run),
+# the Kubernetes base (kubectl kustomize, kubernetes-validate), the systemd unit (systemd-analyze), examples.
+./scripts/test-deploy.sh

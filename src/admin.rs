@@ -1,22 +1,29 @@
-//! The admin listener: Prometheus metrics, health endpoints for load balancers and Kubernetes, and the
-//! backend API (state, drain, undrain).
+//! The admin listener: Prometheus metrics, health endpoints for load balancers and Kubernetes, the API
+//! (state, drain, undrain, reload) and the web console. It runs on the control thread, apart from the
+//! workers, and keeps serving while the data plane drains.
+//!
+//! State-changing endpoints need the admin token as a Bearer credential, and a request that carries an
+//! `Origin` other than the admin listener's own is refused, so that no other web page a browser has open
+//! can drive them. The console page is served with a strict Content-Security-Policy: its script and style
+//! come from this listener only, nothing inline.
+
+mod api;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::runtime::{accept_loop, NotReady, Shared, Shutdown};
+use crate::runtime::{accept_loop, Shared, Shutdown};
 
 /// What the admin endpoints report on.
 #[derive(Clone)]
@@ -24,6 +31,14 @@ pub struct State {
     pub metrics: PrometheusHandle,
     pub shared: Arc<Shared>,
 }
+
+const CONSOLE_HTML: &str = include_str!("admin/console/index.html");
+const CONSOLE_JS: &str = include_str!("admin/console/console.js");
+const CONSOLE_CSS: &str = include_str!("admin/console/console.css");
+const DASHBOARD: &str = include_str!("../monitoring/grafana/dashboards/quic-proxy-dashboard.json");
+
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Serves the admin endpoints until shutdown; runs the metrics upkeep alongside.
 pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
@@ -61,118 +76,88 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
 }
 
 fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
+    let mut response = route(state, request);
+    let headers = response.headers_mut();
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let shared = &state.shared;
     match (request.method(), segments.as_slice()) {
         (&Method::POST, ["api", "backends", upstream, name, action @ ("drain" | "undrain")]) => {
-            authorized(state, request).unwrap_or_else(|| drain(state, upstream, name, *action == "drain"))
+            authorized(shared, request).unwrap_or_else(|| json(api::drain(shared, upstream, name, *action == "drain")))
         }
-        (&Method::POST, ["api", "reload"]) => authorized(state, request).unwrap_or_else(|| reload(state)),
+        (&Method::POST, ["api", "reload"]) => authorized(shared, request).unwrap_or_else(|| json(api::reload(shared))),
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
                 let mut text = state.metrics.render();
                 text.push_str(&crate::metrics::render_process_metrics());
-                text.push_str(&crate::metrics::render_state_metrics(&state.shared.snapshot()));
-                let mut response = Response::new(Body::full(text));
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                );
-                response
+                text.push_str(&crate::metrics::render_state_metrics(&shared.snapshot()));
+                with_type(Body::full(text), "text/plain; version=0.0.4; charset=utf-8")
             }
             "/live" => text(StatusCode::OK, "live\n"),
-            "/ready" => match state.shared.readiness().check() {
+            "/ready" => match shared.readiness().check() {
                 Ok(()) => text(StatusCode::OK, "ready\n"),
-                Err(NotReady::Starting) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting\n"),
-                Err(NotReady::Draining) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n"),
-                Err(NotReady::FirstHealthChecks) => text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready: first health check round running\n",
-                ),
+                Err(reason) => text(StatusCode::SERVICE_UNAVAILABLE, not_ready_text(reason)),
             },
-            "/health" => health(state),
-            "/api/backends" => backends(state),
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            "/health" => json(api::health(shared)),
+            "/api/backends" => json((StatusCode::OK, api::backends(shared))),
+            "/api/state" => json((StatusCode::OK, api::state(shared))),
+            "/api/config" => with_type(Body::full(api::config(shared)), "application/yaml; charset=utf-8"),
+            _ => console(shared, path).unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
         },
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
     }
 }
 
-/// Overall status: healthy when every backend is, degraded when every upstream still has one, else unhealthy.
-fn health(state: &State) -> Response<Body> {
-    let snapshot = state.shared.snapshot();
-    let upstreams = snapshot.upstreams();
-    let mut summary = serde_json::Map::new();
-    let (mut healthy_total, mut backends_total, mut any_empty) = (0, 0, false);
-    for upstream in upstreams {
-        let (healthy, total) = (upstream.usable_count(), upstream.backends.len());
-        healthy_total += healthy;
-        backends_total += total;
-        any_empty |= healthy == 0;
-        summary.insert(
-            upstream.name.clone(),
-            json!({ "status": status_word(healthy, total), "healthy_backends": healthy, "total_backends": total }),
-        );
-    }
-    let status = if any_empty {
-        "unhealthy"
-    } else {
-        status_word(healthy_total, backends_total)
-    };
-    let body = json!({
-        "status": status,
-        "healthy_backends": healthy_total,
-        "total_backends": backends_total,
-        "timestamp": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-        "upstreams": summary,
-    });
-    let code = if status == "unhealthy" {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
-        StatusCode::OK
-    };
-    json_response(code, &body)
-}
-
-fn status_word(healthy: usize, total: usize) -> &'static str {
-    match healthy {
-        0 => "unhealthy",
-        n if n == total => "healthy",
-        _ => "degraded",
+fn not_ready_text(reason: crate::runtime::NotReady) -> &'static str {
+    match reason {
+        crate::runtime::NotReady::Starting => "not ready: starting\n",
+        crate::runtime::NotReady::Draining => "not ready: draining\n",
+        crate::runtime::NotReady::FirstHealthChecks => "not ready: first health check round running\n",
     }
 }
 
-fn backends(state: &State) -> Response<Body> {
-    let snapshot = state.shared.snapshot();
-    let list: Vec<Value> = snapshot
-        .upstreams()
-        .iter()
-        .flat_map(|upstream| upstream.backends.iter().map(move |b| (upstream, b)))
-        .map(|(upstream, backend)| {
-            let report = backend.health.report();
-            json!({
-                "upstream": upstream.name,
-                "name": backend.name,
-                "url": format!("{}://{}", backend.scheme, backend.authority),
-                "state": if report.healthy { "healthy" } else { "unhealthy" },
-                "consecutive_successes": report.consecutive_successes,
-                "consecutive_failures": report.consecutive_failures,
-                "last_check": report.last_check.map(|t| humantime::format_rfc3339_millis(t).to_string()),
-                "last_latency_ms": report.last_latency.map(|d| d.as_secs_f64() * 1000.0),
-                "last_error": report.last_error,
-                "in_flight": backend.in_flight(),
-                "weight": backend.weight(),
-                "effective_weight": backend.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
-                "drained": backend.is_drained(),
-            })
-        })
-        .collect();
-    json_response(StatusCode::OK, &json!({ "backends": list }))
+/// The console's files, unless `admin.console` is off.
+fn console(shared: &Shared, path: &str) -> Option<Response<Body>> {
+    if !shared.snapshot().config.admin.console {
+        return None;
+    }
+    let (content, content_type) = match path {
+        "/" | "/index.html" => (CONSOLE_HTML, "text/html; charset=utf-8"),
+        "/console.js" => (CONSOLE_JS, "text/javascript; charset=utf-8"),
+        "/console.css" => (CONSOLE_CSS, "text/css; charset=utf-8"),
+        "/dashboard.json" => (DASHBOARD, "application/json"),
+        _ => return None,
+    };
+    let mut response = with_type(Body::full(content), content_type);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        HeaderName::from_static("cross-origin-opener-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    Some(response)
 }
 
-/// `None` when the request carries the admin token; otherwise the refusal to send.
-fn authorized(state: &State, request: &Request<Incoming>) -> Option<Response<Body>> {
-    let snapshot = state.shared.snapshot();
+/// `None` when the request carries the admin token and no foreign `Origin`; otherwise the refusal to send.
+fn authorized(shared: &Shared, request: &Request<Incoming>) -> Option<Response<Body>> {
+    if !same_origin(request) {
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "cross-origin requests to the admin API are refused\n",
+        ));
+    }
+    let snapshot = shared.snapshot();
     let Some(token) = &snapshot.config.admin_token else {
         return Some(text(
             StatusCode::FORBIDDEN,
@@ -199,47 +184,16 @@ fn authorized(state: &State, request: &Request<Incoming>) -> Option<Response<Bod
     Some(response)
 }
 
-/// Reads the configuration file again and applies it: 200 with what changed, or 400 with why nothing did.
-fn reload(state: &State) -> Response<Body> {
-    match state.shared.reload_from_file() {
-        Ok(report) => {
-            tracing::info!("admin API: {report}");
-            json_response(
-                StatusCode::OK,
-                &json!({
-                    "generation": report.generation,
-                    "digest": report.digest,
-                    "changes": report.changes,
-                    "restart_required": report.restart_required,
-                }),
-            )
-        }
-        Err(error) => {
-            tracing::error!("admin API: configuration not reloaded, the running one stays: {error}");
-            json_response(StatusCode::BAD_REQUEST, &json!({ "error": error.to_string() }))
-        }
-    }
-}
-
-fn drain(state: &State, upstream: &str, name: &str, drained: bool) -> Response<Body> {
-    let snapshot = state.shared.snapshot();
-    let Some(backend) = snapshot.backend(upstream, name) else {
-        return text(StatusCode::NOT_FOUND, "no such upstream/backend\n");
+/// True without an `Origin` (curl, scripts) or with this listener's own (`http://` + the Host asked for).
+fn same_origin(request: &Request<Incoming>) -> bool {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return true;
     };
-    let was = backend.set_drained(drained);
-    if was != drained {
-        tracing::info!(
-            upstream,
-            backend = name,
-            in_flight = backend.in_flight(),
-            "backend {}",
-            if drained { "drained" } else { "undrained" }
-        );
+    let host = request.headers().get(header::HOST).map(HeaderValue::as_bytes);
+    match (origin.as_bytes().strip_prefix(b"http://"), host) {
+        (Some(origin_host), Some(host)) => origin_host.eq_ignore_ascii_case(host),
+        _ => false,
     }
-    json_response(
-        StatusCode::OK,
-        &json!({ "upstream": upstream, "name": name, "drained": drained, "in_flight": backend.in_flight() }),
-    )
 }
 
 /// Compares secrets without leaking where they differ through timing.
@@ -247,21 +201,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut response = Response::new(Body::full(body.to_string()));
+fn json((status, body): (StatusCode, serde_json::Value)) -> Response<Body> {
+    let mut response = with_type(Body::full(body.to_string()), "application/json");
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Body::full(body));
+    let mut response = with_type(Body::full(body), "text/plain; charset=utf-8");
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    response
+}
+
+fn with_type(body: Body, content_type: &'static str) -> Response<Body> {
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

@@ -11,6 +11,7 @@ pub mod body;
 pub mod config;
 pub mod demo_backend;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;

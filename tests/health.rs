@@ -566,7 +566,8 @@ async fn passive_checks_eject_a_refusing_backend_after_exactly_the_threshold() {
             "one attempt per failure up to the threshold"
         );
         let view = api_backend(&running, "passive-refused", "pr-dead").await;
-        assert_eq!(view["state"], "unhealthy");
+        assert_eq!(view["state"], "ejected", "taken out by traffic, not by probes");
+        assert_eq!(view["state_reason"], "after 2 failed requests: connection refused");
         assert_eq!(view["last_error"], "connection refused");
 
         for _ in 0..20 {
@@ -1034,6 +1035,7 @@ async fn api_backends_reports_every_field() {
             "last_latency_ms",
             "name",
             "state",
+            "state_reason",
             "upstream",
             "url",
             "weight",

@@ -13,8 +13,11 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::config::{BackendConfig, HealthCheckConfig};
+use crate::events::Events;
 use crate::health::BackendHealth;
 use crate::metrics::BackendMetrics;
+
+use super::window::Window;
 
 /// Weights are scaled by this factor so that slow start can ramp them in small steps.
 pub const WEIGHT_SCALE: u64 = 100;
@@ -38,6 +41,10 @@ pub struct Backend {
     pub health: BackendHealth,
     /// Metric handles, resolved once.
     pub metrics: BackendMetrics,
+    /// The last seconds of traffic: rates, failures, latency quantiles.
+    pub window: Window,
+    /// Where this backend's health transitions and drains are told.
+    pub events: Arc<Events>,
     weight: AtomicU32,
     /// The slow-start window in milliseconds; 0 when off.
     slow_start_ms: AtomicU64,
@@ -59,6 +66,17 @@ impl Backend {
         health: &HealthCheckConfig,
         slow_start: Option<Duration>,
     ) -> Self {
+        Self::in_pool(upstream, config, health, slow_start, &Arc::default())
+    }
+
+    /// A backend of a running proxy's pool, telling its events to `events`.
+    pub fn in_pool(
+        upstream: &str,
+        config: &BackendConfig,
+        health: &HealthCheckConfig,
+        slow_start: Option<Duration>,
+        events: &Arc<Events>,
+    ) -> Self {
         Self {
             name: config.name.clone(),
             upstream: upstream.to_owned(),
@@ -66,6 +84,8 @@ impl Backend {
             authority: config.authority.clone(),
             health: BackendHealth::new(health),
             metrics: BackendMetrics::new(upstream, &config.name),
+            window: Window::default(),
+            events: Arc::clone(events),
             weight: AtomicU32::new(config.weight),
             slow_start_ms: AtomicU64::new(window_ms(slow_start)),
             health_url: ArcSwapOption::new(config.health_url.clone().map(Arc::new)),

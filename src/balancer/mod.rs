@@ -7,6 +7,7 @@ mod backend;
 mod least_connections;
 mod round_robin;
 mod weighted;
+pub mod window;
 
 pub use backend::{Backend, BackendKey, InFlight, WEIGHT_SCALE};
 

@@ -382,7 +382,7 @@ impl Default for PassiveConfig {
 }
 
 /// The admin API.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token required by the state-changing endpoints (drain, undrain, reload); without it they are
@@ -390,6 +390,19 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// A file holding the token (a mounted secret), instead of writing it in the config.
     pub token_file: Option<PathBuf>,
+    /// The web console at `/` on the admin listener.
+    #[serde(default = "yes")]
+    pub console: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            token: None,
+            token_file: None,
+            console: true,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -44,6 +44,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The first 16 hex digits of the SHA-256 of the file's text: which configuration is running.
     pub digest: String,
+    /// The file's text, for showing (with secrets redacted) in the admin console.
+    pub text: std::sync::Arc<str>,
 }
 
 /// A named pool of backends with its balancing and health settings.
@@ -158,6 +160,7 @@ impl Config {
         let mut config = validate(raw).map_err(|(key, message)| error(key, None, message))?;
         config.path = path.to_owned();
         config.digest = digest(text);
+        config.text = std::sync::Arc::from(text);
         Ok(config)
     }
 }
@@ -308,6 +311,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         telemetry,
         path: PathBuf::new(),
         digest: String::new(),
+        text: std::sync::Arc::from(""),
     })
 }
 

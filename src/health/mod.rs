@@ -21,6 +21,8 @@ pub use state::{Policy, Source, Transition};
 #[derive(Debug, Clone)]
 pub struct Report {
     pub healthy: bool,
+    /// While unhealthy: which side took it out, and why (`after 3 failed probes: status 503`).
+    pub down: Option<(Source, String)>,
     pub consecutive_successes: u32,
     pub consecutive_failures: u32,
     pub last_check: Option<SystemTime>,
@@ -35,6 +37,7 @@ struct Detail {
     last_check: Option<SystemTime>,
     last_latency: Option<Duration>,
     last_error: Option<String>,
+    down: Option<(Source, String)>,
 }
 
 /// One backend's health: atomics for the request path, the state machine behind a lock for observations.
@@ -61,6 +64,7 @@ impl BackendHealth {
             detail: Mutex::new(Detail {
                 state,
                 policy: Policy::from(config),
+                down: None,
                 last_check: None,
                 last_latency: None,
                 last_error: None,
@@ -86,6 +90,7 @@ impl BackendHealth {
         let detail = self.lock();
         Report {
             healthy: detail.state.is_healthy(),
+            down: detail.down.clone(),
             consecutive_successes: detail.state.consecutive_successes(),
             consecutive_failures: detail.state.consecutive_failures(),
             last_check: detail.last_check,
@@ -118,7 +123,7 @@ impl BackendHealth {
                 transition
             }
         };
-        self.publish(&detail, transition.as_ref());
+        self.publish(&mut detail, transition.as_ref());
         transition
     }
 
@@ -140,7 +145,7 @@ impl BackendHealth {
                 transition
             }
         };
-        self.publish(&detail, transition.as_ref());
+        self.publish(&mut detail, transition.as_ref());
         transition
     }
 
@@ -148,11 +153,14 @@ impl BackendHealth {
     pub fn reactivate(&self) -> Option<Transition> {
         let mut detail = self.lock();
         let transition = detail.state.reactivate();
-        self.publish(&detail, transition.as_ref());
+        self.publish(&mut detail, transition.as_ref());
         transition
     }
 
-    fn publish(&self, detail: &Detail, transition: Option<&Transition>) {
+    fn publish(&self, detail: &mut Detail, transition: Option<&Transition>) {
+        if let Some(transition) = transition {
+            detail.down = (!transition.healthy).then(|| (transition.source, transition.describe()));
+        }
         self.healthy.store(detail.state.is_healthy(), Ordering::Relaxed);
         self.watching.store(detail.state.watching_requests(), Ordering::Relaxed);
         if transition.is_some_and(|t| t.healthy) {
@@ -162,32 +170,23 @@ impl BackendHealth {
     }
 }
 
-/// Logs a transition, records its metrics, and schedules the end of a passive-only ejection.
+/// Logs a transition, records its metrics and event, and schedules the end of a passive-only ejection.
 pub fn announce(backend: &Arc<crate::balancer::Backend>, transition: Transition) {
     let (from, to) = if transition.healthy {
         ("unhealthy", "healthy")
     } else {
         ("healthy", "unhealthy")
     };
-    match (&transition.cause, transition.after) {
-        (Some(cause), after) => tracing::warn!(
-            "backend={} upstream={} {from} -> {to} after {after} failed {}: {cause}",
-            backend.name,
-            backend.upstream,
-            transition.source.as_str()
-        ),
-        (None, 0) => tracing::info!(
-            "backend={} upstream={} {from} -> {to}: ejection period over, back on probation",
-            backend.name,
-            backend.upstream
-        ),
-        (None, after) => tracing::info!(
-            "backend={} upstream={} {from} -> {to} after {after} successful {}",
-            backend.name,
-            backend.upstream,
-            transition.source.as_str()
-        ),
+    let separator = if transition.after == 0 { ":" } else { "" };
+    let what = format!("{from} -> {to}{separator} {}", transition.describe());
+    if transition.healthy {
+        tracing::info!("backend={} upstream={} {what}", backend.name, backend.upstream);
+    } else {
+        tracing::warn!("backend={} upstream={} {what}", backend.name, backend.upstream);
     }
+    backend
+        .events
+        .record("health", Some(&backend.upstream), Some(&backend.name), what);
     metrics::record_health_transition(&backend.upstream, &backend.name, transition.healthy);
     if let Some(period) = transition.reactivate_after {
         let backend = Arc::clone(backend);

@@ -40,6 +40,17 @@ pub struct Transition {
     pub reactivate_after: Option<Duration>,
 }
 
+impl Transition {
+    /// What caused it, as logs and the console say it: `after 3 failed probes: status 503`.
+    pub fn describe(&self) -> String {
+        match (&self.cause, self.after) {
+            (Some(cause), after) => format!("after {after} failed {}: {cause}", self.source.as_str()),
+            (None, 0) => "ejection period over, back on probation".to_owned(),
+            (None, after) => format!("after {after} successful {}", self.source.as_str()),
+        }
+    }
+}
+
 /// The counters behind a backend's health.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {

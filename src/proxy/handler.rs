@@ -239,6 +239,9 @@ impl Core {
                 result.as_ref().map(Response::status),
                 &upstream.health_check.passive.failure_statuses,
             );
+            if let Some(verdict) = &verdict {
+                backend.window.record(waited, verdict.is_err());
+            }
             if let Some(transition) = verdict.and_then(|v| backend.health.record_request(v)) {
                 crate::health::announce(&backend, transition);
             }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::balancer::{Backend, BackendKey};
 use crate::config::Config;
+use crate::events::Events;
 
 pub use router::Router;
 pub use upstream::Upstream;
@@ -24,10 +25,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the first snapshot.
-    pub fn new(config: Config) -> Self {
+    /// Builds the first snapshot; its backends tell their events to `events`.
+    pub fn new(config: Config, events: &Arc<Events>) -> Self {
         Self {
-            router: Router::new(&config, |_| None),
+            router: Router::new(&config, |_| None, events),
             config: Arc::new(config),
             generation: 1,
         }
@@ -35,10 +36,10 @@ impl Snapshot {
 
     /// Builds the snapshot that follows `self` for `config`, keeping every backend whose identity
     /// (upstream, name, URL) is unchanged.
-    pub fn next(&self, config: Config) -> Self {
+    pub fn next(&self, config: Config, events: &Arc<Events>) -> Self {
         let kept: HashMap<BackendKey, &Arc<Backend>> = self.backends().map(|b| (b.key(), b)).collect();
         Self {
-            router: Router::new(&config, |key| kept.get(key).map(|b| Arc::clone(b))),
+            router: Router::new(&config, |key| kept.get(key).map(|b| Arc::clone(b)), events),
             config: Arc::new(config),
             generation: self.generation + 1,
         }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, HostMatch, PathMatch};
+use crate::events::Events;
 
 use super::upstream::Upstream;
 
@@ -25,11 +26,11 @@ struct Route {
 impl Router {
     /// Builds every upstream pool and the route table from a validated config; `existing` hands back
     /// backends a previous snapshot already has (see `Upstream::new`).
-    pub fn new(config: &Config, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>) -> Self {
+    pub fn new(config: &Config, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>, events: &Arc<Events>) -> Self {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, &existing)))
+            .map(|u| Arc::new(Upstream::new(u, &existing, events)))
             .collect();
         let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let routes = config
@@ -103,7 +104,7 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         match Config::parse(Path::new("test.yaml"), yaml) {
-            Ok(config) => Router::new(&config, |_| None),
+            Ok(config) => Router::new(&config, |_| None, &Arc::default()),
             Err(e) => panic!("test config invalid: {e}"),
         }
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::balancer::{Backend, BackendKey, Balancer};
 use crate::config::{AllUnhealthy, BalancerConfig, HealthCheckConfig, UpstreamConfig};
 use crate::error::ProxyError;
+use crate::events::Events;
 use crate::metrics;
 
 /// A named pool of backends.
@@ -23,7 +24,11 @@ pub struct Upstream {
 impl Upstream {
     /// Builds the pool from its config; `existing` hands back a backend that a previous snapshot already
     /// has under the same identity, which is kept (with its state) and given the new settings.
-    pub fn new(config: &UpstreamConfig, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>) -> Self {
+    pub fn new(
+        config: &UpstreamConfig,
+        existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>,
+        events: &Arc<Events>,
+    ) -> Self {
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -32,11 +37,12 @@ impl Upstream {
                     kept.apply(b, &config.health_check, config.balancer.slow_start);
                     kept
                 }
-                None => Arc::new(Backend::configured(
+                None => Arc::new(Backend::in_pool(
                     &config.name,
                     b,
                     &config.health_check,
                     config.balancer.slow_start,
+                    events,
                 )),
             })
             .collect();

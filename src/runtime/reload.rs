@@ -83,7 +83,7 @@ impl Shared {
             })?;
         }
         let level = config.telemetry.logging.level.clone();
-        let next = Arc::new(previous.next(config));
+        let next = Arc::new(previous.next(config, self.events()));
         let mut changes = changes(&previous, &next);
         if certificate_replaced {
             changes.push("certificate replaced".to_owned());
@@ -103,6 +103,7 @@ impl Shared {
         self.install(next);
         crate::logging::set_level(&level);
         metrics::record_reload(true);
+        self.events().record("reload", None, None, report.to_string());
         Ok(report)
     }
 }

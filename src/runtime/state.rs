@@ -3,11 +3,14 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::events::Events;
+use crate::metrics::{self, GaugeGuard};
 use crate::routing::Snapshot;
 use crate::tls::CertStore;
 
@@ -18,6 +21,9 @@ pub struct Shared {
     changed: watch::Sender<Arc<Snapshot>>,
     readiness: Readiness,
     certs: Option<Arc<CertStore>>,
+    events: Arc<Events>,
+    connections: Connections,
+    started: SystemTime,
     /// Serialises reloads; the request path never takes it.
     pub(super) reloading: Mutex<()>,
 }
@@ -25,15 +31,44 @@ pub struct Shared {
 impl Shared {
     /// State for a proxy starting with `config`, serving `certs` when TLS is configured.
     pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Arc<Self> {
-        let snapshot = Arc::new(Snapshot::new(config));
+        let events = Arc::new(Events::default());
+        let snapshot = Arc::new(Snapshot::new(config, &events));
         let (changed, _) = watch::channel(Arc::clone(&snapshot));
         Arc::new(Self {
             current: ArcSwap::new(snapshot),
             changed,
             readiness: Readiness::default(),
             certs,
+            events,
+            connections: Connections::default(),
+            started: SystemTime::now(),
             reloading: Mutex::new(()),
         })
+    }
+
+    /// Recent health transitions, reloads and drains.
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    /// When the proxy started.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+
+    /// Counts an open client connection of `protocol` until the returned guard is dropped.
+    pub fn connection_open(&self, protocol: &'static str) -> ConnectionGuard<'_> {
+        let counter = self.connections.of(protocol);
+        counter.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            counter,
+            _metric: metrics::connection_open(protocol),
+        }
+    }
+
+    /// Client connections open now, by protocol.
+    pub fn connections_open(&self) -> [(&'static str, usize); 3] {
+        PROTOCOLS.map(|protocol| (protocol, self.connections.of(protocol).load(Ordering::Relaxed)))
     }
 
     /// The current snapshot. A request holds the one it started with until it ends.
@@ -64,6 +99,31 @@ impl Shared {
 
     pub(super) fn lock_reloads(&self) -> std::sync::MutexGuard<'_, ()> {
         self.reloading.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+const PROTOCOLS: [&str; 3] = ["h3", "h2", "http/1.1"];
+
+/// Open client connections by protocol.
+#[derive(Debug, Default)]
+struct Connections([AtomicUsize; 3]);
+
+impl Connections {
+    fn of(&self, protocol: &str) -> &AtomicUsize {
+        let index = PROTOCOLS.iter().position(|p| *p == protocol).unwrap_or(2);
+        &self.0[index]
+    }
+}
+
+/// One open client connection; counted until dropped.
+pub struct ConnectionGuard<'a> {
+    counter: &'a AtomicUsize,
+    _metric: GaugeGuard,
+}
+
+impl Drop for ConnectionGuard<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

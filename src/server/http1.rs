@@ -16,7 +16,6 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::config::Config;
-use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
 use crate::runtime::{accept_loop, Shutdown};
 
@@ -91,6 +90,7 @@ where
     I: Read + Write + Unpin + Send + 'static,
 {
     let (io, verdicts) = FramingWatch::new(io, settings.max_header_bytes);
+    let shared = Arc::clone(core.shared());
     let alt_svc = settings.alt_svc.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         if let Some(violation) = verdicts.next_request() {
@@ -108,7 +108,7 @@ where
         .max_buf_size(settings.max_header_bytes);
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {
-        let _open = metrics::connection_open("http/1.1");
+        let _open = shared.connection_open("http/1.1");
         let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
         if let Err(error) = result {
             tracing::debug!(peer = %client.peer, "HTTP/1.1 connection ended: {error}");

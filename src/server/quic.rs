@@ -332,7 +332,8 @@ async fn serve_connection(
     drop(handshake);
     let (connection, handshake) = handshaken?;
     let handshake = Arc::new(handshake);
-    let _open = (open, metrics::connection_open("h3"));
+    let shared = Arc::clone(core.shared());
+    let _open = (open, shared.connection_open("h3"));
     let stats_source = connection.clone();
     let served = serve_h3(connection, handshake, core, settings, shutdown).await;
     metrics::record_quic_connection(&stats_source.stats());

@@ -14,7 +14,6 @@ use tokio_rustls::TlsAcceptor;
 
 use http::HeaderValue;
 
-use crate::metrics;
 use crate::proxy::{ClientInfo, Core};
 use crate::runtime::{accept_loop, Shutdown};
 
@@ -63,6 +62,7 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let alt_svc = settings.alt_svc.clone();
+    let shared = Arc::clone(core.shared());
     let service = service_fn(move |request: Request<Incoming>| {
         let (core, alt_svc) = (Arc::clone(&core), alt_svc.clone());
         async move { Ok::<_, Infallible>(http1::handle(&core, request, client, alt_svc).await) }
@@ -73,7 +73,7 @@ where
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
-    let _open = metrics::connection_open("h2");
+    let _open = shared.connection_open("h2");
     let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
     if let Err(error) = result {
         tracing::debug!(peer = %client.peer, "HTTP/2 connection ended: {error}");

@@ -1,0 +1,275 @@
+//! The admin API's JSON documents: overall health, backends, the console's state, drain, reload, and the
+//! running configuration with its secrets redacted.
+
+use std::time::{Duration, SystemTime};
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::balancer::Backend;
+use crate::health::Source;
+use crate::runtime::{NotReady, Shared};
+
+/// Seconds of traffic the console's rates and quantiles cover.
+const RECENT_SECONDS: u64 = 5;
+
+/// Overall status: healthy when every backend is, degraded when every upstream still has one, else unhealthy.
+pub fn health(shared: &Shared) -> (StatusCode, Value) {
+    let snapshot = shared.snapshot();
+    let mut summary = serde_json::Map::new();
+    let (mut healthy_total, mut backends_total, mut any_empty) = (0, 0, false);
+    for upstream in snapshot.upstreams() {
+        let (healthy, total) = (upstream.usable_count(), upstream.backends.len());
+        healthy_total += healthy;
+        backends_total += total;
+        any_empty |= healthy == 0;
+        summary.insert(
+            upstream.name.clone(),
+            json!({ "status": status_word(healthy, total), "healthy_backends": healthy, "total_backends": total }),
+        );
+    }
+    let status = if any_empty {
+        "unhealthy"
+    } else {
+        status_word(healthy_total, backends_total)
+    };
+    let body = json!({
+        "status": status,
+        "healthy_backends": healthy_total,
+        "total_backends": backends_total,
+        "timestamp": timestamp(SystemTime::now()),
+        "upstreams": summary,
+    });
+    let code = if status == "unhealthy" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, body)
+}
+
+fn status_word(healthy: usize, total: usize) -> &'static str {
+    match healthy {
+        0 => "unhealthy",
+        n if n == total => "healthy",
+        _ => "degraded",
+    }
+}
+
+/// Every backend, flat: `GET /api/backends`.
+pub fn backends(shared: &Shared) -> Value {
+    let snapshot = shared.snapshot();
+    let list: Vec<Value> = snapshot.backends().map(|b| backend(b, false)).collect();
+    json!({ "backends": list })
+}
+
+/// Everything the console shows: `GET /api/state`.
+pub fn state(shared: &Shared) -> Value {
+    let snapshot = shared.snapshot();
+    let upstreams: Vec<Value> = snapshot
+        .upstreams()
+        .iter()
+        .map(|upstream| {
+            json!({
+                "name": upstream.name,
+                "algorithm": upstream.policy.algorithm.to_string(),
+                "when_all_unhealthy": match upstream.policy.when_all_unhealthy {
+                    crate::config::AllUnhealthy::FailOpen => "fail_open",
+                    crate::config::AllUnhealthy::FailClosed => "fail_closed",
+                },
+                "healthy_backends": upstream.usable_count(),
+                "total_backends": upstream.backends.len(),
+                "backends": upstream.backends.iter().map(|b| backend(b, true)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let connections: serde_json::Map<String, Value> = shared
+        .connections_open()
+        .into_iter()
+        .map(|(protocol, open)| (protocol.to_owned(), json!(open)))
+        .collect();
+    let events: Vec<Value> = shared
+        .events()
+        .recent()
+        .into_iter()
+        .map(|event| {
+            json!({
+                "at": timestamp(event.at),
+                "kind": event.kind,
+                "upstream": event.upstream,
+                "backend": event.backend,
+                "message": event.message,
+            })
+        })
+        .collect();
+    let not_ready = shared.readiness().check().err().map(|reason| match reason {
+        NotReady::Starting => "starting",
+        NotReady::Draining => "draining",
+        NotReady::FirstHealthChecks => "first health checks",
+    });
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "generation": snapshot.generation,
+        "digest": snapshot.config.digest,
+        "started_at": timestamp(shared.started()),
+        "uptime_seconds": shared.started().elapsed().unwrap_or_default().as_secs_f64(),
+        "ready": not_ready.is_none(),
+        "not_ready_reason": not_ready,
+        "connections": connections,
+        "upstreams": upstreams,
+        "events": events,
+    })
+}
+
+/// One backend's state; with `traffic`, its recent rates and latency quantiles too.
+fn backend(backend: &Backend, traffic: bool) -> Value {
+    let report = backend.health.report();
+    let (state, reason) = match (&report.down, backend.is_drained()) {
+        (_, true) => ("draining", None),
+        (Some((Source::Traffic, why)), false) => ("ejected", Some(why.clone())),
+        (Some((Source::Probe, why)), false) => ("unhealthy", Some(why.clone())),
+        (None, false) if !report.healthy => ("unhealthy", None),
+        (None, false) if backend.in_slow_start() => ("slow_start", None),
+        (None, false) => ("healthy", None),
+    };
+    let mut value = json!({
+        "upstream": backend.upstream,
+        "name": backend.name,
+        "url": format!("{}://{}", backend.scheme, backend.authority),
+        "state": state,
+        "state_reason": reason,
+        "consecutive_successes": report.consecutive_successes,
+        "consecutive_failures": report.consecutive_failures,
+        "last_check": report.last_check.map(timestamp),
+        "last_latency_ms": report.last_latency.map(milliseconds),
+        "last_error": report.last_error,
+        "in_flight": backend.in_flight(),
+        "weight": backend.weight(),
+        "effective_weight": backend.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
+        "drained": backend.is_drained(),
+    });
+    if traffic {
+        let recent = backend.window.summary(RECENT_SECONDS);
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("requests_per_second".into(), json!(recent.rate()));
+            fields.insert("error_ratio".into(), json!(recent.failure_ratio()));
+            fields.insert("p50_ms".into(), json!(recent.p50.map(milliseconds)));
+            fields.insert("p99_ms".into(), json!(recent.p99.map(milliseconds)));
+        }
+    }
+    value
+}
+
+/// Takes `name` of `upstream` out of rotation (or puts it back).
+pub fn drain(shared: &Shared, upstream: &str, name: &str, drained: bool) -> (StatusCode, Value) {
+    let snapshot = shared.snapshot();
+    let Some(backend) = snapshot.backend(upstream, name) else {
+        return (StatusCode::NOT_FOUND, json!({ "error": "no such upstream/backend" }));
+    };
+    let was = backend.set_drained(drained);
+    if was != drained {
+        let what = if drained { "drained" } else { "undrained" };
+        tracing::info!(
+            upstream,
+            backend = name,
+            in_flight = backend.in_flight(),
+            "backend {what}"
+        );
+        shared.events().record(
+            "drain",
+            Some(upstream),
+            Some(name),
+            format!("{what} ({} requests in flight)", backend.in_flight()),
+        );
+    }
+    (
+        StatusCode::OK,
+        json!({ "upstream": upstream, "name": name, "drained": drained, "in_flight": backend.in_flight() }),
+    )
+}
+
+/// Reads the configuration file again and applies it: 200 with what changed, or 400 with why nothing did.
+pub fn reload(shared: &Shared) -> (StatusCode, Value) {
+    match shared.reload_from_file() {
+        Ok(report) => {
+            tracing::info!("admin API: {report}");
+            let body = json!({
+                "generation": report.generation,
+                "digest": report.digest,
+                "changes": report.changes,
+                "restart_required": report.restart_required,
+            });
+            (StatusCode::OK, body)
+        }
+        Err(error) => {
+            tracing::error!("admin API: configuration not reloaded, the running one stays: {error}");
+            (StatusCode::BAD_REQUEST, json!({ "error": error.to_string() }))
+        }
+    }
+}
+
+/// Keys whose values never leave the process.
+const SECRETS: [&str; 4] = ["token", "stateless_reset_key", "password", "secret"];
+
+/// The running configuration file, as YAML, with every secret value replaced.
+pub fn config(shared: &Shared) -> String {
+    let snapshot = shared.snapshot();
+    match serde_yaml::from_str::<serde_yaml::Value>(&snapshot.config.text) {
+        Ok(mut tree) => {
+            redact(&mut tree);
+            let yaml = serde_yaml::to_string(&tree).unwrap_or_default();
+            format!(
+                "# {} (configuration {}, generation {}); secrets redacted\n{yaml}",
+                snapshot.config.path.display(),
+                snapshot.config.digest,
+                snapshot.generation
+            )
+        }
+        // A running configuration was parsed once already; this cannot fail, but nothing leaks if it does.
+        Err(_) => "# the configuration cannot be shown\n".to_owned(),
+    }
+}
+
+fn redact(value: &mut serde_yaml::Value) {
+    match value {
+        serde_yaml::Value::Mapping(mapping) => {
+            for (key, value) in mapping.iter_mut() {
+                if key.as_str().is_some_and(|k| SECRETS.contains(&k)) {
+                    *value = serde_yaml::Value::String("<redacted>".into());
+                } else {
+                    redact(value);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(items) => items.iter_mut().for_each(redact),
+        serde_yaml::Value::Tagged(tagged) => redact(&mut tagged.value),
+        _ => {}
+    }
+}
+
+fn timestamp(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+fn milliseconds(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted_wherever_they_are() {
+        let mut tree: serde_yaml::Value = serde_yaml::from_str(
+            "admin: {token: hunter2hunter2hunter2}\nquic:\n  stateless_reset_key: abcdef\nbackends:\n  - {name: a, url: \"http://x\", password: p}\n",
+        )
+        .unwrap_or_default();
+        redact(&mut tree);
+        let text = serde_yaml::to_string(&tree).unwrap_or_default();
+        for secret in ["hunter2", "abcdef", "password: p"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("name: a"));
+    }
+}

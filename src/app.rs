@@ -69,7 +69,7 @@ impl Running {
 /// With `certs`, HTTPS (TCP) and QUIC (UDP) listen on `server.address`.
 pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Result<Running> {
     let worker_count = config.server.workers.unwrap_or_else(workers::default_count);
-    let fallback = runtime::bind_tcp_group(config.server.fallback_address, worker_count)
+    let fallback = runtime::bind_tcp_group(config.server.fallback_address, worker_count, config.server.reuse_port)
         .with_context(|| format!("cannot bind server.fallback_address {}", config.server.fallback_address))?;
     let secure = match &certs {
         Some(certs) => Some(bind_secure(&config, certs, worker_count)?),
@@ -216,10 +216,11 @@ fn bind_secure(config: &Config, certs: &Arc<CertStore>, workers: usize) -> anyho
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let tcp = runtime::bind_tcp_group(address, workers)
+        let shared = config.server.reuse_port;
+        let tcp = runtime::bind_tcp_group(address, workers, shared)
             .with_context(|| format!("cannot bind server.address {address} (TCP)"))?;
         let udp_address = SocketAddr::new(address.ip(), tcp[0].local_addr()?.port());
-        match QuicGroup::bind(udp_address, workers, &config.quic) {
+        match QuicGroup::bind(udp_address, workers, shared, &config.quic) {
             Ok(udp) => {
                 return Ok(Secure {
                     tcp,

@@ -163,8 +163,9 @@ fn warn_if_key_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     if let Ok(metadata) = fs::metadata(path) {
         let mode = metadata.permissions().mode();
-        if mode & 0o077 != 0 {
-            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "TLS key file is readable by group or others; chmod 600 it");
+        // Group access is how Kubernetes mounts secrets (fsGroup, mode 0440); other users never need it.
+        if mode & 0o007 != 0 {
+            tracing::warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777), "TLS key file is accessible to other users; chmod o-rwx it");
         }
     }
 }

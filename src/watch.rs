@@ -1,7 +1,8 @@
-//! `--watch`: reload the configuration when its file changes. The file's metadata is checked once a second
-//! (following symlinks, so a Kubernetes ConfigMap update, which swaps a symlink, is seen like an edit), and
-//! a change of the text reloads it. Polling needs no inotify quirks for editors that write by rename, and a
-//! second of delay is nothing next to how ConfigMap updates propagate.
+//! `--watch`: reload the configuration when its file, or the certificate or key it names, changes. The
+//! files' metadata is checked once a second (following symlinks, so a Kubernetes ConfigMap or Secret update,
+//! which swaps a symlink, is seen like an edit). A changed config text reloads; a changed certificate or key
+//! reloads too (a renewal keeps the same config). Polling needs no inotify quirks for editors that write by
+//! rename, and a second of delay is nothing next to how ConfigMap and Secret updates propagate.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,29 +20,39 @@ pub fn spawn(path: &Path, shared: Arc<Shared>) -> Watcher {
     let path = path.to_owned();
     Watcher(tokio::spawn(async move {
         let mut seen = Stamp::of(&path);
+        let mut seen_tls = tls_stamps(&shared);
         let mut ticks = tokio::time::interval(INTERVAL);
         loop {
             ticks.tick().await;
-            let now = Stamp::of(&path);
-            if now == seen {
+            let (now, now_tls) = (Stamp::of(&path), tls_stamps(&shared));
+            if now == seen && now_tls == seen_tls {
                 continue;
             }
-            seen = now;
-            // The same text again (touched, or rewritten unchanged) is not a reload.
+            let tls_changed = now_tls != seen_tls;
+            (seen, seen_tls) = (now, now_tls);
+            // The same text again (touched, or rewritten unchanged) is not a reload, unless the certificate
+            // changed under it.
             let unchanged = std::fs::read_to_string(&path)
                 .ok()
                 .is_some_and(|text| crate::config::digest(&text) == shared.snapshot().config.digest);
-            if unchanged {
+            if unchanged && !tls_changed {
                 continue;
             }
             match shared.reload_from_file() {
-                Ok(report) => tracing::info!("config file changed: {report}"),
+                Ok(report) => tracing::info!("watched files changed: {report}"),
                 Err(error) => {
-                    tracing::error!("config file changed: not reloaded, the running configuration stays: {error}")
+                    tracing::error!("watched files changed: not reloaded, the running configuration stays: {error}")
                 }
             }
         }
     }))
+}
+
+/// The certificate and key files the running configuration names.
+fn tls_stamps(shared: &Shared) -> Option<(Option<Stamp>, Option<Stamp>)> {
+    let snapshot = shared.snapshot();
+    let tls = snapshot.config.server.tls.as_ref()?;
+    Some((Stamp::of(&tls.cert_file), Stamp::of(&tls.key_file)))
 }
 
 /// Stops watching when dropped.

@@ -217,3 +217,39 @@ async fn shutdown_closes_idle_connections_without_waiting() {
     })
     .await;
 }
+
+/// A config whose plain listener is on `fallback` (the rest on ports from the OS), with two workers.
+fn two_workers_on(fallback: &str, reuse_port: bool, backend: std::net::SocketAddr) -> String {
+    render_config(
+        &["workers: 2", &format!("reuse_port: {reuse_port}")],
+        &format!("backends: {}", equal_backends(&["shared"], &[backend])),
+    )
+    .replace(
+        "fallback_address: \"127.0.0.1:0\"",
+        &format!("fallback_address: \"{fallback}\""),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_a_taken_address_fails_unless_both_share_it() {
+    guarded(async {
+        let backend = start_backends(&["shared"])[0];
+        let first = start_proxy(&two_workers_on("127.0.0.1:0", false, backend)).await;
+        let taken = first.fallback_addr.to_string();
+        let config = quic_proxy::Config::parse(
+            std::path::Path::new("second.yaml"),
+            &two_workers_on(&taken, false, backend),
+        )
+        .expect("the second config is valid");
+        let refused = quic_proxy::app::start(config, None).await;
+        let error = refused.expect_err("an address another instance holds must stop start-up");
+        assert!(format!("{error:#}").contains("server.fallback_address"), "{error:#}");
+
+        let sharing = start_proxy(&two_workers_on("127.0.0.1:0", true, backend)).await;
+        let joined = start_proxy(&two_workers_on(&sharing.fallback_addr.to_string(), true, backend)).await;
+        assert_eq!(joined.fallback_addr, sharing.fallback_addr);
+        let reply = HttpClient::new(joined.fallback_addr).get("/").await;
+        assert_eq!((reply.status, reply.backend()), (StatusCode::OK, "shared"));
+    })
+    .await;
+}

@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// Worker threads, each with its own listeners, QUIC endpoint and upstream connections; default: one
     /// per core.
     pub workers: Option<usize>,
+    /// Let other processes listen on the same addresses (SO_REUSEPORT), to run several instances on one
+    /// host; otherwise an address already in use stops start-up.
+    #[serde(default)]
+    pub reuse_port: bool,
 }
 
 impl Default for ServerConfig {
@@ -83,6 +87,7 @@ impl Default for ServerConfig {
             max_headers: default_max_headers(),
             client_body_timeout: default_body_timeout(),
             workers: None,
+            reuse_port: false,
         }
     }
 }

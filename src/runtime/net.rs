@@ -28,10 +28,16 @@ pub fn bind_tcp_std(address: SocketAddr, reuse_port: bool) -> io::Result<std::ne
     }
 }
 
-/// `count` TCP listeners on one address in an SO_REUSEPORT group (one plain listener when `count` is 1).
-/// With port 0 the first socket takes a port the kernel knows to be free, and the others join it.
-pub fn bind_tcp_group(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
-    let reuse_port = count > 1;
+/// `count` TCP listeners on one address in an SO_REUSEPORT group (one plain listener when `count` is 1,
+/// unless `shared`). With port 0 the first socket takes a port the kernel knows to be free, and the others
+/// join it. Unless `shared` (other processes may join on purpose), an address some other socket already
+/// holds is refused, as it would be without SO_REUSEPORT: a second instance started by mistake fails to start
+/// instead of silently taking half the connections.
+pub fn bind_tcp_group(address: SocketAddr, count: usize, shared: bool) -> io::Result<Vec<std::net::TcpListener>> {
+    let reuse_port = count > 1 || shared;
+    if reuse_port && !shared && address.port() != 0 {
+        drop(bind_tcp_std(address, false)?);
+    }
     let first = bind_tcp_std(address, reuse_port)?;
     let bound = first.local_addr()?;
     let mut group = vec![first];
@@ -49,8 +55,12 @@ fn tcp_socket(address: SocketAddr, reuse_port: bool) -> io::Result<std::net::Tcp
     Ok(socket.into())
 }
 
-/// A non-blocking UDP socket, with the same dual-stack fallback as TCP.
-pub fn bind_udp(address: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
+/// A non-blocking UDP socket, with the same dual-stack fallback as TCP. With `reuse_port` and not `shared`,
+/// an address another socket already holds is refused (see [`bind_tcp_group`]).
+pub fn bind_udp(address: SocketAddr, reuse_port: bool, shared: bool) -> io::Result<Socket> {
+    if reuse_port && !shared && address.port() != 0 {
+        drop(bind_udp(address, false, false)?);
+    }
     let bind = |address: SocketAddr| {
         let socket = new_socket(address, Type::DGRAM, Protocol::UDP, reuse_port)?;
         socket.bind(&address.into())?;

@@ -123,6 +123,7 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
     );
     check("server.tls", old.server.tls.is_some() != new.server.tls.is_some());
     check("server.workers", old.server.workers != new.server.workers);
+    check("server.reuse_port", old.server.reuse_port != new.server.reuse_port);
     check(
         "quic.socket_receive_buffer",
         old.quic.socket_receive_buffer != new.quic.socket_receive_buffer,

@@ -109,12 +109,19 @@ impl QuicGroup {
         Ok(server_config)
     }
 
-    /// Binds one UDP socket per worker on `address` (SO_REUSEPORT when more than one).
-    pub fn bind(address: SocketAddr, count: usize, quic: &QuicConfig) -> anyhow::Result<Vec<std::net::UdpSocket>> {
+    /// Binds one UDP socket per worker on `address` (SO_REUSEPORT when more than one, or when `shared` with
+    /// other processes).
+    pub fn bind(
+        address: SocketAddr,
+        count: usize,
+        shared: bool,
+        quic: &QuicConfig,
+    ) -> anyhow::Result<Vec<std::net::UdpSocket>> {
         let mut address = address;
         let mut sockets = Vec::with_capacity(count);
-        for _ in 0..count {
-            let socket = bind_udp(address, quic, count > 1)
+        for index in 0..count {
+            // Only the first socket checks that nobody else holds the address; the others join it.
+            let socket = bind_udp(address, quic, count > 1 || shared, shared || index > 0)
                 .with_context(|| format!("cannot bind server.address {address} (UDP)"))?;
             // Later sockets join the first one's port.
             address = socket.local_addr()?;
@@ -184,8 +191,8 @@ fn transport(quic: &QuicConfig) -> anyhow::Result<TransportConfig> {
 }
 
 /// A UDP socket with explicit buffer sizes; warns when the kernel grants less than asked.
-fn bind_udp(address: SocketAddr, quic: &QuicConfig, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
-    let socket = crate::runtime::bind_udp(address, reuse_port)?;
+fn bind_udp(address: SocketAddr, quic: &QuicConfig, reuse_port: bool, shared: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = crate::runtime::bind_udp(address, reuse_port, shared)?;
     let asked = |bytes: u64| usize::try_from(bytes).unwrap_or(usize::MAX);
     if let Err(error) = socket.set_recv_buffer_size(asked(quic.socket_receive_buffer)) {
         tracing::warn!("cannot set the UDP receive buffer: {error}");

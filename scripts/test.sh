@@ -36,9 +36,16 @@ cargo build --quiet
 
 "$venv/bin/python" -m pytest -q tests/interop
 
+# Adversarial suites (tests/adversarial): raw HTTP/1.1, HTTP/2 and HTTP/3 (aioquic) clients and raw backends
+# doing what well-behaved peers never do: desync corpus, malformed frames, slow and stalled peers, floods.
+./scripts/test-adversarial.sh
+
 # Monitoring tests (tests/monitoring): dashboard types, provisioning, metrics docs, a real Prometheus.
 ./scripts/test-monitoring.sh
 
 # Deployment artefacts (tests/deploy): Dockerfile (hadolint, the runtime stage built with buildah and run),
 # the Kubernetes base (kubectl kustomize, kubernetes-validate), the systemd unit (systemd-analyze), examples.
 ./scripts/test-deploy.sh
+
+# The admin console in a real browser (tests/console): Playwright from PyPI driving Debian's Chromium.
+./scripts/test-console.sh

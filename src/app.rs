@@ -97,6 +97,7 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
     let core = Arc::new(Core::new(Arc::clone(&shared), worker_count));
     let (data, control) = (Shutdown::default(), Shutdown::default());
     tokio::spawn(Prober::default().run(Arc::clone(&shared), control.clone()));
+    tokio::spawn(crate::trace::run(Arc::clone(&shared), control.clone()));
 
     let fallback_addr = fallback[0].local_addr()?;
     tracing::info!(address = %fallback_addr, workers = worker_count, "HTTP/1.1 listener bound");

@@ -24,6 +24,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balancer::InFlight;
 use crate::error::ProxyError;
+use crate::trace::Finish;
 
 /// Boxed error carried by body frames.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,6 +40,8 @@ pub struct Body {
     /// Told when the last frame has been handed out.
     sent: Option<oneshot::Sender<()>>,
     exact: Option<Exact>,
+    /// The request's server span, ended when this (response) body is dropped.
+    trace: Option<Finish>,
 }
 
 /// A declared length, enforced: more or fewer bytes are an error, and the frame that completes the length
@@ -97,6 +100,7 @@ impl Body {
             idle: None,
             sent: None,
             exact: None,
+            trace: None,
         }
     }
 
@@ -151,6 +155,12 @@ impl Body {
                 stalled,
             }));
         }
+        self
+    }
+
+    /// Ends the request's server span when this body is dropped (delivered, or abandoned by the client).
+    pub fn with_trace(mut self, finish: Finish) -> Self {
+        self.trace = Some(finish);
         self
     }
 

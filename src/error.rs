@@ -23,6 +23,8 @@ pub enum ProxyError {
     ClientBodyTimeout(std::time::Duration),
     #[error("CONNECT is not supported: this is a reverse proxy")]
     MethodNotAllowed,
+    #[error("{0}")]
+    NotImplemented(&'static str),
     #[error("0-RTT early data is only accepted for safe methods; retry after the handshake")]
     TooEarly,
     #[error("no route for this host and path")]
@@ -54,6 +56,7 @@ impl ProxyError {
             Self::BadRequest(_) | Self::ClientBodyFailed => StatusCode::BAD_REQUEST,
             Self::ClientBodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::TooEarly => StatusCode::TOO_EARLY,
@@ -73,6 +76,7 @@ impl ProxyError {
             | Self::ClientBodyFailed
             | Self::ClientBodyTimeout(_)
             | Self::MethodNotAllowed
+            | Self::NotImplemented(_)
             | Self::NoRoute
             | Self::TooEarly => Origin::Client,
             Self::NoBackend { .. } => Origin::Proxy,
@@ -109,7 +113,11 @@ impl ProxyError {
     pub fn closes_connection(&self) -> bool {
         matches!(
             self,
-            Self::BadRequest(_) | Self::HeadTooLarge | Self::ClientBodyFailed | Self::ClientBodyTimeout(_)
+            Self::BadRequest(_)
+                | Self::HeadTooLarge
+                | Self::ClientBodyFailed
+                | Self::ClientBodyTimeout(_)
+                | Self::NotImplemented(_)
         )
     }
 }

@@ -20,6 +20,7 @@ pub mod routing;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod trace;
 pub mod watch;
 
 pub use body::Body;

@@ -50,6 +50,9 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "config_last_reload_success_timesta
 pub const BACKEND_IN_FLIGHT: &str = "backend_in_flight_requests";
 pub const BACKEND_EFFECTIVE_WEIGHT: &str = "backend_effective_weight";
 pub const BACKEND_DRAINED: &str = "backend_drained";
+pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "tracing_spans_exported_total";
+pub const TRACING_SPANS_DROPPED_TOTAL: &str = "tracing_spans_dropped_total";
+pub const TRACING_EXPORT_FAILURES_TOTAL: &str = "tracing_export_failures_total";
 
 /// Latency buckets from 1 ms to 60 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -156,6 +159,21 @@ fn describe() {
         BUILD_INFO,
         Unit::Count,
         "Always 1; the version label says which build runs."
+    );
+    describe_counter!(
+        TRACING_SPANS_EXPORTED_TOTAL,
+        Unit::Count,
+        "Spans the trace collector accepted."
+    );
+    describe_counter!(
+        TRACING_SPANS_DROPPED_TOTAL,
+        Unit::Count,
+        "Spans dropped: the export queue was full, or the collector did not take their batch."
+    );
+    describe_counter!(
+        TRACING_EXPORT_FAILURES_TOTAL,
+        Unit::Count,
+        "Export calls the collector refused, failed or did not answer in time."
     );
     describe_counter!(
         CONFIG_RELOADS_TOTAL,
@@ -421,6 +439,9 @@ fn register_process_wide() {
         QUIC_CONNECTIONS_REFUSED_TOTAL,
         QUIC_LOST_PACKETS_TOTAL,
         QUIC_SENT_PACKETS_TOTAL,
+        TRACING_SPANS_EXPORTED_TOTAL,
+        TRACING_SPANS_DROPPED_TOTAL,
+        TRACING_EXPORT_FAILURES_TOTAL,
     ] {
         counter!(name).absolute(0);
     }
@@ -440,6 +461,22 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Counts spans the collector accepted.
+pub fn record_spans_exported(count: u64) {
+    counter!(TRACING_SPANS_EXPORTED_TOTAL).increment(count);
+}
+
+/// Counts spans dropped before export.
+pub fn record_spans_dropped(count: u64) {
+    counter!(TRACING_SPANS_DROPPED_TOTAL).increment(count);
+}
+
+/// Counts an export call that failed, and its spans as dropped.
+pub fn record_span_export_failure(spans: u64) {
+    counter!(TRACING_EXPORT_FAILURES_TOTAL).increment(1);
+    record_spans_dropped(spans);
 }
 
 /// Records a reload attempt.

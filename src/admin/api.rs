@@ -179,7 +179,10 @@ pub fn drain(shared: &Shared, upstream: &str, name: &str, drained: bool) -> (Sta
             "drain",
             Some(upstream),
             Some(name),
-            format!("{what} ({} requests in flight)", backend.in_flight()),
+            match backend.in_flight() {
+                1 => format!("{what} (1 request in flight)"),
+                n => format!("{what} ({n} requests in flight)"),
+            },
         );
     }
     (

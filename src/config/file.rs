@@ -463,6 +463,61 @@ pub struct Telemetry {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub logging: LoggingConfig,
+    #[serde(default)]
+    pub tracing: TracingConfig,
+}
+
+/// Distributed tracing: a span per request and per upstream attempt, exported over OTLP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// On when the section names an endpoint, unless set to false.
+    pub enabled: Option<bool>,
+    /// Where spans go: an OTLP receiver, `http://collector:4317` (gRPC) or `http://collector:4318` (HTTP).
+    pub otlp_endpoint: Option<String>,
+    /// The same, for a Jaeger collector (Jaeger takes OTLP).
+    pub jaeger_endpoint: Option<String>,
+    /// `grpc` or `http` (OTLP/HTTP with protobuf bodies, to `<endpoint>/v1/traces`).
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Share of new traces recorded; a request that carries a `traceparent` follows its sampled flag.
+    #[serde(default = "default_sampling_ratio")]
+    pub sampling_ratio: f64,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Further resource attributes, like `deployment.environment: production`.
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
+    /// Finished spans waiting for export; beyond this, spans are dropped (and counted).
+    #[serde(default = "default_trace_queue")]
+    pub queue_size: usize,
+    #[serde(default = "default_export_timeout", deserialize_with = "units::duration")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        Self {
+            enabled: None,
+            otlp_endpoint: None,
+            jaeger_endpoint: None,
+            protocol: OtlpProtocol::default(),
+            sampling_ratio: default_sampling_ratio(),
+            service_name: default_service_name(),
+            resource_attributes: BTreeMap::new(),
+            queue_size: default_trace_queue(),
+            export_timeout: default_export_timeout(),
+        }
+    }
+}
+
+/// How spans are sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    Http,
 }
 
 /// The admin listener: `/metrics`, `/health`, `/ready`, `/live`.
@@ -556,6 +611,18 @@ fn default_header_read_timeout() -> Duration {
 }
 fn default_max_header_bytes() -> u64 {
     64 * 1024
+}
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "quic-proxy".to_owned()
+}
+fn default_trace_queue() -> usize {
+    2048
+}
+fn default_export_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_headers() -> usize {
     100

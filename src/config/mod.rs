@@ -14,8 +14,8 @@ use http::Uri;
 
 pub use file::{
     AdminConfig, Algorithm, AllUnhealthy, BalancerConfig, CheckKind, HealthCheckConfig, InitialState, LogFormat,
-    LoggingConfig, MetricsConfig, PassiveConfig, QuicConfig, RetryMode, ServerConfig, StatusRange, Telemetry, Timeouts,
-    TlsConfig,
+    LoggingConfig, MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryMode, ServerConfig, StatusRange,
+    Telemetry, Timeouts, TlsConfig, TracingConfig,
 };
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
@@ -46,6 +46,20 @@ pub struct Config {
     pub digest: String,
     /// The file's text, for showing (with secrets redacted) in the admin console.
     pub text: std::sync::Arc<str>,
+    /// Where spans are exported, when tracing is on.
+    pub tracing: Option<Tracing>,
+}
+
+/// Tracing, validated: on, with an endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    pub endpoint: Uri,
+    pub protocol: OtlpProtocol,
+    pub sampling_ratio: f64,
+    pub service_name: String,
+    pub resource_attributes: Vec<(String, String)>,
+    pub queue_size: usize,
+    pub export_timeout: std::time::Duration,
 }
 
 /// A named pool of backends with its balancing and health settings.
@@ -298,6 +312,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     }
     let quic_secret = check_quic(&quic)?;
     let admin_token = admin_token(&admin)?;
+    let tracing = check_tracing(&telemetry.tracing)?;
     Ok(Config {
         server,
         upstreams,
@@ -312,6 +327,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         path: PathBuf::new(),
         digest: String::new(),
         text: std::sync::Arc::from(""),
+        tracing,
     })
 }
 
@@ -403,6 +419,61 @@ fn admin_token(admin: &AdminConfig) -> Result<Option<String>, Invalid> {
         ));
     }
     Ok(Some(token))
+}
+
+fn check_tracing(tracing: &TracingConfig) -> Result<Option<Tracing>, Invalid> {
+    let key = |field: &str| format!("telemetry.tracing.{field}");
+    let (field, endpoint) = match (&tracing.otlp_endpoint, &tracing.jaeger_endpoint) {
+        (Some(_), Some(_)) => {
+            return Err((
+                key("jaeger_endpoint"),
+                "set otlp_endpoint or its alias jaeger_endpoint, not both".into(),
+            ))
+        }
+        (Some(endpoint), None) => ("otlp_endpoint", endpoint),
+        (None, Some(endpoint)) => ("jaeger_endpoint", endpoint),
+        (None, None) if tracing.enabled == Some(true) => {
+            return Err((
+                key("otlp_endpoint"),
+                "tracing is enabled but has no endpoint; write it like http://127.0.0.1:4317".into(),
+            ))
+        }
+        (None, None) => return Ok(None),
+    };
+    if !(0.0..=1.0).contains(&tracing.sampling_ratio) {
+        return Err((key("sampling_ratio"), "must be between 0 and 1".into()));
+    }
+    if tracing.queue_size == 0 {
+        return Err((key("queue_size"), "must be at least 1".into()));
+    }
+    if tracing.export_timeout.is_zero() {
+        return Err((key("export_timeout"), "must be above zero".into()));
+    }
+    let uri: Uri = endpoint
+        .parse()
+        .map_err(|e| (key(field), format!("`{endpoint}` is not a URL ({e})")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err((
+            key(field),
+            format!("`{endpoint}` needs http:// or https:// and a host, like http://127.0.0.1:4317"),
+        ));
+    }
+    if tracing.enabled == Some(false) {
+        return Ok(None);
+    }
+    Ok(Some(Tracing {
+        endpoint: uri,
+        protocol: tracing.protocol,
+        sampling_ratio: tracing.sampling_ratio,
+        service_name: tracing.service_name.clone(),
+        resource_attributes: tracing
+            .resource_attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        queue_size: tracing.queue_size,
+        export_timeout: tracing.export_timeout,
+    }))
 }
 
 fn check_server(server: &ServerConfig) -> Result<(), Invalid> {

@@ -76,15 +76,19 @@ impl Forwarder {
 fn classify(backend: &Backend, error: &hyper_util::client::legacy::Error) -> ProxyError {
     // A failure of the client's own request body (a listener found it malformed, or the client went
     // away mid-upload) is not the backend's fault: it must neither count against the backend nor be retried.
+    // The proxy's own verdict on the body (stalled, wrong length) is deeper in the chain than hyper's
+    // "user body failed", and is the one the client hears.
     let mut source = std::error::Error::source(error);
+    let mut user_body_failed = false;
     while let Some(inner) = source {
         if let Some(client_error) = inner.downcast_ref::<ProxyError>() {
             return client_error.clone();
         }
-        if inner.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user) {
-            return ProxyError::ClientBodyFailed;
-        }
+        user_body_failed |= inner.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_user);
         source = inner.source();
+    }
+    if user_body_failed {
+        return ProxyError::ClientBodyFailed;
     }
     let io_kind = io_error_kind(error);
     let cause = match io_kind {

@@ -23,6 +23,7 @@ use crate::health::passive;
 use crate::metrics;
 use crate::routing::Upstream;
 use crate::runtime::{workers, Shared};
+use crate::trace::{self, RequestTrace};
 
 use super::forward::Forwarder;
 use super::headers::{self, Forwarding};
@@ -58,10 +59,11 @@ pub struct Core {
     metrics: metrics::RequestMetrics,
 }
 
-/// What the access log and metrics learn while a request is proxied.
+/// What the access log, metrics and trace learn while a request is proxied.
 #[derive(Default)]
 struct Outcome {
     upstream: Option<Arc<Upstream>>,
+    route: Option<Arc<str>>,
     backend: Option<Arc<Backend>>,
 }
 
@@ -95,9 +97,15 @@ impl Core {
         // A Uri clone shares its bytes: the access log costs no copy of the path.
         let uri = request.uri().clone();
         let in_flight = self.metrics.in_flight(protocol);
+        let trace = self
+            .shared
+            .tracer()
+            .map(|tracer| RequestTrace::begin(tracer, request.headers()));
+        let host = request_host(&request);
         let request = request.map(|body| body.with_meter(self.metrics.request_size(protocol)));
         let mut outcome = Outcome::default();
-        let response = match self.proxy(request, client, &mut outcome).await {
+        let mut failure = None;
+        let response = match self.proxy(request, client, trace.as_ref(), &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 if error.origin() != Origin::Client {
@@ -107,44 +115,89 @@ impl Core {
                         "{error}"
                     );
                 }
-                error_response(&error, version)
+                let response = error_response(&error, version);
+                failure = Some(error);
+                response
             }
         };
         drop(in_flight);
         let elapsed = started.elapsed();
         let upstream = outcome.upstream.as_ref().map_or("-", |u| u.name.as_str());
         let backend = outcome.backend.as_ref().map_or("-", |b| b.name.as_str());
+        let status = response.status();
+        let trace_id = trace.as_ref().map(RequestTrace::trace_id);
         tracing::info!(
             target: "access",
             method = %method,
             path = %uri.path(),
-            status = response.status().as_u16(),
+            status = status.as_u16(),
             upstream,
             backend,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             protocol,
             client = %client.peer.ip(),
+            trace_id,
         );
         let answered_by = outcome.backend.as_ref().map(|b| &b.metrics);
         self.metrics
-            .record_request(&method, response.status(), answered_by, protocol, elapsed);
-        response.map(|body| body.with_meter(self.metrics.response_size(protocol)))
+            .record_request(&method, status, answered_by, protocol, elapsed);
+        let finish = trace.map(|trace| {
+            let route = outcome.route.as_deref();
+            let name = match route {
+                Some(route) => format!("{method} {route}"),
+                None => method.to_string(),
+            };
+            let mut attributes: Vec<(&'static str, trace::Value)> = vec![
+                ("http.request.method", method.as_str().into()),
+                ("http.response.status_code", i64::from(status.as_u16()).into()),
+                ("network.protocol.name", "http".into()),
+                ("network.protocol.version", via_version(version).into()),
+                ("client.address", client.peer.ip().to_string().into()),
+                ("url.path", uri.path().into()),
+            ];
+            if let Some(route) = route {
+                attributes.push(("http.route", route.into()));
+            }
+            if let Some(host) = host {
+                attributes.push(("server.address", host.into()));
+            }
+            if upstream != "-" {
+                attributes.push(("quic_proxy.upstream", upstream.into()));
+            }
+            let error = failure
+                .filter(|e| e.origin() != Origin::Client || status.is_server_error())
+                .map(|e| e.to_string())
+                .or_else(|| status.is_server_error().then(|| status.to_string()));
+            trace.finish(name, attributes, error)
+        });
+        response.map(|body| {
+            let body = body.with_meter(self.metrics.response_size(protocol));
+            match finish {
+                Some(finish) => body.with_trace(finish),
+                None => body,
+            }
+        })
     }
 
     async fn proxy(
         &self,
         mut request: Request<Body>,
         client: ClientInfo,
+        trace: Option<&RequestTrace>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         check_framing(&request)?;
         let snapshot = self.shared.snapshot();
         let host = request_host(&request);
-        let upstream = snapshot
+        let destination = snapshot
             .router()
-            .route(host.as_deref(), request.uri().path())
+            .destination(host.as_deref(), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
+        let upstream = destination.upstream;
         outcome.upstream = Some(Arc::clone(upstream));
+        if trace.is_some() {
+            outcome.route = Some(Arc::from(destination.route));
+        }
 
         let is_http1 = request.version() <= Version::HTTP_11;
         let upgrade = is_http1 && headers::is_upgrade_request(request.headers());
@@ -188,9 +241,9 @@ impl Core {
         let attempts = if replay.is_some() { retries + 1 } else { 1 };
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last_error = None;
-        let mut attempt = 0;
+        let mut attempt_number: u32 = 0;
         loop {
-            attempt += 1;
+            attempt_number += 1;
             let backend = match upstream.pick(&tried) {
                 Ok(backend) => backend,
                 // Out of backends to retry on: the client hears what actually went wrong.
@@ -202,7 +255,7 @@ impl Core {
             }
             outcome.backend = Some(Arc::clone(&backend));
             let in_flight = backend.start_request();
-            let last = attempt >= attempts;
+            let last = attempt_number >= attempts;
             let (sent, sending) = tokio::sync::oneshot::channel();
             let mut upstream_request = Request::new(
                 match &replay {
@@ -225,10 +278,40 @@ impl Core {
                 .build()
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
+            let traced = trace.map(|t| t.attempt(upstream_request.headers_mut()));
             let (result, waited) = self
                 .forwarder()
                 .send(&backend, upstream_request, sending, timeouts.response_header)
                 .await;
+            if let (Some(trace), Some(attempt)) = (trace, traced) {
+                let mut attributes: Vec<(&'static str, trace::Value)> = vec![
+                    ("http.request.method", parts.method.as_str().into()),
+                    ("server.address", backend.authority.host().into()),
+                    ("quic_proxy.backend", backend.name.as_str().into()),
+                    ("quic_proxy.upstream", upstream.name.as_str().into()),
+                    ("http.request.resend_count", i64::from(attempt_number - 1).into()),
+                ];
+                if let Some(port) = backend.authority.port_u16() {
+                    attributes.push(("server.port", i64::from(port).into()));
+                }
+                let error = match &result {
+                    Ok(response) => {
+                        attributes.push((
+                            "http.response.status_code",
+                            i64::from(response.status().as_u16()).into(),
+                        ));
+                        response
+                            .status()
+                            .is_server_error()
+                            .then(|| response.status().to_string())
+                    }
+                    Err(error) => {
+                        attributes.push(("error.type", error.cause().into()));
+                        Some(error.to_string())
+                    }
+                };
+                trace.end_attempt(attempt, attributes, error);
+            }
             backend
                 .metrics
                 .record_attempt(result.as_ref().ok().map(Response::status), waited);
@@ -371,6 +454,10 @@ fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
     if request.uri().path() == "*" && request.method() != Method::OPTIONS {
         return Err(ProxyError::BadRequest("only OPTIONS may have the target *"));
     }
+    // Userinfo in a target is deprecated and never forwarded (RFC 9110 4.2.4, RFC 9114 4.3.1).
+    if request.uri().authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(ProxyError::BadRequest("userinfo in the request target"));
+    }
     if request.version() > Version::HTTP_11 {
         return check_fields(request);
     }
@@ -379,6 +466,7 @@ fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
     if !content_lengths.is_empty() && headers.contains_key(header::TRANSFER_ENCODING) {
         return Err(ProxyError::BadRequest("both Content-Length and Transfer-Encoding"));
     }
+    check_transfer_coding(headers)?;
     let mut declared: Option<&[u8]> = None;
     for value in &content_lengths {
         for item in value.as_bytes().split(|&b| b == b',') {
@@ -410,6 +498,31 @@ fn check_framing(request: &Request<Body>) -> Result<(), ProxyError> {
         }
     }
     Ok(())
+}
+
+/// A request's Transfer-Encoding must be exactly `chunked` (RFC 9112 6.1): another coding is one this
+/// proxy does not decode (501), and `chunked` more than once, or not last, is malformed (400). Lenient
+/// readings of the header are how requests get smuggled past one hop and reframed by the next.
+fn check_transfer_coding(headers: &http::HeaderMap) -> Result<(), ProxyError> {
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    let Some(first) = codings.next() else {
+        return if headers.contains_key(header::TRANSFER_ENCODING) {
+            Err(ProxyError::BadRequest("empty Transfer-Encoding"))
+        } else {
+            Ok(())
+        };
+    };
+    let chunked = |coding: &[u8]| coding.eq_ignore_ascii_case(b"chunked");
+    match (chunked(first), codings.next()) {
+        (true, None) => Ok(()),
+        (true, Some(_)) => Err(ProxyError::BadRequest("chunked is not the only transfer coding")),
+        (false, _) => Err(ProxyError::NotImplemented("unsupported transfer coding")),
+    }
 }
 
 /// RFC 9113 8.2.2 and RFC 9114 4.2: HTTP/2 and HTTP/3 requests carry no connection-specific fields, and

@@ -12,7 +12,7 @@ use crate::balancer::{Backend, BackendKey};
 use crate::config::Config;
 use crate::events::Events;
 
-pub use router::Router;
+pub use router::{Destination, Router};
 pub use upstream::Upstream;
 
 /// One configuration, built into routes and pools.

@@ -21,6 +21,16 @@ struct Route {
     host: HostMatch,
     path: PathMatch,
     upstream: Arc<Upstream>,
+    /// `host path`, as traces name the route.
+    label: Arc<str>,
+}
+
+/// Where a request goes: its upstream, and the route that sent it there (as `host path`; `default` for the
+/// default upstream).
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    pub upstream: &'a Arc<Upstream>,
+    pub route: &'a str,
 }
 
 impl Router {
@@ -41,6 +51,7 @@ impl Router {
                     host: r.host.clone(),
                     path: r.path.clone(),
                     upstream: find(&r.upstream)?,
+                    label: Arc::from(format!("{} {}", r.host, r.path)),
                 })
             })
             .collect();
@@ -54,12 +65,25 @@ impl Router {
 
     /// The upstream for a request to `host` (as sent, port allowed) and `path`.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
+        self.destination(host, path).map(|d| d.upstream)
+    }
+
+    /// The upstream and route for a request to `host` (as sent, port allowed) and `path`.
+    pub fn destination(&self, host: Option<&str>, path: &str) -> Option<Destination<'_>> {
         let host = host.map(normalize_host);
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host.as_deref()) && path_matches(&r.path, path))
-            .map(|r| &r.upstream)
-            .or(self.default.as_ref())
+            .map(|r| Destination {
+                upstream: &r.upstream,
+                route: &r.label,
+            })
+            .or_else(|| {
+                self.default.as_ref().map(|upstream| Destination {
+                    upstream,
+                    route: "default",
+                })
+            })
     }
 
     /// Every upstream pool, in config order.

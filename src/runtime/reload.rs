@@ -73,7 +73,8 @@ impl Shared {
     fn apply(&self, config: Config) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock_reloads();
         let previous = self.snapshot();
-        let restart_required = restart_required(&previous.config, &config);
+        // Against what the sockets were bound for: a change stays reported until a restart applies it.
+        let restart_required = restart_required(self.bound(), &config);
         let mut certificate_replaced = false;
         if let (Some(certs), Some(tls)) = (self.certs(), &config.server.tls) {
             // Read even when the paths are unchanged: the files may have been replaced (certificate renewal).

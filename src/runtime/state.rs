@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -13,6 +13,7 @@ use crate::events::Events;
 use crate::metrics::{self, GaugeGuard};
 use crate::routing::Snapshot;
 use crate::tls::CertStore;
+use crate::trace::Tracer;
 
 /// The running proxy's shared state.
 #[derive(Debug)]
@@ -22,8 +23,11 @@ pub struct Shared {
     readiness: Readiness,
     certs: Option<Arc<CertStore>>,
     events: Arc<Events>,
+    tracer: ArcSwapOption<Tracer>,
     connections: Connections,
     started: SystemTime,
+    /// The configuration the process started with: the one its sockets were bound for.
+    bound: Arc<Config>,
     /// Serialises reloads; the request path never takes it.
     pub(super) reloading: Mutex<()>,
 }
@@ -33,6 +37,7 @@ impl Shared {
     pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Arc<Self> {
         let events = Arc::new(Events::default());
         let snapshot = Arc::new(Snapshot::new(config, &events));
+        let bound = Arc::clone(&snapshot.config);
         let (changed, _) = watch::channel(Arc::clone(&snapshot));
         Arc::new(Self {
             current: ArcSwap::new(snapshot),
@@ -40,15 +45,32 @@ impl Shared {
             readiness: Readiness::default(),
             certs,
             events,
+            tracer: ArcSwapOption::empty(),
             connections: Connections::default(),
             started: SystemTime::now(),
+            bound,
             reloading: Mutex::new(()),
         })
+    }
+
+    /// The tracer new requests record spans with, when tracing is on.
+    pub fn tracer(&self) -> Option<Arc<Tracer>> {
+        self.tracer.load_full()
+    }
+
+    /// Installs (or removes) the tracer; requests already traced keep theirs.
+    pub fn set_tracer(&self, tracer: Option<Arc<Tracer>>) {
+        self.tracer.store(tracer);
     }
 
     /// Recent health transitions, reloads and drains.
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    /// The configuration the process started with; settings that need new sockets keep these values.
+    pub fn bound(&self) -> &Config {
+        &self.bound
     }
 
     /// When the proxy started.

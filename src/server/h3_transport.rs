@@ -7,14 +7,20 @@
 //!
 //! Request streams also carry the proxy's own rules:
 //! - their first HEADERS frame passes a tee that checks the encoded field section for what h3 lets through
-//!   (`quic_fields`); a malformed stream's verdict is kept by id for the request task;
+//!   (`quic_fields`); a malformed stream's verdict is noted by id for the request task, with a future that
+//!   completes when the client stops the stream (so the task can give up at once);
 //! - a request stream dropped before its head arrived (the header read timeout) is stopped and reset with
-//!   H3_REQUEST_INCOMPLETE, and one dropped before its response finished is reset, never finished: a
-//!   response cut short must not look complete.
+//!   H3_REQUEST_INCOMPLETE; one whose request task dropped it before its response finished is reset, never
+//!   finished: a response cut short must not look complete. A stream h3 answered itself (431 for an
+//!   oversized head) is finished, as h3 expects.
+//!
+//! A client may not open push streams (RFC 9114 6.2.2): the first one closes the connection with
+//! H3_STREAM_CREATION_ERROR.
 
 use std::collections::HashMap;
-use std::future::Future as _;
+use std::future::Future;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -27,23 +33,71 @@ use super::quic_fields::{self, Malformed};
 
 /// HTTP/3 error codes this transport sends (RFC 9114 8.1).
 const H3_INTERNAL_ERROR: u64 = 0x102;
+const H3_STREAM_CREATION_ERROR: u32 = 0x103;
+const H3_REQUEST_CANCELLED: u64 = 0x10c;
 const H3_REQUEST_INCOMPLETE: u64 = 0x10d;
+/// The unidirectional stream type of a server push (RFC 9114 6.2.2).
+const PUSH_STREAM: u64 = 0x01;
 
-/// Malformed request streams of one connection, by id.
-#[derive(Debug, Clone, Default)]
-pub struct Verdicts(Arc<Mutex<HashMap<StreamId, Malformed>>>);
+/// Completes when the client stops the response stream (STOP_SENDING), or once the response was received.
+pub type Stopped = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 
-impl Verdicts {
-    /// Takes the verdict on stream `id`, if its field section was malformed.
-    pub fn take(&self, id: StreamId) -> Option<Malformed> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(&id)
+/// What the transport learned about a request stream, for the task serving it.
+pub struct Claim {
+    /// Why the field section is malformed, if it is.
+    pub malformed: Option<Malformed>,
+    pub stopped: Stopped,
+}
+
+struct Note {
+    malformed: Option<Malformed>,
+    stopped: Option<Stopped>,
+    /// Set once a request task claimed the stream: from then on a stream dropped unfinished is reset.
+    claimed: Arc<AtomicBool>,
+}
+
+/// The notes on one connection's request streams, by id.
+#[derive(Clone, Default)]
+pub struct Notes(Arc<Mutex<HashMap<StreamId, Note>>>);
+
+impl Notes {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<StreamId, Note>) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn open(&self, id: StreamId, stopped: Stopped, claimed: Arc<AtomicBool>) {
+        self.with(|notes| {
+            notes.insert(
+                id,
+                Note {
+                    malformed: None,
+                    stopped: Some(stopped),
+                    claimed,
+                },
+            )
+        });
     }
 
     fn record(&self, id: StreamId, malformed: Malformed) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, malformed);
+        self.with(|notes| {
+            if let Some(note) = notes.get_mut(&id) {
+                note.malformed = Some(malformed);
+            }
+        });
+    }
+
+    fn forget(&self, id: StreamId) {
+        self.with(|notes| notes.remove(&id));
+    }
+
+    /// Takes the notes on stream `id` for the task that serves it.
+    pub fn claim(&self, id: StreamId) -> Option<Claim> {
+        let note = self.with(|notes| notes.remove(&id))?;
+        note.claimed.store(true, Ordering::Relaxed);
+        Some(Claim {
+            malformed: note.malformed,
+            stopped: note.stopped?,
+        })
     }
 }
 
@@ -54,21 +108,21 @@ pub struct Connection {
     opener: Opener,
     incoming_bidi: Accepted<(quinn::SendStream, quinn::RecvStream)>,
     incoming_uni: Accepted<quinn::RecvStream>,
-    verdicts: Verdicts,
+    notes: Notes,
     /// Beyond this many buffered bytes a HEADERS frame is too large for h3 anyway; the tee stops looking.
     head_limit: usize,
 }
 
 impl Connection {
     /// Wraps `connection`; request heads larger than `head_limit` are not inspected (h3 refuses them).
-    pub fn new(connection: quinn::Connection, verdicts: Verdicts, head_limit: usize) -> Self {
+    pub fn new(connection: quinn::Connection, notes: Notes, head_limit: usize) -> Self {
         let accept_bidi = |c: quinn::Connection| async move { Some((c.accept_bi().await, c)) };
         let accept_uni = |c: quinn::Connection| async move { Some((c.accept_uni().await, c)) };
         Self {
             incoming_bidi: stream::unfold(connection.clone(), accept_bidi).boxed(),
             incoming_uni: stream::unfold(connection.clone(), accept_uni).boxed(),
             opener: Opener::new(connection),
-            verdicts,
+            notes,
             head_limit,
         }
     }
@@ -89,19 +143,29 @@ impl<B: Buf> quic::Connection<B> for Connection {
 
     fn poll_accept_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<RecvStream, ConnectionErrorIncoming>> {
         let recv = ready!(next_accepted(&mut self.incoming_uni, cx))?;
-        Poll::Ready(RecvStream::new(recv, None).map_err(internal))
+        let mut recv = RecvStream::new(recv, None).map_err(internal)?;
+        recv.type_check = Some(self.opener.connection.clone());
+        Poll::Ready(Ok(recv))
     }
 
     fn poll_accept_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<BidiStream<B>, ConnectionErrorIncoming>> {
         let (send, recv) = ready!(next_accepted(&mut self.incoming_bidi, cx))?;
-        let tee = Tee::new(self.verdicts.clone(), self.head_limit);
-        let stream = SendStream::new(send, true).and_then(|send| {
-            Ok(BidiStream {
-                send,
-                recv: RecvStream::new(recv, Some(tee))?,
-            })
+        let tee = Tee::new(self.notes.clone(), self.head_limit);
+        let stopped: Stopped = Box::pin({
+            let stopped = send.stopped();
+            async move {
+                let _ = stopped.await;
+            }
         });
-        Poll::Ready(stream.map_err(internal))
+        let claimed = Arc::new(AtomicBool::new(false));
+        let mut send = SendStream::new(send, true).map_err(internal)?;
+        let recv = RecvStream::new(recv, Some(tee)).map_err(internal)?;
+        self.notes.open(send.id, stopped, Arc::clone(&claimed));
+        send.request = Some(Request {
+            notes: self.notes.clone(),
+            claimed,
+        });
+        Poll::Ready(Ok(BidiStream { send, recv }))
     }
 
     fn opener(&self) -> Opener {
@@ -232,6 +296,9 @@ pub struct RecvStream {
     id: StreamId,
     /// Request streams only: follows the frames up to the first HEADERS frame.
     tee: Option<Tee>,
+    /// Unidirectional streams from the client, until their type is known: the connection to close if it
+    /// is a push stream.
+    type_check: Option<quinn::Connection>,
     /// The peer finished the stream and everything was read.
     ended: bool,
 }
@@ -243,6 +310,7 @@ impl RecvStream {
             stream,
             id,
             tee,
+            type_check: None,
             ended: false,
         })
     }
@@ -265,6 +333,7 @@ impl quic::RecvStream for RecvStream {
                 if let Some(tee) = &mut self.tee {
                     tee.observe(self.id, &chunk.bytes);
                 }
+                check_type(&mut self.type_check, &chunk.bytes);
                 Poll::Ready(Ok(Some(chunk.bytes)))
             }
             Ok(None) => {
@@ -300,8 +369,15 @@ pub struct SendStream<B: Buf> {
     writing: Option<WriteBuf<B>>,
     /// Request streams are reset when dropped unfinished; the server's own streams are finished.
     reset_on_drop: bool,
+    /// Request streams: the notes to clear, and whether a request task took the stream.
+    request: Option<Request>,
     wrote: bool,
     ended: bool,
+}
+
+struct Request {
+    notes: Notes,
+    claimed: Arc<AtomicBool>,
 }
 
 impl<B: Buf> SendStream<B> {
@@ -312,6 +388,7 @@ impl<B: Buf> SendStream<B> {
             id,
             writing: None,
             reset_on_drop,
+            request: None,
             wrote: false,
             ended: false,
         })
@@ -364,20 +441,33 @@ impl<B: Buf> quic::SendStream<B> for SendStream<B> {
 
 impl<B: Buf> Drop for SendStream<B> {
     fn drop(&mut self) {
-        if self.reset_on_drop && !self.ended {
-            let code = if self.wrote {
-                H3_INTERNAL_ERROR
-            } else {
-                H3_REQUEST_INCOMPLETE
-            };
-            let _ = self.stream.reset(varint(code));
+        let claimed = match &self.request {
+            Some(request) => {
+                request.notes.forget(self.id);
+                request.claimed.load(Ordering::Relaxed)
+            }
+            None => false,
+        };
+        if !self.reset_on_drop || self.ended {
+            return;
         }
+        let code = match (claimed, self.wrote) {
+            (true, true) => H3_INTERNAL_ERROR,
+            (true, false) => H3_REQUEST_CANCELLED,
+            // h3 answered the stream itself (an error response): let that answer stand.
+            (false, true) => {
+                let _ = self.stream.finish();
+                return;
+            }
+            (false, false) => H3_REQUEST_INCOMPLETE,
+        };
+        let _ = self.stream.reset(varint(code));
     }
 }
 
 /// Follows the frames at the start of a request stream until its HEADERS frame has been checked.
 struct Tee {
-    verdicts: Verdicts,
+    notes: Notes,
     pending: Vec<u8>,
     done: bool,
     limit: usize,
@@ -387,9 +477,9 @@ const HEADERS: u64 = 0x01;
 const DATA: u64 = 0x00;
 
 impl Tee {
-    fn new(verdicts: Verdicts, limit: usize) -> Self {
+    fn new(notes: Notes, limit: usize) -> Self {
         Self {
-            verdicts,
+            notes,
             pending: Vec::new(),
             done: false,
             limit,
@@ -436,7 +526,7 @@ impl Tee {
             }
             if kind == HEADERS {
                 if let Err(malformed) = quic_fields::check_request(&frame[..length]) {
-                    self.verdicts.record(id, malformed);
+                    self.notes.record(id, malformed);
                 }
                 self.finish();
                 return None;
@@ -470,6 +560,15 @@ fn varint_of(input: &mut &[u8]) -> Option<u64> {
         .fold(u64::from(first & 0x3f), |value, &byte| (value << 8) | u64::from(byte));
     *input = &input[length..];
     Some(value)
+}
+
+/// Closes the connection if a client's unidirectional stream turns out to be a push stream.
+fn check_type(type_check: &mut Option<quinn::Connection>, data: &[u8]) {
+    if let Some(connection) = type_check.take() {
+        if varint_of(&mut &data[..]) == Some(PUSH_STREAM) {
+            connection.close(VarInt::from_u32(H3_STREAM_CREATION_ERROR), b"push stream from a client");
+        }
+    }
 }
 
 fn varint(code: u64) -> VarInt {
@@ -536,6 +635,13 @@ mod tests {
         assert_eq!(varint_of(&mut &[0x7b][..]), None);
     }
 
+    /// Notes with stream 0 open, as when it was accepted.
+    fn opened() -> Notes {
+        let notes = Notes::default();
+        notes.open(stream_id(), Box::pin(std::future::pending()), Arc::default());
+        notes
+    }
+
     fn stream_id() -> StreamId {
         StreamId::try_from(0u64).unwrap_or_else(|_| unreachable!())
     }
@@ -552,34 +658,31 @@ mod tests {
         // `:method GET` twice: repeated pseudo-header.
         let frame = headers_frame(&[0x00, 0x00, 0xd1, 0xd7, 0xc1, 0xd1]);
         for split in 0..=frame.len() {
-            let verdicts = Verdicts::default();
-            let mut tee = Tee::new(verdicts.clone(), 1024);
+            let notes = opened();
+            let mut tee = Tee::new(notes.clone(), 1024);
             tee.observe(stream_id(), &frame[..split]);
             tee.observe(stream_id(), &frame[split..]);
             assert!(tee.done, "split at {split}");
-            assert_eq!(
-                verdicts.take(stream_id()),
-                Some("repeated pseudo-header field"),
-                "split at {split}"
-            );
+            let malformed = notes.claim(stream_id()).and_then(|claim| claim.malformed);
+            assert_eq!(malformed, Some("repeated pseudo-header field"), "split at {split}");
         }
     }
 
     #[test]
     fn the_tee_skips_unknown_frames_and_stops_at_data_or_the_limit() {
-        let verdicts = Verdicts::default();
-        let mut tee = Tee::new(verdicts.clone(), 1024);
+        let notes = opened();
+        let mut tee = Tee::new(notes.clone(), 1024);
         let mut bytes = vec![0x21, 0x02, 0xaa, 0xbb];
         bytes.extend(headers_frame(&[0x00, 0x00, 0xd1, 0xd7, 0xc1]));
         tee.observe(stream_id(), &bytes);
         assert!(tee.done);
-        assert_eq!(verdicts.take(stream_id()), None);
+        assert_eq!(notes.claim(stream_id()).and_then(|claim| claim.malformed), None);
 
-        let mut tee = Tee::new(Verdicts::default(), 1024);
+        let mut tee = Tee::new(opened(), 1024);
         tee.observe(stream_id(), &[0x00, 0x01, b'x']);
         assert!(tee.done);
 
-        let mut tee = Tee::new(Verdicts::default(), 8);
+        let mut tee = Tee::new(opened(), 8);
         tee.observe(stream_id(), &[0x01, 0x40, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert!(tee.done);
         assert!(tee.pending.is_empty());

@@ -35,7 +35,7 @@ use crate::proxy::{ClientInfo, Core, Refused};
 use crate::runtime::Shutdown;
 use crate::tls::CertStore;
 
-use super::h3_transport::{self, BidiStream, Verdicts};
+use super::h3_transport::{self, BidiStream, Notes};
 use super::quic_fields::Malformed;
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
@@ -362,14 +362,14 @@ async fn serve_h3(
     };
 
     // The request streams pass a tee that checks each field section for what h3 lets through.
-    let verdicts = Verdicts::default();
+    let notes = Notes::default();
     let tee_limit = usize::try_from(settings.max_header_bytes)
         .unwrap_or(usize::MAX)
         .saturating_add(16);
     let mut h3 = h3::server::builder()
         .max_field_section_size(settings.max_header_bytes)
         .send_grease(true)
-        .build::<_, Bytes>(h3_transport::Connection::new(connection, verdicts.clone(), tee_limit))
+        .build::<_, Bytes>(h3_transport::Connection::new(connection, notes.clone(), tee_limit))
         .await?;
     let requests = TaskTracker::new();
     loop {
@@ -392,22 +392,31 @@ async fn serve_h3(
         };
         match accepted {
             Ok(Some(resolver)) => {
-                let (core, handshake, verdicts) = (Arc::clone(&core), Arc::clone(&handshake), verdicts.clone());
+                let (core, handshake, notes) = (Arc::clone(&core), Arc::clone(&handshake), notes.clone());
                 let header_read_timeout = settings.header_read_timeout;
                 let body_timeout = settings.client_body_timeout;
                 requests.spawn(async move {
                     match tokio::time::timeout(header_read_timeout, resolver.resolve_request()).await {
                         Ok(Ok((request, stream))) => {
-                            let malformed = verdicts.take(stream.id());
+                            let Some(claim) = notes.claim(stream.id()) else {
+                                return;
+                            };
                             let handshake = &handshake;
                             let request = Incoming {
                                 request,
                                 stream,
-                                malformed,
+                                malformed: claim.malformed,
                                 handshake,
                                 body_timeout,
                             };
-                            serve_request(request, &core, client).await
+                            // A client that stops the response stream has given up: so does the proxy, and
+                            // the upstream request is abandoned with everything it holds.
+                            tokio::select! {
+                                () = serve_request(request, &core, client) => {}
+                                () = claim.stopped => {
+                                    tracing::debug!(peer = %client.peer, "HTTP/3 request cancelled by the client");
+                                }
+                            }
                         }
                         // h3 has already answered: 431 for an oversized header section, H3_MESSAGE_ERROR else.
                         Ok(Err(error)) => {
@@ -606,17 +615,35 @@ async fn preread(
     if buffer.len() as u64 != length {
         return Err(LENGTH_MISMATCH);
     }
-    let Ok(trailers) = tokio::time::timeout(body_timeout, recv.recv_trailers()).await else {
+    let Ok(trailers) = tokio::time::timeout(body_timeout, end_of_request(recv)).await else {
         return Err(stalled(recv));
     };
+    let trailers = trailers?;
     // The channel has room for both frames, so these sends never wait.
     if !buffer.is_empty() {
         drop(tx.send(Ok(Frame::data(buffer.freeze()))).await);
     }
-    if let Ok(Some(trailers)) = trailers {
+    if let Some(trailers) = trailers {
         drop(tx.send(Ok(Frame::trailers(trailers))).await);
     }
     Ok(())
+}
+
+/// What ends a request stream once its DATA frames are over: its trailers, if any, and then the end of the
+/// stream itself. Anything after the trailers (DATA, a second HEADERS) is malformed (RFC 9114 4.1), and the
+/// request is refused rather than passed on as complete.
+async fn end_of_request(recv: &mut RecvHalf) -> Result<Option<HeaderMap>, ProxyError> {
+    const AFTER_TRAILERS: ProxyError = ProxyError::BadRequest("frames after the request's trailers");
+    let failed = |_| ProxyError::BadRequest("request stream failed");
+    let Some(trailers) = recv.recv_trailers().await.map_err(failed)? else {
+        return Ok(None);
+    };
+    let more_data = recv.recv_data().await.map_err(failed)?.is_some();
+    if more_data || recv.recv_trailers().await.map_err(failed)?.is_some() {
+        recv.stop_sending(Code::H3_FRAME_UNEXPECTED);
+        return Err(AFTER_TRAILERS);
+    }
+    Ok(Some(trailers))
 }
 
 /// Streams the request body (after `first`, a chunk already read) into the channel, checking it against
@@ -666,12 +693,18 @@ async fn pump_body(
         drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
         return;
     }
-    let trailers = tokio::select! {
-        trailers = tokio::time::timeout(body_timeout, recv.recv_trailers()) => trailers,
+    let ended = tokio::select! {
+        ended = tokio::time::timeout(body_timeout, end_of_request(&mut recv)) => ended,
         () = tx.closed() => return,
     };
-    if let Ok(Ok(Some(trailers))) = trailers {
-        drop(tx.send(Ok(Frame::trailers(trailers))).await);
+    match ended {
+        Ok(Ok(Some(trailers))) => drop(tx.send(Ok(Frame::trailers(trailers))).await),
+        Ok(Ok(None)) => {}
+        Ok(Err(error)) => drop(tx.send(Err(error.into())).await),
+        Err(_) => {
+            recv.stop_sending(Code::H3_REQUEST_CANCELLED);
+            drop(tx.send(Err(ProxyError::ClientBodyTimeout(body_timeout).into())).await);
+        }
     }
 }
 

@@ -170,7 +170,9 @@
       const response = await request("/api/state", { headers: { Accept: "application/json" } }, STATE_TIMEOUT_MS);
       if (!response.ok) throw new Error("GET /api/state answered " + response.status);
       const state = await response.json();
-      if (!state || typeof state !== "object") throw new Error("GET /api/state answered something unexpected");
+      if (!state || typeof state !== "object" || Array.isArray(state)) {
+        throw new Error("GET /api/state answered something unexpected");
+      }
       showReachable();
       try {
         render(state);
@@ -245,6 +247,7 @@
     let healthy = 0;
     let total = 0;
     for (const upstream of Array.isArray(state.upstreams) ? state.upstreams : []) {
+      if (!upstream || typeof upstream !== "object") continue;
       if (isNumber(upstream.healthy_backends)) healthy += upstream.healthy_backends;
       if (isNumber(upstream.total_backends)) total += upstream.total_backends;
     }
@@ -278,6 +281,7 @@
     }
     let index = 0;
     for (const upstream of upstreams) {
+      if (!upstream || typeof upstream !== "object") continue;
       const name = isText(upstream.name) ? upstream.name : "(unnamed)";
       if (seen.has(name)) continue;
       seen.add(name);
@@ -340,6 +344,7 @@
     const seen = new Set();
     let index = 0;
     for (const backend of backends) {
+      if (!backend || typeof backend !== "object") continue;
       const name = isText(backend.name) ? backend.name : "(unnamed)";
       if (seen.has(name)) continue;
       seen.add(name);
@@ -481,18 +486,23 @@
 
   // --- configuration ---------------------------------------------------------------------------------------
 
+  // Two reloads in quick succession start two loads; only the latest may write, whichever answers last.
+  let configLoads = 0;
+
   async function loadConfig() {
     const target = $("config");
+    const load = ++configLoads;
     try {
-      const response = await request("/api/config", { headers: { Accept: "text/yaml, text/plain" } }, STATE_TIMEOUT_MS);
+      const response = await request("/api/config", { headers: { Accept: "application/yaml, text/yaml, text/plain" } }, STATE_TIMEOUT_MS);
       const answer = await readAnswer(response);
+      if (load !== configLoads) return;
       if (!response.ok) {
         setText(target, "GET /api/config answered " + response.status + (answer.text ? ": " + answer.text : ""));
         return;
       }
       setText(target, answer.text);
     } catch (error) {
-      setText(target, "The configuration could not be loaded: " + describeError(error));
+      if (load === configLoads) setText(target, "The configuration could not be loaded: " + describeError(error));
     }
   }
 

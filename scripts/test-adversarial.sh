@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Adversarial tests (tests/adversarial): the real quic-proxy binary attacked through real sockets by raw
+# HTTP/1.1, HTTP/2 and HTTP/3 clients and misbehaving backends. Installs what the suite needs into its own
+# venv, builds the debug binary, and runs the suite. Extra arguments go to pytest (e.g. -k desync, -x).
+#
+#   ADVERSARIAL_VENV   the venv to use (default .venv-adversarial)
+#   QUIC_PROXY_BIN     a binary to attack instead of target/debug/quic-proxy (nothing is built then)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${ADVERSARIAL_VENV:-.venv-adversarial}
+requirements=tests/adversarial/requirements.txt
+installed=$venv/.adversarial-requirements  # the requirements file as of the last successful install
+
+# Debian splits venv support into python3-venv; a clean machine may lack it, and a failed attempt leaves a
+# venv without pip behind, so it is removed before trying again.
+if [ ! -x "$venv/bin/pip" ]; then
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+fi
+
+# Installing takes a while even when nothing changed, so it runs only for new pins or a broken venv.
+if ! cmp -s "$requirements" "$installed" || ! "$venv/bin/python" -c 'import aioquic, pylsqpack, h2, pytest, pytest_timeout' 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+  cp "$requirements" "$installed"
+fi
+
+if [ -z "${QUIC_PROXY_BIN:-}" ]; then
+  cargo build --quiet
+fi
+
+exec "$venv/bin/python" -m pytest -q tests/adversarial "$@"

@@ -49,3 +49,7 @@ cargo build --quiet
 
 # The admin console in a real browser (tests/console): Playwright from PyPI driving Debian's Chromium.
 ./scripts/test-console.sh
+
+# Tracing (tests/tracing): spans of real HTTP/1.1, HTTP/2 and HTTP/3 requests exported to a real OTLP collector
+# (rotel from PyPI, gRPC and HTTP); the trace of a retried HTTP/3 request is printed as a tree.
+./scripts/test-tracing.sh

@@ -14,10 +14,11 @@ use crate::health::active::Prober;
 use crate::metrics;
 use crate::proxy::Core;
 use crate::routing::Snapshot;
-use crate::runtime::{self, workers, workers::Worker, Shared, Shutdown};
+use crate::runtime::{self, workers::Worker, Shared, Shutdown};
 use crate::server::quic::QuicGroup;
 use crate::server::{http1, tls};
 use crate::tls::CertStore;
+use crate::trace::Exporters;
 
 /// A running proxy: its bound addresses, its shared state, and the handle that stops it.
 #[derive(Debug)]
@@ -36,6 +37,7 @@ pub struct Running {
     /// The control plane: admin listener and prober, which outlive the data plane's drain.
     control: Shutdown,
     workers: Vec<Worker>,
+    exporters: Arc<Exporters>,
 }
 
 impl Running {
@@ -60,6 +62,14 @@ impl Running {
         for worker in self.workers {
             worker.join(Duration::from_secs(5)).await;
         }
+        let export_timeout = self
+            .shared
+            .snapshot()
+            .config
+            .tracing
+            .as_ref()
+            .map_or(Duration::ZERO, |t| t.export_timeout);
+        self.exporters.flush(&self.shared, export_timeout).await;
         self.control.begin();
         finished
     }
@@ -68,7 +78,7 @@ impl Running {
 /// Binds every listener (failing before serving anything if one cannot be bound), then serves.
 /// With `certs`, HTTPS (TCP) and QUIC (UDP) listen on `server.address`.
 pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Result<Running> {
-    let worker_count = config.server.workers.unwrap_or_else(workers::default_count);
+    let worker_count = config.workers();
     let fallback = runtime::bind_tcp_group(config.server.fallback_address, worker_count, config.server.reuse_port)
         .with_context(|| format!("cannot bind server.fallback_address {}", config.server.fallback_address))?;
     let secure = match &certs {
@@ -86,7 +96,7 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
         None => None,
     };
 
-    let shared = Shared::new(config, certs);
+    let shared = Shared::new(config, certs)?;
     let snapshot = shared.snapshot();
     for upstream in snapshot.upstreams() {
         metrics::register_upstream(&upstream.name);
@@ -94,10 +104,15 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
             metrics::register_backend(&upstream.name, &backend.name);
         }
     }
-    let core = Arc::new(Core::new(Arc::clone(&shared), worker_count));
+    let core = Arc::new(Core::new(Arc::clone(&shared)));
     let (data, control) = (Shutdown::default(), Shutdown::default());
     tokio::spawn(Prober::default().run(Arc::clone(&shared), control.clone()));
-    tokio::spawn(crate::trace::run(Arc::clone(&shared), control.clone()));
+    let exporters = Arc::new(Exporters::default());
+    {
+        let exporters = Arc::clone(&exporters);
+        shared.on_install(move |shared, snapshot| exporters.apply(shared, snapshot.config.tracing.as_ref()));
+    }
+    tokio::spawn(close_idle_connections(Arc::clone(&shared), control.clone()));
 
     let fallback_addr = fallback[0].local_addr()?;
     tracing::info!(address = %fallback_addr, workers = worker_count, "HTTP/1.1 listener bound");
@@ -151,7 +166,28 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
         data,
         control,
         workers,
+        exporters,
     })
+}
+
+/// How often idle backend connections past `timeouts.pool_idle` are closed.
+const IDLE_SWEEP: Duration = Duration::from_secs(5);
+
+/// Closes backend connections idle longer than `timeouts.pool_idle`, so that a quiet proxy does not keep
+/// sockets the backends have long closed on their side.
+async fn close_idle_connections(shared: Arc<Shared>, shutdown: Shutdown) {
+    let mut ticks = tokio::time::interval(IDLE_SWEEP);
+    loop {
+        tokio::select! {
+            () = shutdown.begun() => return,
+            _ = ticks.tick() => {}
+        }
+        let snapshot = shared.snapshot();
+        let max_idle = snapshot.config.timeouts.pool_idle;
+        for backend in snapshot.backends() {
+            backend.transport.prune(max_idle);
+        }
+    }
 }
 
 /// One worker's share of the TLS listeners.

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 use crate::balancer::InFlight;
 use crate::error::ProxyError;
 use crate::trace::Finish;
+use crate::upstream::h1::ResponseBody;
 
 /// Boxed error carried by body frames.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -66,6 +67,57 @@ struct Idle {
     stalled: ProxyError,
 }
 
+/// What a channel body's sender sends.
+#[derive(Debug)]
+pub enum Item {
+    Frame(Frame<Bytes>),
+    Error(BoxError),
+    /// The body is complete.
+    End,
+}
+
+/// Feeds a channel body; see [`Body::channel`].
+#[derive(Debug)]
+pub struct BodySender {
+    tx: mpsc::Sender<Item>,
+}
+
+/// The body's reader is gone.
+#[derive(Debug)]
+pub struct ReaderGone;
+
+impl BodySender {
+    /// Sends a chunk, waiting while the reader is behind.
+    pub async fn data(&self, data: Bytes) -> Result<(), ReaderGone> {
+        self.tx
+            .send(Item::Frame(Frame::data(data)))
+            .await
+            .map_err(|_| ReaderGone)
+    }
+
+    /// Ends the body with trailers.
+    pub async fn trailers(self, trailers: http::HeaderMap) {
+        if self.tx.send(Item::Frame(Frame::trailers(trailers))).await.is_ok() {
+            self.finish().await;
+        }
+    }
+
+    /// Fails the body: its reader gets `error`.
+    pub async fn fail(self, error: impl Into<BoxError>) {
+        let _ = self.tx.send(Item::Error(error.into())).await;
+    }
+
+    /// Ends the body.
+    pub async fn finish(self) {
+        let _ = self.tx.send(Item::End).await;
+    }
+
+    /// Resolves once the reader is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await;
+    }
+}
+
 /// A size histogram and the bytes seen so far.
 struct Meter {
     histogram: metrics::Histogram,
@@ -85,9 +137,13 @@ enum Kind {
         trailers: Option<HeaderMap>,
     },
     Incoming(hyper::body::Incoming),
+    /// A backend's HTTP/1.1 response body, read from its connection.
+    Upstream(ResponseBody),
     Channel {
-        rx: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
+        rx: mpsc::Receiver<Item>,
         remaining: Option<u64>,
+        /// The sender said the body is complete; without that, a sender that goes away is a failure.
+        ended: bool,
     },
 }
 
@@ -125,11 +181,18 @@ impl Body {
         })
     }
 
-    /// A body fed through a channel; `length` is the declared Content-Length, if any.
-    pub fn channel(length: Option<u64>) -> (mpsc::Sender<Result<Frame<Bytes>, BoxError>>, Self) {
+    /// A body fed through a channel; `length` is the declared Content-Length, if any. It ends only when
+    /// the sender says so ([`BodySender::finish`]): a sender dropped before that fails the body, so a
+    /// stream cut off half-way is never passed on as complete.
+    pub fn channel(length: Option<u64>) -> (BodySender, Self) {
         // A small channel: the sender waits for the receiver, so memory stays flat for any body size.
         let (tx, rx) = mpsc::channel(4);
-        (tx, Self::of(Kind::Channel { rx, remaining: length }))
+        let body = Self::of(Kind::Channel {
+            rx,
+            remaining: length,
+            ended: false,
+        });
+        (BodySender { tx }, body)
     }
 
     /// Records the number of bytes that pass through this body in `histogram` when it is dropped.
@@ -156,6 +219,15 @@ impl Body {
             }));
         }
         self
+    }
+
+    /// A copy of a body held in memory (empty or complete), for sending it again; `None` for a streaming body.
+    pub fn try_clone(&self) -> Option<Self> {
+        match &self.kind {
+            Kind::Empty => Some(Self::empty()),
+            Kind::Full { data, trailers } => Some(Self::complete(data.clone().unwrap_or_default(), trailers.clone())),
+            _ => None,
+        }
     }
 
     /// Ends the request's server span when this body is dropped (delivered, or abandoned by the client).
@@ -242,14 +314,31 @@ impl Kind {
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
-            Kind::Channel { rx, remaining } => {
-                let polled = rx.poll_recv(cx);
-                if let (Poll::Ready(Some(Ok(frame))), Some(left)) = (&polled, remaining.as_mut()) {
-                    if let Some(data) = frame.data_ref() {
-                        *left = left.saturating_sub(data.len() as u64);
+            Kind::Upstream(body) => body.poll_frame(cx).map_err(Into::into),
+            Kind::Channel { rx, remaining, ended } => {
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                match ready!(rx.poll_recv(cx)) {
+                    Some(Item::Frame(frame)) => {
+                        if let (Some(left), Some(data)) = (remaining.as_mut(), frame.data_ref()) {
+                            *left = left.saturating_sub(data.len() as u64);
+                        }
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    Some(Item::Error(error)) => {
+                        *ended = true;
+                        Poll::Ready(Some(Err(error)))
+                    }
+                    Some(Item::End) => {
+                        *ended = true;
+                        Poll::Ready(None)
+                    }
+                    None => {
+                        *ended = true;
+                        Poll::Ready(Some(Err("the body was cut off before it ended".into())))
                     }
                 }
-                polled
             }
         }
     }
@@ -269,6 +358,12 @@ impl Idle {
 impl From<hyper::body::Incoming> for Body {
     fn from(incoming: hyper::body::Incoming) -> Self {
         Self::of(Kind::Incoming(incoming))
+    }
+}
+
+impl From<ResponseBody> for Body {
+    fn from(body: ResponseBody) -> Self {
+        Self::of(Kind::Upstream(body))
     }
 }
 
@@ -348,7 +443,8 @@ impl Kind {
             Kind::Empty => true,
             Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Incoming(incoming) => incoming.is_end_stream(),
-            Kind::Channel { .. } => false,
+            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Channel { ended, .. } => *ended,
         }
     }
 
@@ -357,6 +453,7 @@ impl Kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
+            Kind::Upstream(body) => body.exact_length().map_or_else(SizeHint::default, SizeHint::with_exact),
             Kind::Channel {
                 remaining: Some(left), ..
             } => SizeHint::with_exact(*left),

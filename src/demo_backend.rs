@@ -18,7 +18,6 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::Frame;
 use http_body_util::{BodyExt as _, BodyStream};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -193,15 +192,12 @@ fn stream_bytes(count: u64) -> Response<Body> {
         let mut left = count;
         while left > 0 {
             let take = left.min(CHUNK as u64) as usize;
-            if tx
-                .send(Ok(Frame::data(Bytes::from_static(&PATTERN[..take]))))
-                .await
-                .is_err()
-            {
+            if tx.data(Bytes::from_static(&PATTERN[..take])).await.is_err() {
                 return;
             }
             left -= take as u64;
         }
+        tx.finish().await;
     });
     let mut response = Response::new(body);
     response

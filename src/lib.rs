@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod server;
 pub mod tls;
 pub mod trace;
+pub mod upstream;
 pub mod watch;
 
 pub use body::Body;

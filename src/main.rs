@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use quic_proxy::app;
 use quic_proxy::config::{parse_listen_addr, Config, LogFormat, LoggingConfig};
 use quic_proxy::demo_backend::DemoBackend;
+use quic_proxy::routing::Snapshot;
 use quic_proxy::runtime::{bind_tcp, Shared, Shutdown};
 use quic_proxy::tls::{self, CertStore};
 
@@ -102,11 +103,14 @@ fn config_path(given: Option<PathBuf>) -> Result<(PathBuf, &'static str), ExitCo
     }
 }
 
+/// Reads and validates the config, backends' TLS files included.
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|error| {
-        eprintln!("quic-proxy: invalid config: {error}");
-        ExitCode::from(EXIT_USAGE)
-    })
+    Config::load(path)
+        .and_then(|config| Snapshot::check(&config).map(|()| config))
+        .map_err(|error| {
+            eprintln!("quic-proxy: invalid config: {error}");
+            ExitCode::from(EXIT_USAGE)
+        })
 }
 
 /// Certificates are part of the configuration: a bad one stops start-up before anything is bound.

@@ -19,7 +19,9 @@ const INTERVAL: Duration = Duration::from_secs(1);
 pub fn spawn(path: &Path, shared: Arc<Shared>) -> Watcher {
     let path = path.to_owned();
     Watcher(tokio::spawn(async move {
-        let mut seen = Stamp::of(&path);
+        // No recorded state for the config file: the first look compares its text with the running
+        // configuration, so a change made while the proxy was starting is not missed.
+        let mut seen = None;
         let mut seen_tls = tls_stamps(&shared);
         let mut ticks = tokio::time::interval(INTERVAL);
         loop {

@@ -180,8 +180,10 @@ fn probed_backend(name: &str, addr: SocketAddr, health_url: Option<&str>, config
         authority: Authority::try_from(addr.to_string().as_str()).expect("authority"),
         weight: 1,
         health_url: health_url.map(|u| u.parse().expect("health URL")),
+        protocol: quic_proxy::config::UpstreamProtocol::Auto,
+        tls: None,
     };
-    Arc::new(Backend::configured("probes", &backend, config, None))
+    Arc::new(Backend::configured("probes", &backend, config, None).expect("a plain backend"))
 }
 
 /// Runs one probe and returns the report's (healthy, successes, failures, last error).

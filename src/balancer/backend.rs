@@ -12,10 +12,11 @@ use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::config::{BackendConfig, HealthCheckConfig};
+use crate::config::{BackendConfig, BackendTls, HealthCheckConfig, UpstreamProtocol};
 use crate::events::Events;
 use crate::health::BackendHealth;
 use crate::metrics::BackendMetrics;
+use crate::upstream::Transport;
 
 use super::window::Window;
 
@@ -29,6 +30,8 @@ pub struct BackendKey {
     pub name: String,
     pub scheme: Scheme,
     pub authority: Authority,
+    pub protocol: UpstreamProtocol,
+    pub tls: Option<BackendTls>,
 }
 
 /// A backend server of an upstream pool.
@@ -43,6 +46,9 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// The last seconds of traffic: rates, failures, latency quantiles.
     pub window: Window,
+    /// How requests reach it: connections, TLS, protocol, per-worker pools.
+    pub transport: Transport,
+    key: BackendKey,
     /// Where this backend's health transitions and drains are told.
     pub events: Arc<Events>,
     weight: AtomicU32,
@@ -54,30 +60,34 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// A backend of `upstream` with default health settings and no slow start.
-    pub fn new(upstream: &str, config: &BackendConfig) -> Self {
+    /// A backend of `upstream` with default health settings and no slow start, for one worker.
+    pub fn new(upstream: &str, config: &BackendConfig) -> Result<Self, (String, String)> {
         Self::configured(upstream, config, &HealthCheckConfig::disabled(), None)
     }
 
-    /// A backend of `upstream` with its upstream's health settings and slow-start window.
+    /// A backend of `upstream` with its upstream's health settings and slow-start window, for one worker.
     pub fn configured(
         upstream: &str,
         config: &BackendConfig,
         health: &HealthCheckConfig,
         slow_start: Option<Duration>,
-    ) -> Self {
-        Self::in_pool(upstream, config, health, slow_start, &Arc::default())
+    ) -> Result<Self, (String, String)> {
+        Self::in_pool(upstream, config, health, slow_start, &Arc::default(), 1)
     }
 
-    /// A backend of a running proxy's pool, telling its events to `events`.
+    /// A backend of a running proxy's pool with `workers` worker threads, telling its events to `events`.
+    /// Fails when its TLS files cannot be used: the key under the backend, and why.
     pub fn in_pool(
         upstream: &str,
         config: &BackendConfig,
         health: &HealthCheckConfig,
         slow_start: Option<Duration>,
         events: &Arc<Events>,
-    ) -> Self {
-        Self {
+        workers: usize,
+    ) -> Result<Self, (String, String)> {
+        Ok(Self {
+            transport: Transport::new(config, workers)?,
+            key: Self::key_of(upstream, config),
             name: config.name.clone(),
             upstream: upstream.to_owned(),
             scheme: config.scheme.clone(),
@@ -91,17 +101,12 @@ impl Backend {
             health_url: ArcSwapOption::new(config.health_url.clone().map(Arc::new)),
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-        }
+        })
     }
 
     /// The identity a reload matches backends by.
-    pub fn key(&self) -> BackendKey {
-        BackendKey {
-            upstream: self.upstream.clone(),
-            name: self.name.clone(),
-            scheme: self.scheme.clone(),
-            authority: self.authority.clone(),
-        }
+    pub fn key(&self) -> &BackendKey {
+        &self.key
     }
 
     /// The identity `config` would have as a backend of `upstream`.
@@ -111,6 +116,8 @@ impl Backend {
             name: config.name.clone(),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
+            protocol: config.protocol,
+            tls: config.tls.clone(),
         }
     }
 
@@ -157,6 +164,11 @@ impl Backend {
 
     /// A response body from this backend failed (reset, cut short, or stalled): a passive-health failure.
     pub fn body_failed(self: &Arc<Self>, error: &(dyn std::error::Error + 'static)) {
+        use crate::upstream::h1::BodyError;
+        // The client's upload failing while the response streamed is the client's doing.
+        if matches!(error.downcast_ref::<BodyError>(), Some(BodyError::RequestFailed)) {
+            return;
+        }
         let cause = match error.downcast_ref::<crate::error::ProxyError>() {
             Some(error) => error.cause(),
             None => format!("response body failed: {error}"),

@@ -5,7 +5,7 @@ use http::uri::{Authority, Scheme};
 use proptest::prelude::*;
 
 use super::{Backend, Balancer, InFlight};
-use crate::config::{Algorithm, BackendConfig};
+use crate::config::{Algorithm, BackendConfig, UpstreamProtocol};
 
 /// Backends `a`, `b`, `c`, ... with the given weights; each gets its own port so they are distinguishable.
 fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -15,16 +15,16 @@ fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
         .map(|(index, &weight)| {
             let name = char::from(b'a' + u8::try_from(index).unwrap()).to_string();
             let authority: Authority = format!("127.0.0.1:{}", 8001 + index).parse().unwrap();
-            Arc::new(Backend::new(
-                "test",
-                &BackendConfig {
-                    name,
-                    scheme: Scheme::HTTP,
-                    authority,
-                    weight,
-                    health_url: None,
-                },
-            ))
+            let config = BackendConfig {
+                name,
+                scheme: Scheme::HTTP,
+                authority,
+                weight,
+                health_url: None,
+                protocol: UpstreamProtocol::Auto,
+                tls: None,
+            };
+            Arc::new(Backend::new("test", &config).expect("a plain backend"))
         })
         .collect()
 }

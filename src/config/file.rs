@@ -188,6 +188,41 @@ pub(super) struct FileBackend {
     pub weight: u32,
     /// Where active checks go when the service exposes health elsewhere, like http://127.0.0.1:9001/healthz.
     pub health_url: Option<String>,
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// TLS to an `https://` backend.
+    pub tls: Option<BackendTls>,
+}
+
+/// The HTTP version spoken to a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    /// `https://`: HTTP/2 or HTTP/1.1 as the backend chooses by ALPN; `http://`: HTTP/1.1.
+    #[default]
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+    /// HTTP/2 over TLS (ALPN `h2`), `https://` only.
+    H2,
+    /// HTTP/2 in clear text with prior knowledge, `http://` only (gRPC servers, for one).
+    H2c,
+}
+
+/// How the proxy talks TLS to a backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTls {
+    /// The name sent (SNI) and verified; default: the URL's host.
+    pub server_name: Option<String>,
+    /// PEM certificates of the CAs to trust instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain and key (PEM), for backends that require mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Accept any certificate. Only ever for testing; the proxy warns at start-up.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 /// How an upstream picks a backend, and what it does when backends fail.
@@ -258,6 +293,9 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     #[serde(default = "default_check_path")]
     pub path: String,
+    /// `type: grpc`: the service asked about; empty asks about the server as a whole.
+    #[serde(default)]
+    pub grpc_service: String,
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
     #[serde(default = "default_healthy_threshold")]
@@ -283,6 +321,7 @@ impl HealthCheckConfig {
             interval: default_interval(),
             timeout: default_check_timeout(),
             path: default_check_path(),
+            grpc_service: String::new(),
             unhealthy_threshold: default_unhealthy_threshold(),
             healthy_threshold: default_healthy_threshold(),
             expected_statuses: default_expected_statuses(),
@@ -302,6 +341,9 @@ pub enum CheckKind {
     Http,
     /// A TCP connect within the timeout.
     Tcp,
+    /// The gRPC health checking protocol: `grpc.health.v1.Health/Check` must answer SERVING (over HTTP/2:
+    /// the backend's protocol must be h2c, h2, or auto over TLS).
+    Grpc,
 }
 
 /// A backend's state before its first probe.

@@ -13,9 +13,9 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 pub use file::{
-    AdminConfig, Algorithm, AllUnhealthy, BalancerConfig, CheckKind, HealthCheckConfig, InitialState, LogFormat,
-    LoggingConfig, MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryMode, ServerConfig, StatusRange,
-    Telemetry, Timeouts, TlsConfig, TracingConfig,
+    AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CheckKind, HealthCheckConfig, InitialState,
+    LogFormat, LoggingConfig, MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryMode, ServerConfig,
+    StatusRange, Telemetry, Timeouts, TlsConfig, TracingConfig, UpstreamProtocol,
 };
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
@@ -66,6 +66,8 @@ pub struct Tracing {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
+    /// Where its backends are in the file (`backends`, `upstreams.api.backends`), for error messages.
+    pub key: String,
     pub backends: Vec<BackendConfig>,
     pub balancer: BalancerConfig,
     pub health_check: HealthCheckConfig,
@@ -80,6 +82,9 @@ pub struct BackendConfig {
     pub weight: u32,
     /// Where active checks go instead of `authority` + `health_check.path`.
     pub health_url: Option<Uri>,
+    pub protocol: UpstreamProtocol,
+    /// For `https://` backends; the defaults (system roots, SNI from the host) when the file has no `tls`.
+    pub tls: Option<BackendTls>,
 }
 
 /// A route: which requests go to which upstream.
@@ -134,6 +139,13 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// Worker threads: `server.workers`, or one per core.
+    pub fn workers(&self) -> usize {
+        self.server
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
@@ -452,10 +464,12 @@ fn check_tracing(tracing: &TracingConfig) -> Result<Option<Tracing>, Invalid> {
     let uri: Uri = endpoint
         .parse()
         .map_err(|e| (key(field), format!("`{endpoint}` is not a URL ({e})")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
         return Err((
             key(field),
-            format!("`{endpoint}` needs http:// or https:// and a host, like http://127.0.0.1:4317"),
+            format!(
+                "`{endpoint}` needs http:// and a host, like http://127.0.0.1:4317 (a collector on the same host or network)"
+            ),
         ));
     }
     if tracing.enabled == Some(false) {
@@ -518,6 +532,32 @@ fn upstream(
             ));
         }
         let (scheme, authority) = backend_url(&raw.url).map_err(|message| (at("url"), message))?;
+        let https = scheme == Scheme::HTTPS;
+        match raw.protocol {
+            UpstreamProtocol::H2 if !https => {
+                return Err((
+                    at("protocol"),
+                    "h2 needs an https:// backend; for clear text use h2c".into(),
+                ))
+            }
+            UpstreamProtocol::H2c if https => {
+                return Err((
+                    at("protocol"),
+                    "h2c is clear text; for an https:// backend use h2".into(),
+                ))
+            }
+            _ => {}
+        }
+        let tls = match (https, raw.tls) {
+            (false, Some(_)) => return Err((at("tls"), "only an https:// backend takes a tls section".into())),
+            (true, tls) => Some(tls.unwrap_or_default()),
+            (false, None) => None,
+        };
+        if let Some(tls) = &tls {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err((at("tls.key_file"), "cert_file and key_file go together".into()));
+            }
+        }
         let health_url = raw
             .health_url
             .as_deref()
@@ -529,10 +569,26 @@ fn upstream(
             authority,
             weight: raw.weight,
             health_url,
+            protocol: raw.protocol,
+            tls,
         });
+    }
+    if health_check.kind == CheckKind::Grpc {
+        let http2 = |b: &BackendConfig| match b.protocol {
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => true,
+            UpstreamProtocol::Auto => b.scheme == Scheme::HTTPS,
+            UpstreamProtocol::Http1 => false,
+        };
+        if let Some(index) = checked.iter().position(|b| !http2(b)) {
+            return Err((
+                format!("{key}[{index}].protocol"),
+                "gRPC health checks need HTTP/2: set protocol h2c (or h2 for https://)".into(),
+            ));
+        }
     }
     Ok(UpstreamConfig {
         name: name.to_owned(),
+        key: key.to_owned(),
         backends: checked,
         balancer,
         health_check,
@@ -548,8 +604,8 @@ fn backend_url(text: &str) -> Result<(Scheme, Authority), String> {
             "`{text}` needs a scheme and a host, like http://127.0.0.1:8001"
         ));
     };
-    if scheme != &Scheme::HTTP {
-        return Err(format!("`{text}`: only http:// backends are supported"));
+    if scheme != &Scheme::HTTP && scheme != &Scheme::HTTPS {
+        return Err(format!("`{text}`: a backend is http:// or https://"));
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(format!("`{text}`: a backend URL has no path or query"));

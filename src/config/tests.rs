@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
+use http::uri::Scheme;
 
 /// The sample from the issue, verbatim: it must keep working as the config grows.
 const SAMPLE: &str = r#"server:
@@ -404,12 +405,52 @@ fn unparsable_backend_url() {
 }
 
 #[test]
-fn https_backend_url() {
+fn backend_url_schemes() {
     assert_invalid(
-        &url_error("https://127.0.0.1:8001"),
+        &url_error("ftp://127.0.0.1:8001"),
         "backends[0].url",
-        "`https://127.0.0.1:8001`: only http:// backends are supported",
+        "`ftp://127.0.0.1:8001`: a backend is http:// or https://",
     );
+    let https = parse("backends:\n  - {name: a, url: \"https://api.internal:8443\"}\n");
+    let backend = &https.upstreams[0].backends[0];
+    assert_eq!(backend.scheme, Scheme::HTTPS);
+    assert_eq!(
+        backend.tls,
+        Some(BackendTls::default()),
+        "https gets TLS with the defaults"
+    );
+}
+
+#[test]
+fn backend_protocols_and_tls_must_fit_the_scheme() {
+    for (backend, key, message) in [
+        (
+            "{name: a, url: \"http://127.0.0.1:1\", protocol: h2}",
+            "backends[0].protocol",
+            "h2 needs an https:// backend; for clear text use h2c",
+        ),
+        (
+            "{name: a, url: \"https://127.0.0.1:1\", protocol: h2c}",
+            "backends[0].protocol",
+            "h2c is clear text; for an https:// backend use h2",
+        ),
+        (
+            "{name: a, url: \"http://127.0.0.1:1\", tls: {insecure_skip_verify: true}}",
+            "backends[0].tls",
+            "only an https:// backend takes a tls section",
+        ),
+        (
+            "{name: a, url: \"https://127.0.0.1:1\", tls: {cert_file: c.pem}}",
+            "backends[0].tls.key_file",
+            "cert_file and key_file go together",
+        ),
+    ] {
+        let e = error(&format!("backends:\n  - {backend}\n"));
+        assert_eq!((e.key.as_str(), e.message.as_str()), (key, message), "{backend}");
+    }
+    let grpc = error("backends:\n  - {name: a, url: \"http://127.0.0.1:1\"}\nhealth_check: {type: grpc}\n");
+    assert_eq!(grpc.key, "backends[0].protocol");
+    assert!(grpc.message.contains("HTTP/2"), "{}", grpc.message);
 }
 
 #[test]

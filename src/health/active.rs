@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Request, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -16,9 +16,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::balancer::Backend;
-use crate::config::{CheckKind, HealthCheckConfig};
+use crate::body::Body;
+use crate::config::{CheckKind, HealthCheckConfig, Timeouts};
 use crate::metrics;
 use crate::runtime::{Shared, Shutdown};
+use crate::upstream::Answer;
 
 /// Probe response bodies are read up to this size (to match `expect_body` or to keep the connection).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -163,22 +165,16 @@ impl Prober {
                     .map_err(|e| connect_cause(&e))
             }
             CheckKind::Http => {
-                let mut request = Request::new(Empty::new());
-                *request.uri_mut() = target;
-                let headers = request.headers_mut();
-                if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
-                    headers.insert(header::HOST, host);
-                }
-                headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
-                let response = self.client.request(request).await.map_err(|e| request_cause(&e))?;
-                let status = response.status().as_u16();
+                let (status, body) = match backend.health_url() {
+                    // Elsewhere than the backend itself: a plain HTTP request of the prober's own.
+                    Some(_) => self.get_elsewhere(backend, target).await?,
+                    // The backend itself: the way requests reach it (TLS, HTTP/2 included).
+                    None => send_to_backend(backend, target, config, Method::GET, Body::empty()).await?,
+                };
+                let status = status.as_u16();
                 if !config.expected_statuses.iter().any(|range| range.contains(status)) {
                     return Err(format!("status {status}"));
                 }
-                let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
-                    .collect()
-                    .await
-                    .map(|b| b.to_bytes());
                 match (&config.expect_body, body) {
                     (Some(expected), Ok(body)) if !String::from_utf8_lossy(&body).contains(expected.as_str()) => {
                         Err(format!("body does not contain {expected:?}"))
@@ -187,8 +183,143 @@ impl Prober {
                     _ => Ok(()),
                 }
             }
+            CheckKind::Grpc => grpc_check(backend, config).await,
         }
     }
+
+    async fn get_elsewhere(
+        &self,
+        backend: &Backend,
+        target: Uri,
+    ) -> Result<(StatusCode, Result<Bytes, String>), String> {
+        let mut request = Request::new(Empty::new());
+        *request.uri_mut() = target;
+        let headers = request.headers_mut();
+        if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+            headers.insert(header::HOST, host);
+        }
+        headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
+        let response = self.client.request(request).await.map_err(|e| request_cause(&e))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .map_err(|e| e.to_string());
+        Ok((status, body))
+    }
+}
+
+/// Sends a probe through the backend's own transport (on the control thread's connections, never a
+/// worker's) and reads up to [`MAX_PROBE_BODY`] of the answer.
+async fn send_to_backend(
+    backend: &Backend,
+    target: Uri,
+    config: &HealthCheckConfig,
+    method: Method,
+    body: Body,
+) -> Result<(StatusCode, Result<Bytes, String>), String> {
+    let mut request = Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = target;
+    let headers = request.headers_mut();
+    if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
+    let timeouts = Timeouts {
+        connect: config.timeout,
+        response_header: config.timeout,
+        pool_idle: config.interval.saturating_mul(2),
+        response_body: config.timeout,
+    };
+    let (answer, _) = backend.transport.send(&backend.name, request, &timeouts).await;
+    let response = match answer.map_err(|e| e.cause())? {
+        Answer::Response(response) => response,
+        Answer::Upgraded(..) => return Err("the backend switched protocols".to_owned()),
+    };
+    let status = response.status();
+    let body = Limited::new(response.into_body(), MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|e| e.to_string());
+    Ok((status, body))
+}
+
+/// `grpc.health.v1.Health/Check` (https://github.com/grpc/grpc/blob/master/doc/health-checking.md): healthy
+/// when the answer is SERVING.
+async fn grpc_check(backend: &Backend, config: &HealthCheckConfig) -> Result<(), String> {
+    // HealthCheckRequest { string service = 1; }, in a gRPC frame (no compression, then the length).
+    let service = config.grpc_service.as_bytes();
+    let mut message = Vec::with_capacity(service.len() + 3);
+    if !service.is_empty() {
+        message.push(0x0a);
+        encode_varint(service.len() as u64, &mut message);
+        message.extend_from_slice(service);
+    }
+    let mut frame = Vec::with_capacity(message.len() + 5);
+    frame.push(0);
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let target = Uri::builder()
+        .scheme(backend.scheme.clone())
+        .authority(backend.authority.clone())
+        .path_and_query("/grpc.health.v1.Health/Check")
+        .build()
+        .map_err(|e| format!("cannot build the probe URL: {e}"))?;
+    let mut body = Body::full(frame);
+    body = body.with_exact_length();
+    let mut request = Request::new(body);
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = target;
+    let headers = request.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    if let Ok(host) = HeaderValue::from_str(backend.authority.as_str()) {
+        headers.insert(header::HOST, host);
+    }
+    headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
+    let timeouts = Timeouts {
+        connect: config.timeout,
+        response_header: config.timeout,
+        pool_idle: config.interval.saturating_mul(2),
+        response_body: config.timeout,
+    };
+    let (answer, _) = backend.transport.send(&backend.name, request, &timeouts).await;
+    let response = match answer.map_err(|e| e.cause())? {
+        Answer::Response(response) => response,
+        Answer::Upgraded(..) => return Err("the backend switched protocols".to_owned()),
+    };
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status().as_u16()));
+    }
+    let head_status = response.headers().get("grpc-status").cloned();
+    let collected = Limited::new(response.into_body(), MAX_PROBE_BODY)
+        .collect()
+        .await
+        .map_err(|e| format!("answer unreadable: {e}"))?;
+    let grpc_status = head_status.or_else(|| collected.trailers().and_then(|t| t.get("grpc-status").cloned()));
+    match grpc_status.as_ref().map(HeaderValue::as_bytes) {
+        Some(b"0") => {}
+        Some(code) => return Err(format!("grpc-status {}", String::from_utf8_lossy(code))),
+        None => return Err("no grpc-status in the answer".to_owned()),
+    }
+    // HealthCheckResponse { ServingStatus status = 1; }: SERVING is 1.
+    let answer = collected.to_bytes();
+    match answer.get(5..) {
+        Some([0x08, 0x01, ..]) => Ok(()),
+        Some([0x08, status, ..]) => Err(format!("serving status {status} (not SERVING)")),
+        _ => Err("serving status UNKNOWN".to_owned()),
+    }
+}
+
+fn encode_varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
 }
 
 fn probe_uri(backend: &Backend, config: &HealthCheckConfig) -> Result<Uri, String> {

@@ -374,8 +374,10 @@ fn backend_weighted(health: &HealthCheckConfig, slow_start: Option<Duration>, we
         authority: Authority::from_static("127.0.0.1:9"),
         weight,
         health_url: None,
+        protocol: crate::config::UpstreamProtocol::Auto,
+        tls: None,
     };
-    Arc::new(Backend::configured("default", &config, health, slow_start))
+    Arc::new(Backend::configured("default", &config, health, slow_start).expect("a plain backend"))
 }
 
 fn passive_only_config(threshold: u32, reactivation: Duration, max_ejection: Duration) -> HealthCheckConfig {

@@ -10,7 +10,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
@@ -22,10 +22,10 @@ use crate::error::{Origin, ProxyError};
 use crate::health::passive;
 use crate::metrics;
 use crate::routing::Upstream;
-use crate::runtime::{workers, Shared};
+use crate::runtime::Shared;
 use crate::trace::{self, RequestTrace};
+use crate::upstream::{Answer, Upgraded};
 
-use super::forward::Forwarder;
 use super::headers::{self, Forwarding};
 
 /// A problem a listener found in a request that the core must answer (and log) instead of forwarding it.
@@ -54,8 +54,6 @@ pub fn protocol_label(version: Version) -> &'static str {
 #[derive(Debug)]
 pub struct Core {
     shared: Arc<Shared>,
-    /// One upstream client per worker, so that a worker's requests use only its own connections.
-    forwarders: Box<[Forwarder]>,
     metrics: metrics::RequestMetrics,
 }
 
@@ -68,11 +66,9 @@ struct Outcome {
 }
 
 impl Core {
-    /// The core for `workers` worker threads over the shared state.
-    pub fn new(shared: Arc<Shared>, workers: usize) -> Self {
-        let timeouts = shared.snapshot().config.timeouts;
+    /// The core over the shared state.
+    pub fn new(shared: Arc<Shared>) -> Self {
         Self {
-            forwarders: (0..workers.max(1)).map(|_| Forwarder::new(&timeouts)).collect(),
             shared,
             metrics: metrics::RequestMetrics::default(),
         }
@@ -81,11 +77,6 @@ impl Core {
     /// The shared state: configuration snapshot, readiness, certificates.
     pub fn shared(&self) -> &Arc<Shared> {
         &self.shared
-    }
-
-    fn forwarder(&self) -> &Forwarder {
-        let index = workers::current().unwrap_or(0) % self.forwarders.len();
-        &self.forwarders[index]
     }
 
     /// Proxies one request; never fails: errors become short plain-text responses.
@@ -158,8 +149,11 @@ impl Core {
             if let Some(route) = route {
                 attributes.push(("http.route", route.into()));
             }
-            if let Some(host) = host {
-                attributes.push(("server.address", host.into()));
+            if let Some(host) = host.as_deref().and_then(|h| h.parse::<http::uri::Authority>().ok()) {
+                attributes.push(("server.address", host.host().into()));
+                if let Some(port) = host.port_u16() {
+                    attributes.push(("server.port", i64::from(port).into()));
+                }
             }
             if upstream != "-" {
                 attributes.push(("quic_proxy.upstream", upstream.into()));
@@ -256,14 +250,10 @@ impl Core {
             outcome.backend = Some(Arc::clone(&backend));
             let in_flight = backend.start_request();
             let last = attempt_number >= attempts;
-            let (sent, sending) = tokio::sync::oneshot::channel();
-            let mut upstream_request = Request::new(
-                match &replay {
-                    Some(kept) => kept.body(),
-                    None => std::mem::replace(&mut body, Body::empty()),
-                }
-                .with_sent_signal(sent),
-            );
+            let mut upstream_request = Request::new(match &replay {
+                Some(kept) => kept.body(),
+                None => std::mem::replace(&mut body, Body::empty()),
+            });
             *upstream_request.method_mut() = parts.method.clone();
             *upstream_request.version_mut() = Version::HTTP_11;
             *upstream_request.headers_mut() = if last {
@@ -279,10 +269,8 @@ impl Core {
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
             let traced = trace.map(|t| t.attempt(upstream_request.headers_mut()));
-            let (result, waited) = self
-                .forwarder()
-                .send(&backend, upstream_request, sending, timeouts.response_header)
-                .await;
+            let (result, waited) = backend.transport.send(&backend.name, upstream_request, &timeouts).await;
+            let status = result.as_ref().ok().map(Answer::status);
             if let (Some(trace), Some(attempt)) = (trace, traced) {
                 let mut attributes: Vec<(&'static str, trace::Value)> = vec![
                     ("http.request.method", parts.method.as_str().into()),
@@ -294,32 +282,26 @@ impl Core {
                 if let Some(port) = backend.authority.port_u16() {
                     attributes.push(("server.port", i64::from(port).into()));
                 }
-                let error = match &result {
-                    Ok(response) => {
-                        attributes.push((
-                            "http.response.status_code",
-                            i64::from(response.status().as_u16()).into(),
-                        ));
-                        response
-                            .status()
-                            .is_server_error()
-                            .then(|| response.status().to_string())
+                let error = match (&result, status) {
+                    // For a client span, any 4xx or 5xx answer is an error (OpenTelemetry HTTP conventions).
+                    (Ok(_), Some(status)) => {
+                        attributes.push(("http.response.status_code", i64::from(status.as_u16()).into()));
+                        (status.is_client_error() || status.is_server_error()).then(|| status.to_string())
                     }
-                    Err(error) => {
+                    (Err(error), _) => {
                         attributes.push(("error.type", error.cause().into()));
                         Some(error.to_string())
                     }
+                    (Ok(_), None) => None,
                 };
                 trace.end_attempt(attempt, attributes, error);
             }
-            backend
-                .metrics
-                .record_attempt(result.as_ref().ok().map(Response::status), waited);
+            backend.metrics.record_attempt(status, waited);
             if let Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) = &result {
                 backend.metrics.record_connect_error();
             }
             let verdict = passive::verdict(
-                result.as_ref().map(Response::status),
+                result.as_ref().map(Answer::status),
                 &upstream.health_check.passive.failure_statuses,
             );
             if let Some(verdict) = &verdict {
@@ -329,7 +311,17 @@ impl Core {
                 crate::health::announce(&backend, transition);
             }
             let mut response = match result {
-                Ok(response) => response,
+                Ok(Answer::Response(response)) => response,
+                Ok(Answer::Upgraded(response, upgraded)) => {
+                    let Some(client_upgrade) = client_upgrade.take() else {
+                        return Err(ProxyError::UpstreamFailed {
+                            backend: backend.name.clone(),
+                            cause: "101 Switching Protocols to a request that asked for no upgrade".to_owned(),
+                        });
+                    };
+                    tokio::spawn(tunnel(client_upgrade, upgraded, in_flight));
+                    return Ok(response);
+                }
                 Err(error) if !last && error.retryable(idempotent) => {
                     tried.push(backend);
                     last_error = Some(error);
@@ -337,18 +329,6 @@ impl Core {
                 }
                 Err(error) => return Err(error),
             };
-
-            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                let Some(client_upgrade) = client_upgrade.take() else {
-                    return Err(ProxyError::UpstreamFailed {
-                        backend: backend.name.clone(),
-                        cause: "101 Switching Protocols to a request that asked for no upgrade".to_owned(),
-                    });
-                };
-                let backend_upgrade = hyper::upgrade::on(&mut response);
-                tokio::spawn(tunnel(client_upgrade, backend_upgrade, in_flight));
-                return Ok(response.map(|_| Body::empty()));
-            }
             // RFC 9112 6.3: chunked framing wins over a Content-Length sent with it, which must not be passed on
             // (the client would take the body for complete after that many bytes).
             if response.headers().contains_key(header::TRANSFER_ENCODING) {
@@ -365,8 +345,7 @@ impl Core {
                 after: timeouts.response_body,
             };
             return Ok(response.map(|body| {
-                Body::from(body)
-                    .with_idle_timeout(timeouts.response_body, stalled)
+                body.with_idle_timeout(timeouts.response_body, stalled)
                     .with_guard(in_flight)
             }));
         }
@@ -427,12 +406,11 @@ async fn replayable(body: Body, retries: u32, limit: u64) -> Result<(Body, Optio
 }
 
 /// Copies bytes both ways between an upgraded client and backend until either side closes.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
+async fn tunnel(client: OnUpgrade, mut backend: Upgraded, in_flight: InFlight) {
     let name = &in_flight.backend().name;
-    match tokio::try_join!(client, backend) {
-        Ok((client, backend)) => {
+    match client.await {
+        Ok(client) => {
             let mut client = TokioIo::new(client);
-            let mut backend = TokioIo::new(backend);
             if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
                 tracing::debug!(backend = %name, "upgraded connection ended: {error}");
             }

@@ -1,6 +1,5 @@
 //! The protocol-independent proxy: routing, upstream pools, header rewriting and forwarding.
 
-mod forward;
 mod handler;
 mod headers;
 

@@ -9,8 +9,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::balancer::{Backend, BackendKey};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::events::Events;
+
+fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
+    ConfigError {
+        file: config.path.clone(),
+        key,
+        line: None,
+        message,
+    }
+}
 
 pub use router::{Destination, Router};
 pub use upstream::Upstream;
@@ -25,24 +34,44 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the first snapshot; its backends tell their events to `events`.
-    pub fn new(config: Config, events: &Arc<Events>) -> Self {
-        Self {
-            router: Router::new(&config, |_| None, events),
+    /// Builds the first snapshot; its backends tell their events to `events`. Fails when a backend's TLS
+    /// files cannot be used.
+    pub fn new(config: Config, events: &Arc<Events>) -> Result<Self, ConfigError> {
+        Ok(Self {
+            router: Router::new(&config, |_| None, events).map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: 1,
-        }
+        })
     }
 
     /// Builds the snapshot that follows `self` for `config`, keeping every backend whose identity
-    /// (upstream, name, URL) is unchanged.
-    pub fn next(&self, config: Config, events: &Arc<Events>) -> Self {
-        let kept: HashMap<BackendKey, &Arc<Backend>> = self.backends().map(|b| (b.key(), b)).collect();
-        Self {
-            router: Router::new(&config, |key| kept.get(key).map(|b| Arc::clone(b)), events),
+    /// (upstream, name, URL, protocol, TLS settings) is unchanged.
+    pub fn next(&self, config: Config, events: &Arc<Events>) -> Result<Self, ConfigError> {
+        let kept: HashMap<&BackendKey, &Arc<Backend>> = self.backends().map(|b| (b.key(), b)).collect();
+        Ok(Self {
+            router: Router::new(&config, |key| kept.get(key).map(|b| Arc::clone(b)), events)
+                .map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: self.generation + 1,
+        })
+    }
+
+    /// Gives every backend this snapshot's settings for it (weight, slow start, health thresholds, health
+    /// URL). Backends carried over from the previous snapshot are shared with it, so this is done only once
+    /// the new snapshot is going to be installed: a reload that fails later changes nothing.
+    pub fn settle(&self) {
+        for (upstream, config) in self.upstreams().iter().zip(&self.config.upstreams) {
+            for (backend, backend_config) in upstream.backends.iter().zip(&config.backends) {
+                backend.apply(backend_config, &config.health_check, config.balancer.slow_start);
+            }
         }
+    }
+
+    /// Checks what only building a snapshot can (a backend's TLS files), without keeping it.
+    pub fn check(config: &Config) -> Result<(), ConfigError> {
+        Router::new(config, |_| None, &Arc::default())
+            .map(drop)
+            .map_err(|e| error_in(config, e))
     }
 
     /// The route table.

@@ -36,12 +36,17 @@ pub struct Destination<'a> {
 impl Router {
     /// Builds every upstream pool and the route table from a validated config; `existing` hands back
     /// backends a previous snapshot already has (see `Upstream::new`).
-    pub fn new(config: &Config, existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>, events: &Arc<Events>) -> Self {
+    pub fn new(
+        config: &Config,
+        existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>,
+        events: &Arc<Events>,
+    ) -> Result<Self, (String, String)> {
+        let workers = config.workers();
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Arc::new(Upstream::new(u, &existing, events)))
-            .collect();
+            .map(|u| Upstream::new(u, &existing, events, workers).map(Arc::new))
+            .collect::<Result<_, _>>()?;
         let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let routes = config
             .routes
@@ -56,11 +61,11 @@ impl Router {
             })
             .collect();
         let default = config.default_upstream.as_deref().and_then(find);
-        Self {
+        Ok(Self {
             routes,
             default,
             upstreams,
-        }
+        })
     }
 
     /// The upstream for a request to `host` (as sent, port allowed) and `path`.
@@ -128,7 +133,10 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         match Config::parse(Path::new("test.yaml"), yaml) {
-            Ok(config) => Router::new(&config, |_| None, &Arc::default()),
+            Ok(config) => match Router::new(&config, |_| None, &Arc::default()) {
+                Ok(router) => router,
+                Err(e) => panic!("test router not built: {e:?}"),
+            },
             Err(e) => panic!("test config invalid: {e}"),
         }
     }

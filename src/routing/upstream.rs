@@ -23,38 +23,41 @@ pub struct Upstream {
 
 impl Upstream {
     /// Builds the pool from its config; `existing` hands back a backend that a previous snapshot already
-    /// has under the same identity, which is kept (with its state) and given the new settings.
+    /// has under the same identity, which is kept with its state (`Snapshot::settle` gives it the new
+    /// settings once the new snapshot is certain to be used).
     pub fn new(
         config: &UpstreamConfig,
         existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>,
         events: &Arc<Events>,
-    ) -> Self {
-        let backends: Vec<Arc<Backend>> = config
-            .backends
-            .iter()
-            .map(|b| match existing(&Backend::key_of(&config.name, b)) {
-                Some(kept) => {
-                    kept.apply(b, &config.health_check, config.balancer.slow_start);
-                    kept
-                }
-                None => Arc::new(Backend::in_pool(
-                    &config.name,
-                    b,
-                    &config.health_check,
-                    config.balancer.slow_start,
-                    events,
-                )),
-            })
-            .collect();
+        workers: usize,
+    ) -> Result<Self, (String, String)> {
+        let mut backends: Vec<Arc<Backend>> = Vec::with_capacity(config.backends.len());
+        for (index, b) in config.backends.iter().enumerate() {
+            let backend = match existing(&Backend::key_of(&config.name, b)) {
+                Some(kept) => kept,
+                None => Arc::new(
+                    Backend::in_pool(
+                        &config.name,
+                        b,
+                        &config.health_check,
+                        config.balancer.slow_start,
+                        events,
+                        workers,
+                    )
+                    .map_err(|(key, message)| (format!("{}[{index}].{key}", config.key), message))?,
+                ),
+            };
+            backends.push(backend);
+        }
         let balancer = Balancer::new(config.balancer.algorithm, backends.len());
-        Self {
+        Ok(Self {
             name: config.name.clone(),
             backends,
             policy: config.balancer,
             health_check: Arc::new(config.health_check.clone()),
             balancer,
             all_unhealthy: AtomicBool::new(false),
-        }
+        })
     }
 
     /// Picks a backend among those `accept` allows.

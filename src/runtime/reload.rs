@@ -75,16 +75,19 @@ impl Shared {
         let previous = self.snapshot();
         // Against what the sockets were bound for: a change stays reported until a restart applies it.
         let restart_required = restart_required(self.bound(), &config);
-        let mut certificate_replaced = false;
-        if let (Some(certs), Some(tls)) = (self.certs(), &config.server.tls) {
-            // Read even when the paths are unchanged: the files may have been replaced (certificate renewal).
-            certificate_replaced = certs.reload(tls).map_err(|error| ReloadError::Certificate {
-                file: config.path.display().to_string(),
-                error,
-            })?;
-        }
+        let file = config.path.display().to_string();
+        let tls = config.server.tls.clone();
         let level = config.telemetry.logging.level.clone();
-        let next = Arc::new(previous.next(config, self.events()));
+        // Everything that can fail comes before anything changes: the snapshot (backends' TLS files), then
+        // the certificate, which is read even when its paths are unchanged (the files may have been renewed).
+        let next = Arc::new(previous.next(config, self.events())?);
+        let mut certificate_replaced = false;
+        if let (Some(certs), Some(tls)) = (self.certs(), &tls) {
+            certificate_replaced = certs
+                .reload(tls)
+                .map_err(|error| ReloadError::Certificate { file, error })?;
+        }
+        next.settle();
         let mut changes = changes(&previous, &next);
         if certificate_replaced {
             changes.push("certificate replaced".to_owned());

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::events::Events;
 use crate::metrics::{self, GaugeGuard};
 use crate::routing::Snapshot;
@@ -30,16 +30,30 @@ pub struct Shared {
     bound: Arc<Config>,
     /// Serialises reloads; the request path never takes it.
     pub(super) reloading: Mutex<()>,
+    /// Called with each snapshot as it is installed, before a reload returns.
+    hooks: Hooks,
+}
+
+type Hook = Box<dyn Fn(&Shared, &Snapshot) + Send + Sync>;
+
+#[derive(Default)]
+struct Hooks(Mutex<Vec<Hook>>);
+
+impl std::fmt::Debug for Hooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hooks")
+    }
 }
 
 impl Shared {
-    /// State for a proxy starting with `config`, serving `certs` when TLS is configured.
-    pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Arc<Self> {
+    /// State for a proxy starting with `config`, serving `certs` when TLS is configured. Fails when a
+    /// backend's TLS files cannot be used.
+    pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Result<Arc<Self>, ConfigError> {
         let events = Arc::new(Events::default());
-        let snapshot = Arc::new(Snapshot::new(config, &events));
+        let snapshot = Arc::new(Snapshot::new(config, &events)?);
         let bound = Arc::clone(&snapshot.config);
         let (changed, _) = watch::channel(Arc::clone(&snapshot));
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             current: ArcSwap::new(snapshot),
             changed,
             readiness: Readiness::default(),
@@ -50,7 +64,8 @@ impl Shared {
             started: SystemTime::now(),
             bound,
             reloading: Mutex::new(()),
-        })
+            hooks: Hooks::default(),
+        }))
     }
 
     /// The tracer new requests record spans with, when tracing is on.
@@ -113,9 +128,23 @@ impl Shared {
         self.certs.as_ref()
     }
 
-    /// Makes `snapshot` current for new requests and tells the subscribers.
+    /// Runs `hook` with the current snapshot now, and with every snapshot a reload installs, before the
+    /// reload returns (for what must follow a reload at once, where a subscriber would lag).
+    pub fn on_install(&self, hook: impl Fn(&Shared, &Snapshot) + Send + Sync + 'static) {
+        hook(self, &self.snapshot());
+        self.hooks
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Box::new(hook));
+    }
+
+    /// Makes `snapshot` current for new requests and tells the hooks and subscribers.
     pub(super) fn install(&self, snapshot: Arc<Snapshot>) {
         self.current.store(Arc::clone(&snapshot));
+        for hook in self.hooks.0.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            hook(self, &snapshot);
+        }
         self.changed.send_replace(snapshot);
     }
 

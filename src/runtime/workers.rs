@@ -18,11 +18,6 @@ pub fn current() -> Option<usize> {
     INDEX.get()
 }
 
-/// The default worker count: one per core.
-pub fn default_count() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
 /// A running worker thread.
 #[derive(Debug)]
 pub struct Worker {

@@ -21,13 +21,13 @@ use h3::error::Code;
 use h3::server::RequestStream;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response};
-use http_body::Frame;
+
 use http_body_util::BodyExt as _;
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt, ZeroRttAccepted};
 use tokio_util::task::TaskTracker;
 
-use crate::body::{Body, BoxError};
+use crate::body::{Body, BodySender, BoxError};
 use crate::config::{Config, QuicConfig, RetryMode};
 use crate::error::ProxyError;
 use crate::metrics;
@@ -468,7 +468,6 @@ async fn serve_request(incoming: Incoming<'_>, core: &Core, client: ClientInfo) 
         }
     };
 
-    let (tx, channel) = Body::channel(declared);
     let (body, pump) = match declared {
         // Refused: the body will never be read. Say so with the HTTP/3 code for "nothing wrong", rather
         // than the transport's default, which clients report as a reset.
@@ -476,19 +475,24 @@ async fn serve_request(incoming: Incoming<'_>, core: &Core, client: ClientInfo) 
             recv.stop_sending(Code::H3_NO_ERROR);
             (Body::empty(), None)
         }
-        Some(length) if length <= PREREAD_LIMIT => {
-            if let Err(error) = preread(&mut recv, length, &tx, body_timeout).await {
+        Some(length) if length <= PREREAD_LIMIT => match preread(&mut recv, length, body_timeout).await {
+            Ok(body) => (body, None),
+            Err(error) => {
                 refusal = Some(error);
+                (Body::empty(), None)
             }
-            // The whole body is in the channel: closing it lets the reader see the end.
-            drop(tx);
-            (channel, None)
-        }
+        },
         None => match peek(&mut recv) {
             Peek::Ended => (Body::empty(), None),
-            Peek::First(first) => (channel, Some(pump_body(recv, tx, declared, first, body_timeout))),
+            Peek::First(first) => {
+                let (tx, channel) = Body::channel(declared);
+                (channel, Some(pump_body(recv, tx, declared, first, body_timeout)))
+            }
         },
-        Some(_) => (channel, Some(pump_body(recv, tx, declared, None, body_timeout))),
+        Some(_) => {
+            let (tx, channel) = Body::channel(declared);
+            (channel, Some(pump_body(recv, tx, declared, None, body_timeout)))
+        }
     };
     let mut request = Request::from_parts(parts, body);
     if let Some(error) = refusal {
@@ -585,12 +589,7 @@ fn peek(recv: &mut RecvHalf) -> Peek {
 
 /// Reads a small body completely and checks it against its Content-Length before anything is forwarded.
 /// Each wait for more of it is bounded by `server.client_body_timeout`.
-async fn preread(
-    recv: &mut RecvHalf,
-    length: u64,
-    tx: &tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
-    body_timeout: Duration,
-) -> Result<(), ProxyError> {
+async fn preread(recv: &mut RecvHalf, length: u64, body_timeout: Duration) -> Result<Body, ProxyError> {
     let stalled = |recv: &mut RecvHalf| {
         recv.stop_sending(Code::H3_REQUEST_CANCELLED);
         ProxyError::ClientBodyTimeout(body_timeout)
@@ -618,15 +617,7 @@ async fn preread(
     let Ok(trailers) = tokio::time::timeout(body_timeout, end_of_request(recv)).await else {
         return Err(stalled(recv));
     };
-    let trailers = trailers?;
-    // The channel has room for both frames, so these sends never wait.
-    if !buffer.is_empty() {
-        drop(tx.send(Ok(Frame::data(buffer.freeze()))).await);
-    }
-    if let Some(trailers) = trailers {
-        drop(tx.send(Ok(Frame::trailers(trailers))).await);
-    }
-    Ok(())
+    Ok(Body::complete(buffer.freeze(), trailers?))
 }
 
 /// What ends a request stream once its DATA frames are over: its trailers, if any, and then the end of the
@@ -647,11 +638,12 @@ async fn end_of_request(recv: &mut RecvHalf) -> Result<Option<HeaderMap>, ProxyE
 }
 
 /// Streams the request body (after `first`, a chunk already read) into the channel, checking it against
-/// Content-Length as it goes. Stops, and stops the stream, as soon as the core drops the body (the backend
-/// answered without it, or it stalled), so a silent client never keeps this task alive.
+/// Content-Length as it goes, and ends it only once the stream has ended properly. Stops, and stops the
+/// stream, as soon as the core drops the body (the backend answered without it, or it stalled), so a
+/// silent client never keeps this task alive.
 async fn pump_body(
     mut recv: RecvHalf,
-    tx: tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+    tx: BodySender,
     declared: Option<u64>,
     mut first: Option<Bytes>,
     body_timeout: Duration,
@@ -673,10 +665,10 @@ async fn pump_body(
                 received += data.len() as u64;
                 if declared.is_some_and(|length| received > length) {
                     recv.stop_sending(Code::H3_MESSAGE_ERROR);
-                    drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
+                    tx.fail(LENGTH_MISMATCH).await;
                     return;
                 }
-                if tx.send(Ok(Frame::data(data))).await.is_err() {
+                if tx.data(data).await.is_err() {
                     // The core stopped reading: the backend answered without the rest of the body.
                     recv.stop_sending(Code::H3_NO_ERROR);
                     return;
@@ -684,13 +676,13 @@ async fn pump_body(
             }
             Ok(None) => break,
             Err(error) => {
-                drop(tx.send(Err(Box::new(error))).await);
+                tx.fail(error).await;
                 return;
             }
         }
     }
     if declared.is_some_and(|length| received != length) {
-        drop(tx.send(Err(LENGTH_MISMATCH.into())).await);
+        tx.fail(LENGTH_MISMATCH).await;
         return;
     }
     let ended = tokio::select! {
@@ -698,12 +690,12 @@ async fn pump_body(
         () = tx.closed() => return,
     };
     match ended {
-        Ok(Ok(Some(trailers))) => drop(tx.send(Ok(Frame::trailers(trailers))).await),
-        Ok(Ok(None)) => {}
-        Ok(Err(error)) => drop(tx.send(Err(error.into())).await),
+        Ok(Ok(Some(trailers))) => tx.trailers(trailers).await,
+        Ok(Ok(None)) => tx.finish().await,
+        Ok(Err(error)) => tx.fail(error).await,
         Err(_) => {
             recv.stop_sending(Code::H3_REQUEST_CANCELLED);
-            drop(tx.send(Err(ProxyError::ClientBodyTimeout(body_timeout).into())).await);
+            tx.fail(ProxyError::ClientBodyTimeout(body_timeout)).await;
         }
     }
 }

@@ -2,7 +2,7 @@
 //! `TraceService/Export` call) or HTTP (a protobuf POST to `/v1/traces`). It runs on the control thread and
 //! follows reloads: a changed tracing section gets a new queue and exporter, and the old one flushes and ends.
 
-use std::sync::Arc;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -18,10 +18,11 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{status, ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message as _;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::config::{OtlpProtocol, Tracing};
 use crate::metrics;
-use crate::runtime::{Shared, Shutdown};
+use crate::runtime::Shared;
 
 use super::{SpanData, Value};
 
@@ -30,48 +31,62 @@ const MAX_BATCH: usize = 512;
 /// How long a partial batch waits for more spans.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 
-/// Keeps the running proxy's tracer in line with its configuration until shutdown.
-pub async fn run(shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut changes = shared.subscribe();
-    let mut current: Option<Tracing> = None;
-    loop {
-        let wanted = changes.borrow_and_update().config.tracing.clone();
-        if wanted != current {
-            match &wanted {
-                Some(config) => {
-                    let (tracer, spans) = super::tracer(config);
-                    shared.set_tracer(Some(tracer));
-                    tokio::spawn(export(spans, config.clone(), shutdown.clone()));
-                    tracing::info!(endpoint = %config.endpoint, sampling_ratio = config.sampling_ratio, "tracing on");
-                }
-                None => {
-                    shared.set_tracer(None);
-                    if current.is_some() {
-                        tracing::info!("tracing off");
-                    }
-                }
-            }
-            current = wanted;
+/// Keeps the proxy's tracer in line with its configuration: started with it, changed by a reload the
+/// moment the new configuration is installed, and flushed at shutdown.
+#[derive(Debug, Default)]
+pub struct Exporters {
+    state: Mutex<ExporterState>,
+}
+
+#[derive(Debug, Default)]
+struct ExporterState {
+    current: Option<Tracing>,
+    /// Every exporter started: each ends once its tracer is gone and its last batch is sent.
+    running: Vec<JoinHandle<()>>,
+}
+
+impl Exporters {
+    /// Installs the tracer `config` asks for in `shared` (or none), if it differs from the current one.
+    /// Must run on a tokio runtime: a new exporter is a task.
+    pub fn apply(&self, shared: &Shared, config: Option<&Tracing>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.current.as_ref() == config {
+            return;
         }
-        tokio::select! {
-            () = shutdown.begun() => break,
-            changed = changes.changed() => if changed.is_err() { break },
+        match config {
+            Some(config) => {
+                let (tracer, spans) = super::tracer(config);
+                shared.set_tracer(Some(tracer));
+                state.running.push(tokio::spawn(export(spans, config.clone())));
+                tracing::info!(endpoint = %config.endpoint, sampling_ratio = config.sampling_ratio, "tracing on");
+            }
+            None => {
+                shared.set_tracer(None);
+                tracing::info!("tracing off");
+            }
+        }
+        state.running.retain(|task| !task.is_finished());
+        state.current = config.cloned();
+    }
+
+    /// Stops tracing and waits (at most `timeout`) for the exporters to send what they hold: the spans of
+    /// the last requests, drained at shutdown, go out too.
+    pub async fn flush(&self, shared: &Shared, timeout: Duration) {
+        shared.set_tracer(None);
+        let running = std::mem::take(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner).running);
+        let all = futures_util::future::join_all(running);
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!("span export did not finish within {timeout:?}; the last spans are lost");
         }
     }
-    // The last spans (of requests drained after shutdown began) go out as the exporter flushes.
-    shared.set_tracer(None);
 }
 
 /// Sends batches until every sender is gone (a reload replaced the tracer, or the proxy stops).
-async fn export(mut spans: mpsc::Receiver<SpanData>, config: Tracing, shutdown: Shutdown) {
+async fn export(mut spans: mpsc::Receiver<SpanData>, config: Tracing) {
     let client = Collector::new(&config);
     while let Some(first) = spans.recv().await {
         let mut batch = vec![first];
-        let deadline = tokio::time::sleep(if shutdown.has_begun() {
-            Duration::ZERO
-        } else {
-            BATCH_DELAY
-        });
+        let deadline = tokio::time::sleep(BATCH_DELAY);
         tokio::pin!(deadline);
         while batch.len() < MAX_BATCH {
             tokio::select! {

@@ -17,7 +17,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::sync::mpsc;
 
 pub use context::{hex, SpanId, TraceId, TraceParent};
-pub use export::run;
+pub use export::Exporters;
 
 use crate::config::Tracing;
 use crate::metrics;

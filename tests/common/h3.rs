@@ -302,3 +302,94 @@ impl H3Reply {
         crate::common::seen_header_values(&self.json(), name)
     }
 }
+
+/// Parses the config file at `path` and starts the proxy with the certificate its `server.tls` names, so
+/// that `Shared::reload_from_file` reads that same file again.
+pub async fn start_tls_proxy_from_file(path: &Path) -> Running {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("config rejected: {e}"));
+    let tls = config.server.tls.as_ref().expect("the config has a server.tls section");
+    let certs = CertStore::load(tls).expect("load the test certificate");
+    app::start(config, Some(certs)).await.expect("proxy starts")
+}
+
+impl TestCerts {
+    /// The certificate the files hold now, as a server presents it.
+    pub fn certificate(&self) -> CertificateDer<'static> {
+        let pem = std::fs::read(&self.cert_file).expect("read the certificate");
+        let cert = rustls_pemfile::certs(&mut pem.as_slice())
+            .next()
+            .expect("a certificate in the file")
+            .expect("valid PEM");
+        cert
+    }
+
+    /// Writes a fresh certificate and key over this pair's files (a renewal in place) and returns the new
+    /// certificate.
+    pub fn regenerate(&self) -> CertificateDer<'static> {
+        let dir = self.cert_file.parent().expect("the certificate is in a directory");
+        let (cert_file, key_file) =
+            quic_proxy::tls::generate_self_signed(dir, &[SERVER_NAME.to_owned(), "127.0.0.1".to_owned()])
+                .expect("generate a new certificate");
+        assert_eq!((&cert_file, &key_file), (&self.cert_file, &self.key_file));
+        self.certificate()
+    }
+}
+
+/// A TLS client config trusting exactly `trusted`, offering `alpn`.
+pub fn client_config_trusting(trusted: &[CertificateDer<'static>], alpn: &[&[u8]]) -> rustls::ClientConfig {
+    quic_proxy::tls::install_crypto_provider();
+    let mut roots = RootCertStore::empty();
+    for cert in trusted {
+        roots.add(cert.clone()).expect("trust the certificate");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
+/// A quinn client config for HTTP/3 trusting exactly `trusted`.
+pub fn quic_client_config_trusting(trusted: &[CertificateDer<'static>]) -> quinn::ClientConfig {
+    let crypto = QuicClientConfig::try_from(client_config_trusting(trusted, &[b"h3"]))
+        .expect("a TLS 1.3 config usable for QUIC");
+    quinn::ClientConfig::new(Arc::new(crypto))
+}
+
+/// The leaf certificate the server presented on a QUIC connection.
+pub fn quic_presented(connection: &quinn::Connection) -> CertificateDer<'static> {
+    let identity = connection.peer_identity().expect("the server presented a certificate");
+    let chain = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .expect("rustls reports a certificate chain");
+    chain.first().expect("a leaf certificate").clone()
+}
+
+impl H3Client {
+    /// Connects with `config` (trust, transport settings) and drives the HTTP/3 connection; the handshake's
+    /// failure is returned rather than panicking, for tests where it is expected to fail.
+    pub async fn connect_with(addr: SocketAddr, config: quinn::ClientConfig) -> Result<Self, quinn::ConnectionError> {
+        let endpoint =
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a client UDP socket");
+        let connection = endpoint
+            .connect_with(config, addr, SERVER_NAME)
+            .expect("start a QUIC handshake")
+            .await?;
+        let (driver, sender) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .expect("HTTP/3 connection setup");
+        let mut client = Self {
+            sender: H3Sender {
+                sender,
+                authority: format!("{SERVER_NAME}:{}", addr.port()),
+            },
+            connection,
+            endpoint,
+            driver: DriverState::Idle(Box::new(driver)),
+        };
+        client.start_driver();
+        Ok(client)
+    }
+}

@@ -427,3 +427,194 @@ pub fn start_raw_backend(response: &'static [u8]) -> (SocketAddr, mpsc::Unbounde
     });
     (addr, received)
 }
+
+/// Parses the config file at `path` as the proxy would and starts every listener, so that
+/// `Shared::reload_from_file` reads that same file again.
+pub async fn start_proxy_from_file(path: &Path) -> Running {
+    let config = Config::load(path).unwrap_or_else(|e| panic!("config rejected: {e}"));
+    app::start(config, None).await.expect("proxy starts")
+}
+
+/// The sum of the samples of metric `name` (with or without labels) whose labels include `labels`; 0 when
+/// there are none.
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter(|line| labels.iter().all(|(k, v)| line.contains(&format!("{k}=\"{v}\""))))
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or_else(|| panic!("unparsable sample: {line}"))
+        })
+        .sum()
+}
+
+/// A request on a fresh pooled client with an optional `Authorization` value (the admin API).
+pub async fn send_with_authorization(addr: SocketAddr, method: &str, path: &str, authorization: Option<&str>) -> Reply {
+    let client = HttpClient::new(addr);
+    let mut request = client.request(method, path);
+    if let Some(value) = authorization {
+        request = request.header(http::header::AUTHORIZATION, value);
+    }
+    client.send(request.body(empty()).expect("request")).await
+}
+
+/// A request body fed chunk by chunk; the request stays in flight until the sender is dropped.
+pub fn held_body() -> (mpsc::Sender<Bytes>, TestBody) {
+    let (sender, receiver) = mpsc::channel::<Bytes>(4);
+    let chunks = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let chunk = receiver.recv().await?;
+        Some((Ok::<_, BoxError>(http_body::Frame::data(chunk)), receiver))
+    });
+    (sender, http_body_util::StreamBody::new(chunks).boxed())
+}
+
+/// How long a log line of a proxy process may take to appear before the test reports what it saw.
+pub const PROCESS_LOG_WAIT: Duration = Duration::from_secs(30);
+
+/// The proxy binary as a child process, its JSON log lines (stderr) read as they come. Its config must
+/// log at level `info` or lower in JSON until it has started, so that the bound addresses can be read.
+pub struct ProxyProcess {
+    pub child: tokio::process::Child,
+    logs: mpsc::UnboundedReceiver<String>,
+    /// Every line read so far, for failure messages.
+    pub seen: Vec<String>,
+    pub fallback: SocketAddr,
+    pub https: Option<SocketAddr>,
+    pub quic: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+impl ProxyProcess {
+    /// Runs `quic-proxy --config <config> <args>` and waits until it has started.
+    pub async fn start(config: &Path, args: &[&str]) -> Self {
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quic-proxy"))
+            .arg("--config")
+            .arg(config)
+            .args(args)
+            // The config's log level is what the test reads; an inherited override could hide lines.
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start quic-proxy");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (lines, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt as _;
+            let mut reader = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if lines.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut process = Self {
+            child,
+            logs,
+            seen: Vec::new(),
+            fallback: loopback(),
+            https: None,
+            quic: None,
+            admin: None,
+        };
+        // The listeners are logged in this order, then "quic-proxy started" once the signal handlers and
+        // every listener are in place.
+        loop {
+            let line = process
+                .wait_for_log(
+                    |line| {
+                        line["message"].as_str().is_some_and(|m| {
+                            m.ends_with("listener bound") || m.contains("listener bound (") || m == "quic-proxy started"
+                        })
+                    },
+                    "listener bound / quic-proxy started",
+                )
+                .await;
+            let message = line["message"].as_str().unwrap_or_default();
+            match message {
+                "quic-proxy started" => return process,
+                "HTTP/1.1 listener bound" => process.fallback = logged_address(&line),
+                m if m.starts_with("HTTPS listener bound") => process.https = Some(logged_address(&line)),
+                m if m.starts_with("QUIC listener bound") => process.quic = Some(logged_address(&line)),
+                m if m.starts_with("admin listener bound") => process.admin = Some(logged_address(&line)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Waits for the next JSON log line that `matches`; earlier lines are passed over (and kept in `seen`).
+    pub async fn wait_for_log(
+        &mut self,
+        matches: impl Fn(&serde_json::Value) -> bool,
+        what: &str,
+    ) -> serde_json::Value {
+        let waited = tokio::time::timeout(PROCESS_LOG_WAIT, async {
+            while let Some(line) = self.logs.recv().await {
+                self.seen.push(line.clone());
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                    if matches(&json) {
+                        return Some(json);
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        match waited {
+            Ok(Some(json)) => json,
+            Ok(None) => panic!(
+                "quic-proxy exited before logging {what:?}; it logged:\n{}",
+                self.seen.join("\n")
+            ),
+            Err(_) => panic!(
+                "no {what:?} log line within {PROCESS_LOG_WAIT:?}; logged:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// Sends `signal` (a name such as `HUP` or `TERM`) to the process.
+    pub async fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("quic-proxy is running");
+        let status = tokio::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .await
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// SIGKILL: the process ends without closing anything itself; returns once it has been reaped, so
+    /// its sockets are closed.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("SIGKILL quic-proxy");
+        self.child.wait().await.expect("wait for quic-proxy");
+    }
+
+    /// SIGTERM, then the exit status once the drain is over.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM").await;
+        self.child.wait().await.expect("wait for quic-proxy")
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.expect("the admin listener runs")
+    }
+}
+
+/// The `address` field of a "listener bound" log line.
+pub fn logged_address(line: &serde_json::Value) -> SocketAddr {
+    line["address"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line}"))
+}

@@ -1,21 +1,18 @@
 #!/usr/bin/env bash
-# Load test, in two groups with the same concurrency and duration inside each group:
-#  - HTTP/1.1 (wrk): the demo backend on its own, then quic-proxy (metrics on and off), nginx and HAProxy in
-#    front of three demo backends.
-#  - TLS (oha): quic-proxy and Caddy in front of the same backends over HTTP/3 (QUIC), then over HTTPS on TCP.
-# The whole row set runs BENCH_ROUNDS times (the machine is usually shared, so one pass can mislead); each
-# round gets its own tables. Then bench/health_scale.sh measures the cost of probing 1,000 backends.
-# Prints everything and writes it (with the raw wrk/oha output) to bench/results/<timestamp>.txt.
+# `make bench`: what quic-proxy costs per request, side by side with nginx, HAProxy, Caddy and a bare quinn
+# responder, from one run. bench/README.md explains every table and knob; in short:
+#  - HTTP/1.1, HTTPS (h2 and http/1.1) and HTTP/3 tables: req/s, p50, p99 and CPU per request (utime+stime
+#    of the server's own processes from /proc, divided by responses) at full load and at an equal fixed
+#    rate, BENCH_ROUNDS times, with ratios to the peers from the same round.
+#  - Scale: the same at 64, 1,024 and 10,000 connections.
+#  - Memory: RSS per idle connection (HTTP/1.1, HTTPS, QUIC) and per stalled HTTP/3 stream.
+#  - The cost of health-checking 1,000 backends (bench/health_scale.sh).
+# Prints the tables and writes them, with every load generator's raw output, to bench/results/<time>.txt.
 #
-#   BENCH_DURATION=10s BENCH_CONNECTIONS=64 BENCH_THREADS=2 BENCH_WARMUP=2s ./bench/run.sh
-#   BENCH_TARGETS="direct quic_proxy" ./bench/run.sh     # a subset, in this order
-#   BENCH_ROUNDS=1 BENCH_HEALTH_SCALE=0 ./bench/run.sh    # one pass, no health-check scale test
-#   BENCH_TLS_HTTP_VERSION=1.1 ./bench/run.sh             # HTTPS-over-TCP rows with HTTP/1.1 instead of h2
-#   BENCH_KEEP_TMP=1 ./bench/run.sh                       # keep configs and server logs for a look afterwards
-#
-# Everything listens on 127.0.0.1 on free high ports and runs as the current user; the distro nginx/haproxy/
-# caddy services are never used, and everything started here is stopped on exit. oha (with HTTP/3) is built
-# once with cargo into ~/.cargo/bin when missing, which takes several minutes.
+#   ./bench/run.sh                                  # everything, about 32 minutes on 2 cores
+#   BENCH_QUICK=1 ./bench/run.sh                    # one short round, small scale and memory steps
+#   BENCH_GROUPS="http1" BENCH_SCALE= BENCH_MEMORY=0 ./bench/run.sh   # only the HTTP/1.1 table
+# shellcheck disable=SC2317 # with the exit after main, shellcheck takes functions called by name for unreachable
 set -euo pipefail
 shopt -u patsub_replacement 2>/dev/null || true
 
@@ -23,190 +20,473 @@ cd "$(dirname "$0")/.."
 # nginx and haproxy live in /usr/sbin, which a non-root PATH may lack.
 PATH="$PATH:/usr/sbin:/sbin"
 
+source bench/lib.sh
+source bench/peers.sh
+source bench/load.sh
+source bench/report.sh
+
 BIN=${QUIC_PROXY_BIN:-target/release/quic-proxy}
-DURATION=${BENCH_DURATION:-10s}
-WARMUP=${BENCH_WARMUP:-2s}
+QUICK=${BENCH_QUICK:-0}
+if [[ $QUICK == 1 ]]; then
+  quick() { printf '%s' "$1"; }
+else
+  quick() { printf '%s' "$2"; }
+fi
+ROUNDS=${BENCH_ROUNDS:-$(quick 1 3)}
+DURATION=${BENCH_DURATION:-$(quick 4s 10s)}
+WARMUP=${BENCH_WARMUP:-$(quick 1s 2s)}
 CONNECTIONS=${BENCH_CONNECTIONS:-64}
-THREADS=${BENCH_THREADS:-2}
+WRK_THREADS=${BENCH_WRK_THREADS:-1}
+RATE_HTTP1=${BENCH_RATE_HTTP1:-15000}
+RATE_HTTPS=${BENCH_RATE_HTTPS:-5000}
+RATE_H3=${BENCH_RATE_H3:-5000}
+read -r -a GROUPS_RUN <<<"${BENCH_GROUPS-http1 https h3}"
+read -r -a HTTP1_PEERS <<<"${BENCH_HTTP1_PEERS-direct quic-proxy quic-proxy-nometrics nginx haproxy}"
+read -r -a HTTPS_PEERS <<<"${BENCH_HTTPS_PEERS-quic-proxy nginx haproxy}"
+read -r -a HTTPS_VERSIONS <<<"${BENCH_HTTPS_VERSIONS-2 1.1}"
+read -r -a H3_PEERS <<<"${BENCH_H3_PEERS-quic-proxy h3bare caddy}"
+read -r -a H3_CLIENTS <<<"${BENCH_H3_CLIENTS-oha h3load}"
+read -r -a SCALE <<<"${BENCH_SCALE-$(quick '64 1024' '64 1024 10000')}"
+read -r -a SCALE_GROUPS <<<"${BENCH_SCALE_GROUPS-http1 https h3}"
+SCALE_DURATION=${BENCH_SCALE_DURATION:-$DURATION}
+MEMORY=${BENCH_MEMORY:-1}
+read -r -a MEMORY_PEERS <<<"${BENCH_MEMORY_PEERS-quic-proxy nginx haproxy caddy h3bare}"
+IDLE_CONNECTIONS=${BENCH_IDLE_CONNECTIONS:-$(quick 200 2000)}
+STALLED_CONNECTIONS=${BENCH_STALLED_CONNECTIONS:-$(quick 10 40)}
+STALLED_STREAMS=${BENCH_STALLED_STREAMS:-100}
+HEALTH_SCALE=${BENCH_HEALTH_SCALE:-$(quick 0 1)}
+PROXY_WORKERS=${BENCH_PROXY_WORKERS:-}
+BARE_WORKERS=${BENCH_BARE_WORKERS:-0}
+BARE_SINGLE_ENDPOINT=${BENCH_BARE_SINGLE_ENDPOINT:-0}
 REQUEST_PATH=${BENCH_PATH:-/}
-read -r -a TARGETS <<<"${BENCH_TARGETS:-direct quic_proxy quic_proxy_no_metrics nginx haproxy h3_quic_proxy h3_caddy https_quic_proxy https_caddy}"
-ROUNDS=${BENCH_ROUNDS:-2}
-TLS_HTTP_VERSION=${BENCH_TLS_HTTP_VERSION:-2}
-HEALTH_SCALE=${BENCH_HEALTH_SCALE:-1}
-OHA=${OHA:-}
-# quic-proxy runs tokio's default multi-thread runtime, one worker per core; the other peers get as many.
-WORKERS=$(nproc)
-BACKEND_COUNT=3
-START_TIMEOUT_TENTHS=100
 
-log() { printf 'bench: %s\n' "$*" >&2; }
-die() {
-  printf 'bench: error: %s\n' "$*" >&2
-  exit 1
-}
-
-# wrk takes 10s / 1m / 500ms; `timeout` and our arithmetic need whole seconds.
-to_seconds() {
-  local value=$1
-  case $value in
-    *ms) echo 1 ;;
-    *s) echo "${value%s}" ;;
-    *m) echo $((${value%m} * 60)) ;;
-    *h) echo $((${value%h} * 3600)) ;;
-    *) echo "$value" ;;
-  esac
-}
+number() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
 
 validate_settings() {
-  [[ $DURATION =~ ^[0-9]+(ms|s|m|h)?$ ]] || die "BENCH_DURATION=$DURATION: expected e.g. 10s or 1m"
-  [[ $WARMUP =~ ^[0-9]+(ms|s|m|h)?$ ]] || die "BENCH_WARMUP=$WARMUP: expected e.g. 2s"
-  [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CONNECTIONS=$CONNECTIONS: expected a positive number"
-  [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "BENCH_THREADS=$THREADS: expected a positive number"
-  ((THREADS <= CONNECTIONS)) || die "BENCH_THREADS ($THREADS) must not exceed BENCH_CONNECTIONS ($CONNECTIONS)"
-  (($(to_seconds "$DURATION") <= 600)) || die "BENCH_DURATION=$DURATION: at most 10 minutes per target"
-  [[ $REQUEST_PATH == /* ]] || die "BENCH_PATH=$REQUEST_PATH: must start with /"
+  local value group peer
+  [[ $DURATION =~ ^[0-9]+s$ ]] || die "BENCH_DURATION=$DURATION: expected whole seconds, e.g. 10s"
+  [[ $SCALE_DURATION =~ ^[0-9]+s$ ]] || die "BENCH_SCALE_DURATION=$SCALE_DURATION: expected whole seconds, e.g. 10s"
+  [[ $WARMUP =~ ^[0-9]+s$ ]] || die "BENCH_WARMUP=$WARMUP: expected whole seconds, e.g. 2s"
+  (($(to_seconds "$DURATION") >= 1 && $(to_seconds "$DURATION") <= 300)) || die "BENCH_DURATION: 1s to 300s"
+  (($(to_seconds "$SCALE_DURATION") >= 1 && $(to_seconds "$SCALE_DURATION") <= 300)) || die "BENCH_SCALE_DURATION: 1s to 300s"
+  (($(to_seconds "$WARMUP") <= 60)) || die "BENCH_WARMUP: at most 60s"
   [[ $ROUNDS =~ ^[1-9]$ ]] || die "BENCH_ROUNDS=$ROUNDS: expected 1 to 9"
-  [[ $TLS_HTTP_VERSION == 2 || $TLS_HTTP_VERSION == 1.1 ]] ||
-    die "BENCH_TLS_HTTP_VERSION=$TLS_HTTP_VERSION: expected 2 or 1.1"
+  for value in "$CONNECTIONS" "$WRK_THREADS" "$RATE_HTTP1" "$RATE_HTTPS" "$RATE_H3" "$IDLE_CONNECTIONS" \
+    "$STALLED_CONNECTIONS" "$STALLED_STREAMS" "${SCALE[@]}"; do
+    number "$value" || die "expected a positive whole number, got '$value' (see bench/README.md for the knobs)"
+  done
+  ((STALLED_STREAMS <= 100)) || die "BENCH_STALLED_STREAMS: at most 100 (every peer allows 100 streams per connection)"
+  [[ -z $PROXY_WORKERS ]] || number "$PROXY_WORKERS" || die "BENCH_PROXY_WORKERS=$PROXY_WORKERS: expected a number"
+  [[ $BARE_WORKERS =~ ^[0-9]+$ ]] || die "BENCH_BARE_WORKERS=$BARE_WORKERS: expected a number (0: one per core)"
+  [[ $BARE_SINGLE_ENDPOINT == 0 || $BARE_SINGLE_ENDPOINT == 1 ]] || die "BENCH_BARE_SINGLE_ENDPOINT: expected 0 or 1"
+  [[ $MEMORY == 0 || $MEMORY == 1 ]] || die "BENCH_MEMORY=$MEMORY: expected 0 or 1"
   [[ $HEALTH_SCALE == 0 || $HEALTH_SCALE == 1 ]] || die "BENCH_HEALTH_SCALE=$HEALTH_SCALE: expected 0 or 1"
-  local target
-  for target in "${TARGETS[@]}"; do
-    declare -F "target_$target" >/dev/null || die "BENCH_TARGETS: unknown target '$target'"
+  [[ $REQUEST_PATH == /* ]] || die "BENCH_PATH=$REQUEST_PATH: must start with /"
+  for group in "${GROUPS_RUN[@]}" "${SCALE_GROUPS[@]}"; do
+    [[ $group == http1 || $group == https || $group == h3 ]] || die "unknown group '$group' (http1, https, h3)"
+  done
+  for peer in "${HTTP1_PEERS[@]}"; do
+    [[ " direct quic-proxy quic-proxy-nometrics nginx haproxy " == *" $peer "* ]] || die "BENCH_HTTP1_PEERS: unknown peer '$peer'"
+  done
+  for peer in "${HTTPS_PEERS[@]}"; do
+    [[ " quic-proxy nginx haproxy caddy " == *" $peer "* ]] || die "BENCH_HTTPS_PEERS: unknown peer '$peer'"
+  done
+  for value in "${HTTPS_VERSIONS[@]}"; do
+    [[ $value == 2 || $value == 1.1 ]] || die "BENCH_HTTPS_VERSIONS: '$value' is not 2 or 1.1"
+  done
+  for peer in "${H3_PEERS[@]}"; do
+    [[ " quic-proxy h3bare caddy " == *" $peer "* ]] || die "BENCH_H3_PEERS: unknown peer '$peer'"
+  done
+  for value in "${H3_CLIENTS[@]}"; do
+    [[ $value == oha || $value == h3load ]] || die "BENCH_H3_CLIENTS: '$value' is not oha or h3load"
+  done
+  for peer in "${MEMORY_PEERS[@]}"; do
+    [[ " quic-proxy nginx haproxy caddy h3bare " == *" $peer "* ]] || die "BENCH_MEMORY_PEERS: unknown peer '$peer'"
   done
 }
 
-OWN_POLICY=
-TMP_DIR=
-PIDS=()
-WRK_PID=
-USED_PORTS=()
+runs_group() {
+  local group
+  for group in "${GROUPS_RUN[@]}"; do [[ $group == "$1" ]] && return 0; done
+  return 1
+}
 
-# --- packages ----------------------------------------------------------------------------------------------
+scales_group() {
+  local group
+  ((${#SCALE[@]} > 0)) || return 1
+  for group in "${SCALE_GROUPS[@]}"; do [[ $group == "$1" ]] && return 0; done
+  return 1
+}
 
-as_root() {
-  if ((EUID == 0)); then
-    "$@"
-  elif command -v sudo >/dev/null; then
-    sudo "$@"
+# True when peer $1 takes part in anything selected.
+uses_peer() {
+  local peers=" "
+  runs_group http1 && peers+="${HTTP1_PEERS[*]} "
+  runs_group https && peers+="${HTTPS_PEERS[*]} "
+  runs_group h3 && peers+="${H3_PEERS[*]} "
+  scales_group http1 && peers+="quic-proxy nginx haproxy "
+  scales_group https && peers+="quic-proxy nginx haproxy "
+  scales_group h3 && peers+="quic-proxy h3bare caddy "
+  ((MEMORY == 0)) || peers+="${MEMORY_PEERS[*]} "
+  [[ $peers == *" $1 "* ]]
+}
+
+uses_oha() {
+  runs_group http1 || runs_group https || { runs_group h3 && [[ " ${H3_CLIENTS[*]} " == *" oha "* ]]; }
+}
+
+# The largest number of client connections any step opens; servers are configured for it.
+max_connections() {
+  local max=$CONNECTIONS value
+  for value in "${SCALE[@]}"; do ((value <= max)) || max=$value; done
+  if ((MEMORY)); then
+    ((IDLE_CONNECTIONS <= max)) || max=$IDLE_CONNECTIONS
+  fi
+  printf '%d' "$max"
+}
+
+# A proxy holds a client socket and, at worst, an upstream socket per connection; each process needs two
+# file descriptors per connection and some to spare.
+raise_file_limit() {
+  local wanted=$((MAX_CONNECTIONS * 2 + 1024)) hard
+  hard=$(ulimit -Hn)
+  [[ $hard == unlimited ]] && hard=$wanted
+  ((hard >= wanted)) || ulimit -Hn "$wanted" 2>/dev/null || true
+  hard=$(ulimit -Hn)
+  [[ $hard == unlimited ]] && hard=$wanted
+  if ((hard < wanted)); then
+    ulimit -n "$hard"
+    FILE_LIMIT_NOTE="open-file limit $hard (hard limit, cannot be raised here) is below the $wanted that $MAX_CONNECTIONS connections through a one-process proxy may need (a client and an upstream socket each)"
+    log "$FILE_LIMIT_NOTE"
   else
-    die "need root (or sudo) to run: $*"
+    ulimit -n "$wanted"
+    FILE_LIMIT_NOTE=
   fi
 }
 
-# The distro packages start nginx on :80 (and haproxy) as soon as they are installed; we run our own
-# instances, so stop the services again and keep them from coming back on boot.
-stop_distro_services() {
-  local service pid_file pid
-  for service in "$@"; do
-    if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
-      as_root systemctl disable --now "$service" >/dev/null 2>&1 || true
-    else
-      as_root service "$service" stop >/dev/null 2>&1 || true
-      if command -v update-rc.d >/dev/null; then
-        as_root update-rc.d "$service" disable >/dev/null 2>&1 || true
-      fi
+# --- checks before measuring -------------------------------------------------------------------------------
+
+# Through a proxy, requests must reach every backend; directly, the one. Extra arguments go to curl.
+check_http() {
+  local name=$1 url=$2 expect=$3 seen=() backend i
+  shift 3
+  for ((i = 0; i < BACKEND_COUNT * 2; i++)); do
+    backend=$(curl -fsS --max-time 5 "$@" -o /dev/null -D - "$url" | tr -d '\r' |
+      awk -F': ' 'tolower($1) == "x-backend" { print $2 }') ||
+      die "$name: GET $url failed"
+    [[ -n $backend ]] || die "$name: GET $url answered without an x-backend header"
+    [[ " ${seen[*]} " == *" $backend "* ]] || seen+=("$backend")
+  done
+  ((${#seen[@]} == expect)) || die "$name: expected requests spread over $expect backend(s), saw: ${seen[*]}"
+}
+
+# curl here has no HTTP/3, so h3load checks: one second of requests on one connection that must all succeed.
+# Retried once: a QUIC listener may come up just after the TCP one. Sets H3_ERROR when it fails.
+check_h3() {
+  local url=$1 file="$TMP_DIR/h3-check.json" attempt status
+  H3_ERROR=
+  for ((attempt = 0; attempt < 2; attempt++)); do
+    status=0
+    timeout 20 "$H3LOAD" "$url" 1 1 1 >"$file" 2>&1 || status=$?
+    if ((status == 0)) && [[ $(jq 'select(.ok != null) | .errors == 0 and .other_status == 0 and .ok > 0' "$file" 2>/dev/null) == true ]]; then
+      return 0
     fi
-    # Without an init system the stop above can miss a daemon; its pid file still names it.
-    for pid_file in "/run/$service.pid" "/var/run/$service.pid"; do
-      [[ -r $pid_file ]] || continue
-      pid=$(<"$pid_file")
-      if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
-        log "stopping the distro $service daemon (pid $pid)"
-        as_root kill "$pid" 2>/dev/null || true
+    H3_ERROR="h3load check failed (status $status): $(head -c 300 "$file")"
+    sleep 0.5
+  done
+  return 1
+}
+
+# The protocol, cipher and key exchange a TLS peer negotiates with curl, for the report.
+tls_summary() {
+  curl -sk --max-time 5 -o /dev/null -v "$1" 2>&1 | awk '/SSL connection using/ { sub(/^.*using /, ""); print; exit }'
+}
+
+# --- measuring ---------------------------------------------------------------------------------------------
+
+RAW_OUTPUTS=
+
+# Runs one measured load against the current server. The server's CPU time is read from /proc just before
+# the load generator starts and just after it exits, so the window covers every request it counts.
+# Usage: measure TABLE ROW MODE CONNECTIONS CLIENT URL SECONDS [RATE]; MODE is full or fixed.
+measure() {
+  local table=$1 row=$2 mode=$3 connections=$4 client=$5 url=$6 seconds=$7 rate=${8:-}
+  local key="$ROUND|$table|$row|$mode|$connections" before after
+  add_row "$table" "$row"
+  log "round $ROUND, $table, $row: $mode$([[ -z $rate ]] || echo " $rate/s"), $connections connections, ${seconds}s ($client)"
+  before=$(group_cpu_ticks "$SERVER_GROUP")
+  load "$client" "$connections" "$seconds" "$url" "$rate"
+  after=$(group_cpu_ticks "$SERVER_GROUP")
+  RAW_OUTPUTS+=$'\n'"== $key: $LG_COMMAND"$'\n'"${LG_RAW:-}"$'\n'"server CPU ticks $before${LG_START_TICKS:+ ($LG_START_TICKS once connected)} -> $after${LG_MID_TICKS:+ ($LG_MID_TICKS 2 s after the deadline)} (CLK_TCK $CLK_TCK), generator $LG_TICKS ticks"$'\n'
+  # h3load starts its clock once its connections are up: the handshakes before are not per-request cost.
+  [[ -z $LG_START_TICKS ]] || before=$LG_START_TICKS
+  local linger=''
+  if [[ -n $LG_MID_TICKS ]] && ((LG_LINGER > 5)); then
+    # Only the seconds of load count, not the idle wait for the server to close the connections.
+    after=$LG_MID_TICKS
+    linger="$client exited $LG_LINGER s after its deadline: after its time is up it sends GOAWAY and waits for the server to close each connection, which this server leaves to its idle timeout; CPU counted up to 2 s after the deadline"
+  fi
+  LG_RAW=
+  if [[ -n $P_FAILURE ]]; then
+    R_FAIL[$key]=$P_FAILURE
+    log "  not measured: $P_FAILURE"
+    return 0
+  fi
+  if ((P_REQUESTS == 0)); then
+    R_FAIL[$key]="no responses; $P_DETAIL"
+    return 0
+  fi
+  R_RPS[$key]=$(awk -v n="$P_OK" -v s="$seconds" 'BEGIN { printf "%.1f", n / s }')
+  R_P50[$key]=$P_P50
+  R_P99[$key]=$P_P99
+  R_ERR[$key]=$P_ERRORS
+  R_CPU[$key]=$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$P_REQUESTS" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+  R_GEN[$key]=$(awk -v t="$LG_TICKS" -v hz="$CLK_TCK" -v n="$P_REQUESTS" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+  R_DETAIL[$key]=$P_DETAIL
+  if [[ -n $rate ]] && awk -v got="${R_RPS[$key]}" -v want="$rate" 'BEGIN { exit !(got < want * 0.95) }'; then
+    R_NOTE[$key]="did not sustain $rate/s: $(printf '%.0f' "${R_RPS[$key]}")/s"
+  fi
+  [[ -z $linger ]] || R_NOTE[$key]+="${R_NOTE[$key]:+; }$linger"
+  log "  $(printf '%.0f req/s, p99 %.2f ms, %.1f µs CPU per request, %d errors' "${R_RPS[$key]}" "${R_P99[$key]}" "${R_CPU[$key]}" "$P_ERRORS")"
+}
+
+# A warm-up run whose figures are thrown away: connection pools, caches and the CPU's frequency settle.
+# A failure here is recorded for the row and the row's measured runs are skipped.
+warm_up() {
+  local table=$1 row=$2 client=$3 url=$4
+  LOAD_WARMUP=1
+  load "$client" "$CONNECTIONS" "$(to_seconds "$WARMUP")" "$url"
+  LOAD_WARMUP=0
+  LG_RAW=
+  if [[ -n $P_FAILURE ]]; then
+    add_row "$table" "$row"
+    R_FAIL[$ROUND|$table|$row|full|$CONNECTIONS]="warm-up: $P_FAILURE"
+    log "  $row: warm-up failed: $P_FAILURE"
+    return 1
+  fi
+}
+
+# The full-load and fixed-rate runs of one row.
+measure_pair() {
+  local table=$1 row=$2 full_client=$3 fixed_client=$4 url=$5 rate=$6 seconds
+  seconds=$(to_seconds "$DURATION")
+  warm_up "$table" "$row" "$full_client" "$url" || return 0
+  measure "$table" "$row" full "$CONNECTIONS" "$full_client" "$url" "$seconds"
+  measure "$table" "$row" fixed "$CONNECTIONS" "$fixed_client" "$url" "$seconds" "$rate"
+}
+
+declare -A PEER_LABEL=(
+  [direct]="backend direct" [quic-proxy]="quic-proxy" [quic-proxy-nometrics]="quic-proxy metrics off"
+  [nginx]="nginx" [haproxy]="haproxy" [caddy]="caddy" [h3bare]="h3bare"
+)
+
+warnings_of() {
+  local name=$1
+  [[ -n $SERVER_LOG && -s $SERVER_LOG && $SERVER_PEER == quic-proxy* ]] || return 0
+  # At level warn anything quic-proxy logs is worth a look (upstream errors, accept failures).
+  PROXY_WARNINGS+="$name (round $ROUND): $(grep -c . "$SERVER_LOG") line(s) at warn or above, the first: $(head -n 1 "$SERVER_LOG" | head -c 400)"$'\n'
+}
+
+round_http1() {
+  local peer row expect
+  for peer in "${HTTP1_PEERS[@]}"; do
+    name_row "$peer" ""
+    row=$ROW
+    start_peer "$peer" "$peer-http1-r$ROUND"
+    expect=$BACKEND_COUNT
+    [[ $peer != direct ]] || expect=1
+    check_http "$row" "$SERVER_HTTP$REQUEST_PATH" "$expect"
+    describe_peer "$peer"
+    measure_pair http1 "$row" wrk oha-1.1 "$SERVER_HTTP$REQUEST_PATH" "$RATE_HTTP1"
+    warnings_of "$row"
+    stop_peer
+  done
+}
+
+round_https() {
+  local peer version row label
+  for peer in "${HTTPS_PEERS[@]}"; do
+    start_peer "$peer" "$peer-https-r$ROUND"
+    describe_peer "$peer"
+    for version in "${HTTPS_VERSIONS[@]}"; do
+      label=h2
+      [[ $version == 2 ]] || label=http/1.1
+      name_row "$peer" "$label"
+      row=$ROW
+      check_http "$row" "$SERVER_TLS$REQUEST_PATH" "$BACKEND_COUNT" -k "$([[ $version == 2 ]] && echo --http2 || echo --http1.1)"
+      [[ -n ${TLS_SEEN[$peer]:-} ]] || TLS_SEEN[$peer]=$(tls_summary "$SERVER_TLS$REQUEST_PATH")
+      measure_pair https "$row" "oha-$version" "oha-$version" "$SERVER_TLS$REQUEST_PATH" "$RATE_HTTPS"
+    done
+    warnings_of "$peer https"
+    stop_peer
+  done
+}
+
+round_h3() {
+  local peer client row tool
+  for peer in "${H3_PEERS[@]}"; do
+    start_peer "$peer" "$peer-h3-r$ROUND"
+    describe_peer "$peer"
+    if ! check_h3 "$SERVER_TLS$REQUEST_PATH"; then
+      for client in "${H3_CLIENTS[@]}"; do
+        name_row "$peer" "($client)"
+        row=$ROW
+        add_row h3 "$row"
+        R_FAIL[$ROUND|h3|$row|full|$CONNECTIONS]=$H3_ERROR
+      done
+      stop_peer
+      continue
+    fi
+    for client in "${H3_CLIENTS[@]}"; do
+      name_row "$peer" "($client)"
+      row=$ROW
+      tool=h3load
+      [[ $client == h3load ]] || tool=oha-3
+      measure_pair h3 "$row" "$tool" "$tool" "$SERVER_TLS$REQUEST_PATH" "$RATE_H3"
+    done
+    warnings_of "$peer h3"
+    stop_peer
+  done
+}
+
+# Records what each peer runs as (processes, threads), once.
+declare -A PEER_SHAPE=() TLS_SEEN=()
+describe_peer() {
+  [[ -n ${PEER_SHAPE[$1]:-} ]] || PEER_SHAPE[$1]=$(group_shape "$SERVER_GROUP")
+}
+
+# --- scale -------------------------------------------------------------------------------------------------
+
+# Full load at each connection count, one pass, with one client per protocol: wrk for HTTP/1.1 (TCP set-up
+# is cheap, so it has all its connections within a moment), h3load for h2 and HTTP/3, which sets up its
+# connections first and starts its clock (and the server's CPU count) once all are up, so that thousands of
+# TLS and QUIC handshakes do not pass for per-request cost.
+scale_group() {
+  local group=$1 peers client url_kind row peer connections seconds
+  seconds=$(to_seconds "$SCALE_DURATION")
+  case $group in
+    http1) peers=(quic-proxy nginx haproxy) client=wrk url_kind=http ;;
+    https) peers=(quic-proxy nginx haproxy) client=h3load-2 url_kind=tls ;;
+    h3) peers=(quic-proxy h3bare caddy) client=h3load url_kind=tls ;;
+  esac
+  SCALE_CLIENT[$group]=$client
+  for peer in "${peers[@]}"; do
+    name_row "$peer" ""
+    row=$ROW
+    start_peer "$peer" "$peer-scale-$group"
+    local url="$SERVER_HTTP$REQUEST_PATH"
+    [[ $url_kind == http ]] || url="$SERVER_TLS$REQUEST_PATH"
+    LOAD_WARMUP=1
+    load "$client" "$CONNECTIONS" "$(to_seconds "$WARMUP")" "$url"
+    LOAD_WARMUP=0
+    LG_RAW=
+    for connections in "${SCALE[@]}"; do
+      measure "scale-$group" "$row" full "$connections" "$client" "$url" "$seconds"
+    done
+    warnings_of "$row scale $group"
+    stop_peer
+  done
+}
+
+# --- memory ------------------------------------------------------------------------------------------------
+
+IDLE_CONNS=target/release/examples/idle_conns
+
+# Resident memory of the current server once it stops changing: read every half second until two readings
+# in a row differ by less than 0.5% (or 64 KiB), for at most 10 s.
+settled_rss() {
+  local previous=-1 current steady=0 i
+  for ((i = 0; i < 20; i++)); do
+    current=$(group_rss_kib "$SERVER_GROUP")
+    if ((previous >= 0)) && awk -v a="$current" -v b="$previous" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 64 || d <= b * 0.005) }'; then
+      steady=$((steady + 1))
+      ((steady < 2)) || break
+    else
+      steady=0
+    fi
+    previous=$current
+    sleep 0.5
+  done
+  printf '%d' "$current"
+}
+
+# One memory figure: a fresh server, a warm-up of a few connections, its settled RSS, then N connections
+# (or N connections x S stalled streams) held open by examples/idle_conns, the settled RSS again, and the
+# client's own count of what is still open. Usage: memory_step PEER MODE CONNECTIONS [STREAMS]
+memory_step() {
+  local peer=$1 mode=$2 connections=$3 streams=${4:-1} key="$1|$2" out="$TMP_DIR/idle.out"
+  local fifo="$TMP_DIR/idle.ctl" before after pid status_line ready_line ctl units url
+  start_peer "$peer" "$peer-memory-$mode"
+  url="$SERVER_TLS$REQUEST_PATH"
+  [[ $mode != http1 ]] || url="$SERVER_HTTP$REQUEST_PATH"
+  log "memory, $peer, $mode: $connections connections$([[ $mode != h3-stalled ]] || echo " x $streams streams")"
+  timeout 60 "$IDLE_CONNS" "$mode" "$url" 8 --hold 0 >"$out.warm-up" 2>&1 || true
+  if ! grep -q '"connections":8' "$out.warm-up"; then
+    M_FAIL[$key]="warm-up failed: $(head -c 300 "$out.warm-up")"
+    stop_peer
+    return 0
+  fi
+  before=$(settled_rss)
+  rm -f "$fifo" "$out"
+  mkfifo "$fifo"
+  "$IDLE_CONNS" "$mode" "$url" "$connections" --streams "$streams" --hold 600 <"$fifo" >"$out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  exec {ctl}>"$fifo"
+  if ! wait_until 1800 "$pid" grep -qs '"ready"' "$out"; then
+    M_FAIL[$key]="idle_conns did not report ready: $(head -c 300 "$out")"
+  else
+    ready_line=$(grep '"ready"' "$out" | head -n 1)
+    after=$(settled_rss)
+    printf 'status\n' >&"$ctl"
+    wait_until 100 "$pid" grep -qs '"status"' "$out" || true
+    status_line=$(grep '"status"' "$out" | head -n 1)
+    units=$(jq -r '.connections' <<<"$ready_line")
+    [[ $mode != h3-stalled ]] || units=$((units * streams))
+    M_BEFORE[$key]=$before
+    M_AFTER[$key]=$after
+    M_UNITS[$key]=$units
+    M_READY[$key]=$ready_line
+    M_STATUS[$key]=$status_line
+    RAW_OUTPUTS+=$'\n'"== memory $key: RSS $before KiB -> $after KiB; $ready_line; ${status_line:-no status line}"$'\n'
+    if ((units == 0)); then
+      M_FAIL[$key]="no connection was set up: $ready_line"
+    fi
+  fi
+  exec {ctl}>&-
+  wait_until 100 "$pid" false || true
+  stop_processes "$pid"
+  forget_process "$pid"
+  stop_peer
+}
+
+MEMORY_MODES=(http1 https1 h2 h3 h3-stalled)
+
+memory_figures() {
+  local peer mode modes
+  for peer in "${MEMORY_PEERS[@]}"; do
+    case $peer in
+      quic-proxy) modes=("${MEMORY_MODES[@]}") ;;
+      nginx | haproxy) modes=(http1 https1 h2) ;;
+      caddy | h3bare) modes=(h3 h3-stalled) ;;
+    esac
+    for mode in "${modes[@]}"; do
+      if [[ $mode == h3-stalled ]]; then
+        memory_step "$peer" "$mode" "$STALLED_CONNECTIONS" "$STALLED_STREAMS"
+      else
+        memory_step "$peer" "$mode" "$IDLE_CONNECTIONS"
       fi
     done
   done
 }
 
-remove_own_policy() {
-  [[ -z $OWN_POLICY ]] || as_root rm -f "$OWN_POLICY"
-  OWN_POLICY=
-}
-
-# True when a selected target's name matches the pattern, e.g. `wants '*caddy*'`.
-wants() {
-  local target
-  for target in "${TARGETS[@]}"; do
-    # shellcheck disable=SC2053
-    [[ $target == $1 ]] && return 0
-  done
-  return 1
-}
-
-install_packages() {
-  local missing=() packages=()
-  command -v wrk >/dev/null || missing+=(wrk)
-  command -v nginx >/dev/null || missing+=(nginx)
-  command -v haproxy >/dev/null || missing+=(haproxy)
-  command -v curl >/dev/null || missing+=(curl)
-  # jq reads oha's JSON summary and the admin API's backend list.
-  command -v jq >/dev/null || missing+=(jq)
-  if wants '*caddy*'; then command -v caddy >/dev/null || missing+=(caddy); fi
-  ((${#missing[@]} > 0)) || return 0
-  command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
-  log "installing ${missing[*]} (apt-get)"
-  local policy=/usr/sbin/policy-rc.d
-  # policy-rc.d exiting 101 tells invoke-rc.d not to start services while packages are configured.
-  if [[ ! -e $policy ]]; then
-    OWN_POLICY=$policy
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy"
-  fi
-  local apt=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=120)
-  local status=0
-  as_root "${apt[@]}" update >/dev/null || status=$?
-  if ((status == 0)); then
-    as_root "${apt[@]}" install -y --no-install-recommends "${missing[@]}" >/dev/null || status=$?
-  fi
-  remove_own_policy
-  ((status == 0)) || die "apt-get failed to install ${missing[*]} (exit $status)"
-  local package
-  for package in "${missing[@]}"; do
-    if [[ $package == nginx || $package == haproxy || $package == caddy ]]; then packages+=("$package"); fi
-  done
-  ((${#packages[@]} == 0)) || stop_distro_services "${packages[@]}"
-}
-
-# A usable oha: built with HTTP/3. Without the cargo feature, `--http-version 3` fails at argument parsing
-# with "not been built with HTTP/3 support" before any connection is tried; with it, the request below goes
-# to a port nothing listens on and fails fast, which is fine: only the message matters.
-oha_has_http3() {
-  local output
-  output=$(timeout 15 "$1" -n 1 --no-tui --insecure --http-version 3 -t 300ms --connect-timeout 300ms \
-    "https://127.0.0.1:9/" 2>&1) || true
-  [[ $output != *"HTTP/3 support"* ]] && "$1" --help 2>/dev/null | grep -q -- '--http-version'
-}
-
-install_oha() {
-  local candidate
-  for candidate in "$OHA" "$(command -v oha || true)" "${CARGO_HOME:-$HOME/.cargo}/bin/oha"; do
-    if [[ -n $candidate && -x $candidate ]] && oha_has_http3 "$candidate"; then
-      OHA=$candidate
-      return 0
-    fi
-  done
-  command -v cargo >/dev/null || die "oha with HTTP/3 is missing and there is no cargo to build it"
-  log "building oha with HTTP/3 support (cargo install, several minutes, once)"
-  # The build directory lives outside the repository so `cargo clean` there does not force a rebuild here.
-  local cache="${XDG_CACHE_HOME:-$HOME/.cache}/quic-proxy-bench/oha-target"
-  mkdir -p "$cache"
-  CARGO_TARGET_DIR=$cache cargo install oha --features http3 --locked --quiet ||
-    die "cargo install oha --features http3 failed"
-  OHA="${CARGO_HOME:-$HOME/.cargo}/bin/oha"
-  oha_has_http3 "$OHA" || die "$OHA was built but does not speak HTTP/3"
-}
-
-# --- processes and ports -----------------------------------------------------------------------------------
-
+# --- main --------------------------------------------------------------------------------------------------
 
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
   remove_own_policy
-  [[ -z $WRK_PID ]] || stop_processes "$WRK_PID"
-  # Newest first: a proxy lets go of its backend connections before the backends are asked to drain.
-  local reversed=() i
-  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do reversed+=("${PIDS[i]}"); done
-  ((${#reversed[@]} == 0)) || stop_processes "${reversed[@]}"
+  cleanup_processes
   if [[ -n $TMP_DIR && -d $TMP_DIR ]]; then
     if [[ ${BENCH_KEEP_TMP:-0} == 1 ]]; then
       log "configs and logs kept in $TMP_DIR"
@@ -217,639 +497,61 @@ cleanup() {
   exit "$status"
 }
 
-# Each server runs in its own process group (setsid), so signalling the group also reaches nginx's workers.
-# All get SIGTERM at once and 5 s in total to finish draining; whatever is left then gets SIGKILL.
-stop_processes() {
-  local pid tenths alive
-  for pid in "$@"; do
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  done
-  for ((tenths = 0; tenths < 50; tenths++)); do
-    alive=0
-    for pid in "$@"; do
-      if kill -0 "$pid" 2>/dev/null; then alive=1; fi
-    done
-    ((alive)) || break
-    sleep 0.1
-  done
-  for pid in "$@"; do
-    kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-}
-
-stop_process() {
-  stop_processes "$1"
-  forget_process "$1"
-}
-
-forget_process() {
-  local pid=$1 kept=() p
-  for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || kept+=("$p"); done
-  PIDS=("${kept[@]}")
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
-}
-
-# Sets PORT to a free one below the ephemeral range (32768+), so it cannot clash with wrk's or the proxies'
-# client sockets. Not called as $(...): it must remember what it handed out.
-next_port() {
-  local attempt used
-  for ((attempt = 0; attempt < 200; attempt++)); do
-    PORT=$((20000 + RANDOM % 12000))
-    for used in "${USED_PORTS[@]}"; do
-      [[ $used == "$PORT" ]] && continue 2
-    done
-    if ! port_open "$PORT"; then
-      USED_PORTS+=("$PORT")
-      return 0
-    fi
-  done
-  die "no free loopback port found"
-}
-
-# Starts a server in the background with its output in $TMP_DIR/<name>.log; sets STARTED_PID.
-start_process() {
-  local name=$1
-  shift
-  setsid "$@" >"$TMP_DIR/$name.log" 2>&1 &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
-
-wait_for_port() {
-  local name=$1 port=$2 pid=$3 tenths
-  for ((tenths = 0; tenths < START_TIMEOUT_TENTHS; tenths++)); do
-    port_open "$port" && return 0
-    if ! kill -0 "$pid" 2>/dev/null; then
-      tail -n 20 "$TMP_DIR/$name.log" >&2 || true
-      die "$name exited before listening on 127.0.0.1:$port (log above)"
-    fi
-    sleep 0.1
-  done
-  tail -n 20 "$TMP_DIR/$name.log" >&2 || true
-  die "$name did not listen on 127.0.0.1:$port within $((START_TIMEOUT_TENTHS / 10)) s (log above)"
-}
-
-# Substitutes @KEY@ placeholders (values may span lines) and refuses to leave any unfilled.
-render() {
-  local template=$1 output=$2 text pair key value
-  shift 2
-  text=$(<"$template")
-  for pair in "$@"; do
-    key=${pair%%=*}
-    value=${pair#*=}
-    text=${text//"@$key@"/"$value"}
-  done
-  if [[ $text =~ @[A-Z_]+@ ]]; then
-    die "$template: placeholder ${BASH_REMATCH[0]} left unfilled"
-  fi
-  printf '%s\n' "$text" >"$output"
-}
-
-# --- measuring ---------------------------------------------------------------------------------------------
-
-# Rows in the order first measured; values are keyed "<round>/<row>". GROUP says which table a row goes in.
-ROW_NAMES=()
-declare -A ROW_GROUP ROW_RPS ROW_P50 ROW_P99 ROW_ERRORS ROW_DETAIL ROW_WARNINGS
-ROUND=1
-RAW_OUTPUTS=
-TLS_LABEL=h2
-[[ $TLS_HTTP_VERSION == 2 ]] || TLS_LABEL=http/1.1
-
-add_row() {
-  local name=$1 group=$2
-  [[ -n ${ROW_GROUP[$name]:-} ]] || ROW_NAMES+=("$name")
-  ROW_GROUP[$name]=$group
-}
-
-# Converts wrk's latency (e.g. 812.00us, 1.25ms, 2.01s) to milliseconds.
-latency_ms() {
-  awk -v v="$1" 'BEGIN {
-    n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-    printf "%.3f", n
-  }'
-}
-
-# One request per backend first: proves the target answers 200 and, through a proxy, reaches every backend.
-# Extra arguments go to curl (TLS options).
-check_target() {
-  local name=$1 url=$2 expect_backends=$3 seen=() backend i
-  shift 3
-  for ((i = 0; i < BACKEND_COUNT * 2; i++)); do
-    backend=$(curl -fsS --max-time 5 "$@" -o /dev/null -D - "$url" | tr -d '\r' |
-      awk -F': ' 'tolower($1) == "x-backend" { print $2 }') ||
-      die "$name: GET $url failed"
-    [[ -n $backend ]] || die "$name: GET $url answered without an x-backend header"
-    [[ " ${seen[*]} " == *" $backend "* ]] || seen+=("$backend")
-  done
-  ((${#seen[@]} == expect_backends)) ||
-    die "$name: expected requests spread over $expect_backends backend(s), saw: ${seen[*]}"
-}
-
-# Runs a load generator in the background with its output in a file. `timeout` bounds it even if a server
-# stops answering; running it in the background lets a signal interrupt `wait` (and so reach cleanup) at once.
-run_bounded() {
-  local duration=$1 output=$2 status=0
-  shift 2
-  timeout --kill-after=5 $(($(to_seconds "$duration") + 20)) "$@" >"$output" 2>&1 &
-  WRK_PID=$!
-  wait "$WRK_PID" || status=$?
-  WRK_PID=
-  return "$status"
-}
-
-run_wrk() {
-  local duration=$1 output=$2
-  shift 2
-  run_bounded "$duration" "$output" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" "$@"
-}
-
-measure() {
-  local name=$1 url=$2 file="$TMP_DIR/wrk.out" output rps p50 p99 non2xx socket_errors requests key="$ROUND/$1"
-  log "round $ROUND, $name: warm-up $WARMUP, then $DURATION against $url"
-  run_wrk "$WARMUP" "$file" "$url" || die "$name: wrk warm-up failed: $(cat "$file")"
-  run_wrk "$DURATION" "$file" --latency "$url" || die "$name: wrk failed: $(cat "$file")"
-  output=$(<"$file")
-  RAW_OUTPUTS+=$'\n'"== round $ROUND, $name: wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency $url"$'\n'"$output"$'\n'
-
-  rps=$(awk '/^Requests\/sec:/ { print $2 }' <<<"$output")
-  p50=$(awk '$1 == "50%" { print $2 }' <<<"$output")
-  p99=$(awk '$1 == "99%" { print $2 }' <<<"$output")
-  requests=$(awk '/requests in/ { print $1 }' <<<"$output")
-  [[ -n $rps && -n $p50 && -n $p99 ]] || die "$name: cannot read wrk's output: $output"
-  # wrk prints these two lines only when there is something to count.
-  non2xx=$(awk -F': ' '/Non-2xx or 3xx responses/ { print $2 }' <<<"$output")
-  socket_errors=$(awk '/Socket errors:/ {
-    gsub(/,/, ""); print "connect " $4 ", read " $6 ", write " $8 ", timeout " $10; total = $4 + $6 + $8 + $10
-  } END { print total + 0 }' <<<"$output")
-
-  add_row "$name" http1
-  ROW_RPS[$key]=$rps
-  ROW_P50[$key]=$(latency_ms "$p50")
-  ROW_P99[$key]=$(latency_ms "$p99")
-  ROW_ERRORS[$key]=$((${non2xx:-0} + $(tail -n 1 <<<"$socket_errors")))
-  local detail="$requests requests"
-  [[ -z $non2xx ]] || detail+=", non-2xx/3xx $non2xx"
-  (($(wc -l <<<"$socket_errors") == 1)) || detail+=", socket errors: $(head -n 1 <<<"$socket_errors")"
-  ROW_DETAIL[$key]=$detail
-}
-
-# oha with the shared parameters. Its JSON goes to a file of its own (-o) so that nothing it prints on
-# stderr can corrupt it.
-run_oha() {
-  local duration=$1 output=$2 log_file=$3
-  shift 3
-  run_bounded "$duration" "$log_file" "$OHA" --no-tui -z "$duration" -c "$CONNECTIONS" --insecure \
-    --output-format json --stats-success-breakdown -o "$output" "$@"
-}
-
-# oha's own requests/s divides by the wall time of the whole run, which can include waiting for the last
-# responses and idle connection time; successful responses over the configured duration is the figure
-# comparable with wrk's. Requests cut off at the deadline ("aborted due to deadline") are not errors.
-measure_oha() {
-  local name=$1 url=$2 file="$TMP_DIR/oha.json" log_file="$TMP_DIR/oha.log" key="$ROUND/$1" values
-  shift 2
-  local args=("$@")
-  log "round $ROUND, $name: warm-up $WARMUP, then $DURATION against $url (oha ${args[*]})"
-  run_oha "$WARMUP" "$file" "$log_file" "${args[@]}" "$url" || die "$name: oha warm-up failed: $(cat "$log_file")"
-  run_oha "$DURATION" "$file" "$log_file" "${args[@]}" "$url" || die "$name: oha failed: $(cat "$log_file")"
-  [[ -s $file ]] || die "$name: oha wrote no JSON summary: $(cat "$log_file")"
-  RAW_OUTPUTS+=$'\n'"== round $ROUND, $name: oha -z $DURATION -c $CONNECTIONS --insecure ${args[*]} $url"$'\n'"$(jq -c '{summary, latencyPercentilesSuccessful, statusCodeDistribution, errorDistribution}' "$file")"$'\n'
-  values=$(jq -r '
-    def total(f): [.[]? | f] | add // 0;
-    (.latencyPercentilesSuccessful // .latencyPercentiles) as $lat
-    | [ (.statusCodeDistribution | to_entries | total(select(.key | test("^2")) | .value)),
-        (.statusCodeDistribution | to_entries | total(select(.key | test("^2") | not) | .value)),
-        (.errorDistribution | to_entries | total(select(.key != "aborted due to deadline") | .value)),
-        (.errorDistribution | to_entries | total(select(.key == "aborted due to deadline") | .value)),
-        (($lat.p50 // 0) * 1000), (($lat.p99 // 0) * 1000), .summary.requestsPerSec,
-        (.errorDistribution | to_entries | map("\(.key): \(.value)") | join("; ")) ]
-    | @tsv' "$file") || die "$name: cannot read oha's JSON: $(head -c 500 "$file")"
-  local ok non2xx errors aborted p50 p99 oha_rps error_list
-  IFS=$'\t' read -r ok non2xx errors aborted p50 p99 oha_rps error_list <<<"$values"
-  ((ok > 0)) || die "$name: no successful responses; oha: $(head -c 500 "$file")"
-
-  add_row "$name" tls
-  ROW_RPS[$key]=$(awk -v n="$ok" -v d="$(to_seconds "$DURATION")" 'BEGIN { printf "%.1f", n / d }')
-  ROW_P50[$key]=$p50
-  ROW_P99[$key]=$p99
-  ROW_ERRORS[$key]=$((non2xx + errors))
-  local detail="$ok responses 2xx"
-  ((non2xx == 0)) || detail+=", non-2xx $non2xx"
-  detail+=", $aborted cut off at the deadline"
-  ((errors == 0)) || detail+=", errors: $error_list"
-  detail+=" (oha's own figure: $(printf '%.0f' "$oha_rps") req/s)"
-  ROW_DETAIL[$key]=$detail
-}
-
-# HTTP/3 rows use examples/h3load (quinn + h3, built here): oha's HTTP/3 client hangs against Caddy's QUIC
-# stack, while h3load works with both peers, so one client measures both. Same shape as oha's TLS rows:
-# $CONNECTIONS connections, one request at a time on each, 2xx responses over the configured duration.
-H3LOAD=target/release/examples/h3load
-measure_h3load() {
-  local name=$1 url=$2 key="$ROUND/$1" values log_file="$TMP_DIR/h3load.log"
-  local seconds warm
-  seconds=$(to_seconds "$DURATION")
-  warm=$(to_seconds "$WARMUP")
-  log "round $ROUND, $name: warm-up $WARMUP, then $DURATION against $url (h3load, $CONNECTIONS connections)"
-  timeout $((warm + 30)) "$H3LOAD" "$url" "$CONNECTIONS" 1 "$warm" >"$log_file" 2>&1 ||
-    die "$name: h3load warm-up failed: $(cat "$log_file")"
-  timeout $((seconds + 30)) "$H3LOAD" "$url" "$CONNECTIONS" 1 "$seconds" >"$log_file" 2>&1 ||
-    die "$name: h3load failed: $(cat "$log_file")"
-  RAW_OUTPUTS+=$'\n'"== round $ROUND, $name: h3load $url $CONNECTIONS 1 $seconds"$'\n'"$(cat "$log_file")"$'\n'
-  values=$(jq -r '[.ok, .errors, .p50_ms, .p99_ms] | @tsv' "$log_file") ||
-    die "$name: cannot read h3load's output: $(head -c 500 "$log_file")"
-  local ok errors p50 p99
-  IFS=$'\t' read -r ok errors p50 p99 <<<"$values"
-  ((ok > 0)) || die "$name: no successful responses: $(cat "$log_file")"
-  add_row "$name" tls
-  ROW_RPS[$key]=$(awk -v n="$ok" -v d="$seconds" 'BEGIN { printf "%.1f", n / d }')
-  ROW_P50[$key]=$p50
-  ROW_P99[$key]=$p99
-  ROW_ERRORS[$key]=$errors
-  ROW_DETAIL[$key]="$ok responses 2xx, $errors errors (h3load)"
-}
-
-# curl here has no HTTP/3, so the check goes through h3load: one second of requests that must all succeed.
-# Retried once: QUIC may come up after TCP. Returns non-zero with H3_ERROR set, so a peer whose HTTP/3 does
-# not work costs a row, not the run.
-check_h3() {
-  local name=$1 url=$2 file="$TMP_DIR/h3-check.json" attempt status
-  H3_ERROR=
-  for ((attempt = 0; attempt < 2; attempt++)); do
-    status=0
-    timeout 15 "$H3LOAD" "$url" 1 1 1 >"$file" 2>&1 || status=$?
-    if ((status == 0)) && [[ $(jq '.errors == 0 and .ok > 0' "$file" 2>/dev/null) == true ]]; then
-      return 0
-    fi
-    H3_ERROR="h3load check failed (status $status): $(head -c 300 "$file")"
-    sleep 0.5
-  done
-  log "$name: HTTP/3 check of $url failed: $H3_ERROR"
-  return 1
-}
-
-# A row that could not be measured; the tables show why instead of numbers.
-declare -A ROW_FAILED
-fail_row() {
-  add_row "$1" "$2"
-  ROW_FAILED[$ROUND/$1]=$3
-}
-
-# --- targets: one function each, named target_<name>; add rows by adding functions ----------------------
-
-BACKEND_PORTS=()
-
-start_backends() {
-  local n
-  for ((n = 1; n <= BACKEND_COUNT; n++)); do
-    next_port
-    start_process "backend$n" env -u RUST_LOG "$BIN" backend --listen "127.0.0.1:$PORT" --name "backend$n"
-    wait_for_port "backend$n" "$PORT" "$STARTED_PID"
-    BACKEND_PORTS+=("$PORT")
-  done
-}
-
-# One certificate for every TLS peer, so the handshakes cost the same (same key type and size).
-CERT_DIR=
-make_cert() {
-  [[ -z $CERT_DIR ]] || return 0
-  CERT_DIR="$TMP_DIR/certs"
-  "$BIN" cert generate --out "$CERT_DIR" --hosts localhost,127.0.0.1 >"$TMP_DIR/cert.log" 2>&1 ||
-    die "quic-proxy cert generate failed: $(cat "$TMP_DIR/cert.log")"
-  [[ -s $CERT_DIR/server.crt && -s $CERT_DIR/server.key ]] || die "cert generate wrote no server.crt/server.key"
-}
-
-target_direct() {
-  local url="http://127.0.0.1:${BACKEND_PORTS[0]}$REQUEST_PATH"
-  check_target "backend (direct)" "$url" 1
-  measure "backend (direct)" "$url"
-}
-
-# Starts quic-proxy in front of the backends; sets QP_PID, QP_HTTP_PORT and QP_TLS_PORT (HTTPS on TCP and
-# QUIC on UDP share it). $2: metrics on or off; $3: 1 to configure TLS.
-start_quic_proxy() {
-  local name=$1 metrics=$2 tls=$3 dir="$TMP_DIR/${1// /-}" metrics_port backends="" tls_section="" n
-  mkdir -p "$dir"
-  next_port && QP_HTTP_PORT=$PORT
-  next_port && QP_TLS_PORT=$PORT
-  next_port && metrics_port=$PORT
-  for ((n = 1; n <= BACKEND_COUNT; n++)); do
-    backends+="  - name: \"backend$n\""$'\n'"    url: \"http://127.0.0.1:${BACKEND_PORTS[n - 1]}\""$'\n'
-  done
-  if ((tls)); then
-    make_cert
-    tls_section="  tls:"$'\n'"    cert_file: \"$CERT_DIR/server.crt\""$'\n'"    key_file: \"$CERT_DIR/server.key\""
-  fi
-  render bench/proxy.yaml.tmpl "$dir/proxy.yaml" \
-    "HTTP_PORT=$QP_HTTP_PORT" "TLS_PORT=$QP_TLS_PORT" "TLS=$tls_section" "METRICS_ENABLED=$metrics" \
-    "METRICS_PORT=$metrics_port" "BACKENDS=${backends%$'\n'}"
-  "$BIN" check --config "$dir/proxy.yaml" >"$dir/check.log" 2>&1 ||
-    die "quic-proxy rejected its config: $(cat "$dir/check.log")"
-  # RUST_LOG would override the config's log level and could turn access logging back on.
-  start_process "$name" env -u RUST_LOG "$BIN" --config "$dir/proxy.yaml"
-  QP_PID=$STARTED_PID
-  wait_for_port "$name" "$QP_HTTP_PORT" "$QP_PID"
-  ((tls == 0)) || wait_for_port "$name" "$QP_TLS_PORT" "$QP_PID"
-}
-
-stop_quic_proxy() {
-  local name=$1
-  kill -0 "$QP_PID" 2>/dev/null || die "$name exited during the run; see its log"
-  stop_process "$QP_PID"
-  # At level warn anything it logged is worth a look (upstream errors, accept failures).
-  ROW_WARNINGS[$ROUND/$name]="$(grep -c . "$TMP_DIR/$name.log" || true) $(head -n 1 "$TMP_DIR/$name.log")"
-}
-
-target_quic_proxy() {
-  local name=quic-proxy
-  start_quic_proxy "$name" true 0
-  check_target "$name" "http://127.0.0.1:$QP_HTTP_PORT$REQUEST_PATH" "$BACKEND_COUNT"
-  measure "$name" "http://127.0.0.1:$QP_HTTP_PORT$REQUEST_PATH"
-  stop_quic_proxy "$name"
-}
-
-# Without a recorder the metric macros on the request path do nothing; the difference to quic-proxy above
-# is what recording costs.
-target_quic_proxy_no_metrics() {
-  local name="quic-proxy nometrics"
-  start_quic_proxy "$name" false 0
-  check_target "$name" "http://127.0.0.1:$QP_HTTP_PORT$REQUEST_PATH" "$BACKEND_COUNT"
-  measure "$name" "http://127.0.0.1:$QP_HTTP_PORT$REQUEST_PATH"
-  stop_quic_proxy "$name"
-}
-
-target_nginx() {
-  local name=nginx dir="$TMP_DIR/nginx" port servers="" user_directive="" port_b
-  mkdir -p "$dir"
-  next_port && port=$PORT
-  for port_b in "${BACKEND_PORTS[@]}"; do
-    servers+="        server 127.0.0.1:$port_b;"$'\n'
-  done
-  # A root master would otherwise run its workers as nobody.
-  ((EUID != 0)) || user_directive="user $(id -un) $(id -gn);"
-  render bench/nginx.conf.tmpl "$dir/nginx.conf" \
-    "USER_DIRECTIVE=$user_directive" "WORKERS=$WORKERS" "PID_FILE=$dir/nginx.pid" \
-    "ERROR_LOG=$dir/error.log" "KEEPALIVE=$CONNECTIONS" "WORKER_CONNECTIONS=$((CONNECTIONS * 2 + 256))" "HTTP_PORT=$port" "UPSTREAM_SERVERS=${servers%$'\n'}"
-  # -e keeps nginx away from /var/log/nginx before it has read the config (needs nginx >= 1.19.5).
-  nginx -t -q -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/check.log" 2>&1 ||
-    die "nginx rejected its config: $(cat "$dir/check.log")"
-  start_process "$name" nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf"
-  local pid=$STARTED_PID
-  wait_for_port "$name" "$port" "$pid"
-  check_target "$name" "http://127.0.0.1:$port$REQUEST_PATH" "$BACKEND_COUNT"
-  measure "$name" "http://127.0.0.1:$port$REQUEST_PATH"
-  stop_process "$pid"
-}
-
-target_haproxy() {
-  local name=haproxy dir="$TMP_DIR/haproxy" port servers="" n
-  mkdir -p "$dir"
-  next_port && port=$PORT
-  for ((n = 1; n <= BACKEND_COUNT; n++)); do
-    servers+="    server backend$n 127.0.0.1:${BACKEND_PORTS[n - 1]}"$'\n'
-  done
-  render bench/haproxy.cfg.tmpl "$dir/haproxy.cfg" \
-    "WORKERS=$WORKERS" "PID_FILE=$dir/haproxy.pid" "MAXCONN=$((CONNECTIONS + 256))" "HTTP_PORT=$port" "SERVERS=${servers%$'\n'}"
-  haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/check.log" 2>&1 ||
-    die "haproxy rejected its config: $(cat "$dir/check.log")"
-  # -db: stay in the foreground, so the pid we hold is HAProxy's own.
-  start_process "$name" haproxy -db -f "$dir/haproxy.cfg"
-  local pid=$STARTED_PID
-  wait_for_port "$name" "$port" "$pid"
-  check_target "$name" "http://127.0.0.1:$port$REQUEST_PATH" "$BACKEND_COUNT"
-  measure "$name" "http://127.0.0.1:$port$REQUEST_PATH"
-  stop_process "$pid"
-}
-
-# Caddy with the same certificate, HTTP/3 on its HTTPS port; sets CADDY_PID and CADDY_PORT.
-start_caddy() {
-  local name=$1 dir="$TMP_DIR/${1// /-}" http_port upstreams="" port_b
-  mkdir -p "$dir/home"
-  make_cert
-  next_port && CADDY_PORT=$PORT
-  next_port && http_port=$PORT
-  for port_b in "${BACKEND_PORTS[@]}"; do upstreams+=" 127.0.0.1:$port_b"; done
-  render bench/Caddyfile.tmpl "$dir/Caddyfile" \
-    "HTTPS_PORT=$CADDY_PORT" "HTTP_PORT=$http_port" "STORAGE_DIR=$dir/data" \
-    "CERT_FILE=$CERT_DIR/server.crt" "KEY_FILE=$CERT_DIR/server.key" "UPSTREAMS=${upstreams# }"
-  # Caddy keeps state (certificates, autosaved config) under $HOME/XDG dirs; keep it in the scratch dir.
-  local env=(env HOME="$dir/home" XDG_DATA_HOME="$dir/home" XDG_CONFIG_HOME="$dir/home" GOMAXPROCS="$WORKERS")
-  "${env[@]}" caddy validate --adapter caddyfile --config "$dir/Caddyfile" >"$dir/check.log" 2>&1 ||
-    die "caddy rejected its config: $(tail -n 5 "$dir/check.log")"
-  start_process "$name" "${env[@]}" caddy run --adapter caddyfile --config "$dir/Caddyfile"
-  CADDY_PID=$STARTED_PID
-  wait_for_port "$name" "$CADDY_PORT" "$CADDY_PID"
-}
-
-stop_caddy() {
-  kill -0 "$CADDY_PID" 2>/dev/null || die "$1 exited during the run; see its log"
-  stop_process "$CADDY_PID"
-}
-
-target_h3_quic_proxy() {
-  local name="quic-proxy h3" url
-  start_quic_proxy "$name" true 1
-  url="https://127.0.0.1:$QP_TLS_PORT$REQUEST_PATH"
-  if check_h3 "$name" "$url"; then
-    measure_h3load "$name" "$url"
-  else
-    fail_row "$name" tls "$H3_ERROR"
-  fi
-  stop_quic_proxy "$name"
-}
-
-target_h3_caddy() {
-  local name="caddy h3" url
-  start_caddy "$name"
-  url="https://127.0.0.1:$CADDY_PORT$REQUEST_PATH"
-  if check_h3 "$name" "$url"; then
-    measure_h3load "$name" "$url"
-  else
-    fail_row "$name" tls "$H3_ERROR"
-  fi
-  stop_caddy "$name"
-}
-
-curl_tls_options() {
-  if [[ $TLS_HTTP_VERSION == 2 ]]; then echo --http2; else echo --http1.1; fi
-}
-
-target_https_quic_proxy() {
-  local name="quic-proxy $TLS_LABEL" url
-  start_quic_proxy "$name" true 1
-  url="https://127.0.0.1:$QP_TLS_PORT$REQUEST_PATH"
-  check_target "$name" "$url" "$BACKEND_COUNT" -k "$(curl_tls_options)"
-  measure_oha "$name" "$url" --http-version "$TLS_HTTP_VERSION"
-  stop_quic_proxy "$name"
-}
-
-target_https_caddy() {
-  local name="caddy $TLS_LABEL" url
-  start_caddy "$name"
-  url="https://127.0.0.1:$CADDY_PORT$REQUEST_PATH"
-  check_target "$name" "$url" "$BACKEND_COUNT" -k "$(curl_tls_options)"
-  measure_oha "$name" "$url" --http-version "$TLS_HTTP_VERSION"
-  stop_caddy "$name"
-}
-
-# --- report ------------------------------------------------------------------------------------------------
-
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'
-}
-
-# A table of one group's rows in one round, with ratios to the reference row.
-print_table() {
-  local round=$1 group=$2 reference="$1/$3" name key rps_ratio p99_ratio
-  printf '%-24s %12s %10s %10s %8s %12s %12s\n' target "requests/s" "p50 ms" "p99 ms" errors "rps/ref" "p99/ref"
-  for name in "${ROW_NAMES[@]}"; do
-    key="$round/$name"
-    [[ ${ROW_GROUP[$name]} == "$group" ]] || continue
-    if [[ -n ${ROW_FAILED[$key]:-} ]]; then
-      printf '%-24s %s\n' "$name" "not measured: ${ROW_FAILED[$key]}"
-      continue
-    fi
-    [[ -n ${ROW_RPS[$key]:-} ]] || continue
-    rps_ratio=-
-    p99_ratio=-
-    if [[ -n ${ROW_RPS[$reference]:-} ]]; then
-      rps_ratio=$(ratio "${ROW_RPS[$key]}" "${ROW_RPS[$reference]}")
-      p99_ratio=$(ratio "${ROW_P99[$key]}" "${ROW_P99[$reference]}")
-    fi
-    printf '%-24s %12.0f %10.2f %10.2f %8d %12s %12s\n' "$name" "${ROW_RPS[$key]}" "${ROW_P50[$key]}" \
-      "${ROW_P99[$key]}" "${ROW_ERRORS[$key]}" "$rps_ratio" "$p99_ratio"
-  done
-}
-
-has_group() {
-  local name
-  for name in "${ROW_NAMES[@]}"; do [[ ${ROW_GROUP[$name]} == "$1" ]] && return 0; done
-  return 1
-}
-
-report_round() {
-  local round=$1 name key on off h3 tcp
-  printf '\n=== round %d of %d\n' "$round" "$ROUNDS"
-  if has_group http1; then
-    printf '\nHTTP/1.1 (wrk -t%s -c%s -d%s), ratios to quic-proxy:\n' "$THREADS" "$CONNECTIONS" "$DURATION"
-    print_table "$round" http1 quic-proxy
-  fi
-  on=${ROW_RPS[$round/quic-proxy]:-}
-  off=${ROW_RPS[$round/quic-proxy nometrics]:-}
-  if [[ -n $on && -n $off ]]; then
-    printf '\nmetrics cost: quic-proxy HTTP/1.1 %.0f req/s with metrics, %.0f without: %s throughput with metrics on (p99 %.2f vs %.2f ms)\n' \
-      "$on" "$off" "$(awk -v a="$on" -v b="$off" 'BEGIN { printf "%+.1f%%", (a - b) / b * 100 }')" \
-      "${ROW_P99[$round/quic-proxy]}" "${ROW_P99[$round/quic-proxy nometrics]}"
-  fi
-  if has_group tls; then
-    printf '\nHTTP/3 (h3load) and HTTPS over TCP (oha), %s with %s connections, one request at a time on each, ratios to quic-proxy h3:\n' \
-      "$DURATION" "$CONNECTIONS"
-    print_table "$round" tls "quic-proxy h3"
-  fi
-  h3=${ROW_RPS[$round/quic-proxy h3]:-}
-  tcp=${ROW_RPS[$round/quic-proxy $TLS_LABEL]:-}
-  if [[ -n $h3 && -n $tcp ]]; then
-    printf '\nquic-proxy HTTP/3 vs HTTPS over TCP (%s): %.0f vs %.0f req/s = %s\n' "$TLS_LABEL" "$h3" "$tcp" "$(ratio "$h3" "$tcp")"
-  fi
-  printf '\nerrors = non-2xx/3xx responses + socket errors (wrk), non-2xx responses + transport errors (oha):\n'
-  for name in "${ROW_NAMES[@]}"; do
-    key="$round/$name"
-    [[ -n ${ROW_DETAIL[$key]:-} ]] || continue
-    printf '  %-24s %s\n' "$name" "${ROW_DETAIL[$key]}"
-  done
-  local count first
-  for name in "${ROW_NAMES[@]}"; do
-    [[ -n ${ROW_WARNINGS[$round/$name]:-} ]] || continue
-    read -r count first <<<"${ROW_WARNINGS[$round/$name]}"
-    if ((count > 0)); then
-      printf '%s\n' "$name logged $count line(s) at warn or above; the first: $first"
-    else
-      printf '%s\n' "$name logged nothing at warn or above"
-    fi
-  done
-}
-
-report() {
-  local round
-  printf '%s\n' "quic-proxy benchmark, $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src 2>/dev/null || echo ' (src modified)')"
-  printf '%s\n' "host: $(nproc) cores, $(uname -sr); load generator, servers and backends all share these cores"
-  # Anything else busy on the machine (a build, tests) skews every row; this makes it visible.
-  printf '%s\n' "load average before the run: $LOAD_BEFORE (1, 5, 15 min), after: $(cut -d ' ' -f 1-3 /proc/loadavg)"
-  printf '%s\n' "NOTE: numbers are noisy when other work shares the machine; compare rounds before trusting a difference."
-  printf '%s\n' "load: GET $REQUEST_PATH, $CONNECTIONS connections, $DURATION per row after $WARMUP warm-up; HTTP/1.1 keep-alive via wrk, TLS rows via oha"
-  printf '%s\n' "TLS rows: requests/s = 2xx responses / $DURATION (not oha's own figure); p50/p99 over successful requests"
-  printf '%s\n' "peers: $BACKEND_COUNT demo backends, round robin; quic-proxy $WORKERS runtime threads, nginx $WORKERS workers, haproxy $WORKERS threads, caddy GOMAXPROCS=$WORKERS"
-  printf '%s\n' "access logging is off for all peers (quic-proxy level warn, nginx access_log off, haproxy no log, caddy no log directive)"
-  printf '%s\n' "versions: $(peer_versions)"
-  for ((round = 1; round <= ROUNDS; round++)); do
-    report_round "$round"
-  done
-  ((ROUNDS > 1)) || return 0
-  # Side by side, the rounds show how much of a difference between rows is noise.
-  local name key line costs="" h3_ratios=""
-  printf '\n=== requests/s by round (a spread between rounds is noise from the shared machine)\n'
-  line=$(printf '%-24s' target)
-  for ((round = 1; round <= ROUNDS; round++)); do line+=$(printf ' %10s' "round $round"); done
-  printf '%s\n' "$line"
-  for name in "${ROW_NAMES[@]}"; do
-    line=$(printf '%-24s' "$name")
-    for ((round = 1; round <= ROUNDS; round++)); do
-      key="$round/$name"
-      if [[ -n ${ROW_RPS[$key]:-} ]]; then line+=$(printf ' %10.0f' "${ROW_RPS[$key]}"); else line+=$(printf ' %10s' -); fi
-    done
-    printf '%s\n' "$line"
-  done
-  for ((round = 1; round <= ROUNDS; round++)); do
-    if [[ -n ${ROW_RPS[$round/quic-proxy]:-} && -n ${ROW_RPS[$round/quic-proxy nometrics]:-} ]]; then
-      costs+=" $(awk -v a="${ROW_RPS[$round/quic-proxy]}" -v b="${ROW_RPS[$round/quic-proxy nometrics]}" 'BEGIN { printf "%+.1f%%", (a - b) / b * 100 }')"
-    fi
-    if [[ -n ${ROW_RPS[$round/quic-proxy h3]:-} && -n ${ROW_RPS[$round/quic-proxy $TLS_LABEL]:-} ]]; then
-      h3_ratios+=" $(ratio "${ROW_RPS[$round/quic-proxy h3]}" "${ROW_RPS[$round/quic-proxy $TLS_LABEL]}")"
-    fi
-  done
-  [[ -z $costs ]] || printf 'metrics cost by round (throughput with metrics on vs off):%s\n' "$costs"
-  [[ -z $h3_ratios ]] || printf 'quic-proxy HTTP/3 / HTTPS over TCP (%s) throughput by round:%s\n' "$TLS_LABEL" "$h3_ratios"
-}
-
-peer_versions() {
-  local versions=("$("$BIN" --version 2>/dev/null || echo quic-proxy ?)")
-  if has_group http1; then
-    versions+=("$(nginx -v 2>&1 | sed 's/^nginx version: //')" "$(haproxy -v 2>/dev/null | head -n 1 | awk '{ print "haproxy/" $3 }')" "$(wrk -v 2>&1 | head -n 1 | awk '{ print "wrk " $2 }')")
-  fi
-  if has_group tls; then
-    versions+=("caddy $(caddy version 2>/dev/null | awk '{ print $1 }')" "$("$OHA" --version 2>/dev/null)")
-  fi
-  local IFS=,
-  printf '%s' "${versions[*]}" | sed 's/,/, /g'
-}
-
 main() {
   validate_settings
-  [[ -x $BIN ]] || die "$BIN not found; run 'cargo build --release' (or 'make bench') first"
-  install_packages
-  if wants 'h3_*' || wants 'https_*'; then install_oha; fi
-  if wants 'h3_*'; then
-    cargo build --release --quiet --example h3load || die "cannot build examples/h3load"
-  fi
   trap cleanup EXIT
-  TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quic-proxy-bench.XXXXXX")
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  STARTED_AT=$(date +%s)
+  MAX_CONNECTIONS=$(max_connections)
+  raise_file_limit
 
+  local needed=(curl:curl jq:jq ss:iproute2 pgrep:procps)
+  runs_group http1 || scales_group http1 && needed+=(wrk:wrk)
+  uses_peer nginx && needed+=(nginx:nginx)
+  uses_peer haproxy && needed+=(haproxy:haproxy)
+  uses_peer caddy && needed+=(caddy:caddy)
+  install_packages "${needed[@]}"
+  ! uses_peer nginx || check_nginx_modules
+  # oha takes minutes to build: it builds while the examples do. Nothing is measured before it is done,
+  # since a build on the same cores would distort every figure.
+  ! uses_oha || start_oha_build
+  if [[ ${BENCH_BUILD:-1} == 1 ]]; then
+    log "building quic-proxy and examples/h3load, h3bare and idle_conns (release)"
+    if [[ -z ${QUIC_PROXY_BIN:-} ]]; then
+      cargo build --release --quiet --bin quic-proxy || die "cannot build quic-proxy"
+    fi
+    cargo build --release --quiet --example h3load --example h3bare --example idle_conns ||
+      die "cannot build the benchmark's examples"
+  fi
+  local program
+  for program in "$BIN" "$H3LOAD" "$H3BARE" "$IDLE_CONNS"; do
+    [[ -x $program ]] || die "$program not found; build it (cargo build --release --examples) or leave BENCH_BUILD unset"
+  done
+  ! uses_oha || wait_for_oha
+
+  TMP_DIR=$(mktemp -d "${TMPDIR:-/tmp}/quic-proxy-bench.XXXXXX")
   LOAD_BEFORE=$(cut -d ' ' -f 1-3 /proc/loadavg)
   start_backends
   log "backends on 127.0.0.1:${BACKEND_PORTS[*]}"
-  local target
+  response_bytes
+
+  local group
   for ((ROUND = 1; ROUND <= ROUNDS; ROUND++)); do
-    for target in "${TARGETS[@]}"; do
-      "target_$target"
+    for group in "${GROUPS_RUN[@]}"; do
+      "round_$group"
     done
   done
+  if ((${#SCALE[@]} > 0)); then
+    ROUND=s
+    for group in "${SCALE_GROUPS[@]}"; do
+      scale_group "$group"
+    done
+  fi
+  if ((MEMORY)); then
+    ROUND=m
+    memory_figures
+  fi
   # The backends would otherwise stay up (and idle) during the health-check test.
   stop_processes "${PIDS[@]}"
   PIDS=()
@@ -861,11 +563,24 @@ main() {
   fi
   results="bench/results/$(date '+%Y%m%d-%H%M%S').txt"
   table=$(report)
-  [[ -z $health ]] || table+=$'\n\n'"health checks:"$'\n'"$health"
+  [[ -z $health ]] || table+=$'\n\n'"=== Health checks: 1,000 backends probed every second"$'\n'"$health"
   printf '\n%s\n' "$table"
   mkdir -p bench/results
-  printf '%s\n\n--- raw load generator output ---%s' "$table" "$RAW_OUTPUTS" >"$results"
-  log "written to $results"
+  printf '%s\n\n--- raw load generator output ---%s\n--- quic-proxy warnings ---\n%s' "$table" "$RAW_OUTPUTS" "${PROXY_WARNINGS:-none}"$'\n' >"$results"
+  log "written to $results ($((($(date +%s) - STARTED_AT) / 60)) min)"
 }
 
-main "$@"
+# The size of the demo backend's answer through quic-proxy over HTTPS: the bare responder answers with as
+# many bytes, so both put the same on the wire.
+response_bytes() {
+  RESPONSE_BYTES=512
+  runs_group h3 || scales_group h3 || ((MEMORY)) || return 0
+  start_peer quic-proxy quic-proxy-size
+  RESPONSE_BYTES=$(curl -fsSk --max-time 5 -o /dev/null -w '%{size_download}' "$SERVER_TLS$REQUEST_PATH") ||
+    die "quic-proxy: GET $SERVER_TLS$REQUEST_PATH failed"
+  stop_peer
+}
+
+# On one line: bash reads a script as it runs, so nothing after this may be read once main returns (an
+# edit to this file during a run would otherwise be executed from the middle).
+main "$@"; exit

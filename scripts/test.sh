@@ -53,3 +53,11 @@ cargo build --quiet
 # Tracing (tests/tracing): spans of real HTTP/1.1, HTTP/2 and HTTP/3 requests exported to a real OTLP collector
 # (rotel from PyPI, gRPC and HTTP); the trace of a retried HTTP/3 request is printed as a tree.
 ./scripts/test-tracing.sh
+
+# gRPC (tests/grpc): grpcio servers behind the proxy (h2c, h2 over TLS), grpcio over h2 and tonic over HTTP/3,
+# gRPC health probes.
+./scripts/test-grpc.sh
+
+# DNS discovery (tests/discovery): backends named by DNS, resolved through a DNS server the suite runs on
+# loopback (dnslib from PyPI); endpoints added and removed live, probed and listed one by one.
+./scripts/test-discovery.sh

@@ -62,8 +62,8 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |request| {
-                let response = respond(&state, &request);
-                async move { Ok::<_, Infallible>(response) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&state, &request).await) }
             }),
         );
         async move {
@@ -75,8 +75,8 @@ pub async fn serve(listener: TcpListener, state: State, shutdown: Shutdown) {
     .await;
 }
 
-fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
-    let mut response = route(state, request);
+async fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
+    let mut response = route(state, request).await;
     let headers = response.headers_mut();
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
@@ -84,7 +84,7 @@ fn respond(state: &State, request: &Request<Incoming>) -> Response<Body> {
     response
 }
 
-fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
+async fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let shared = &state.shared;
@@ -92,7 +92,10 @@ fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
         (&Method::POST, ["api", "backends", upstream, name, action @ ("drain" | "undrain")]) => {
             authorized(shared, request).unwrap_or_else(|| json(api::drain(shared, upstream, name, *action == "drain")))
         }
-        (&Method::POST, ["api", "reload"]) => authorized(shared, request).unwrap_or_else(|| json(api::reload(shared))),
+        (&Method::POST, ["api", "reload"]) => match authorized(shared, request) {
+            Some(refused) => refused,
+            None => json(api::reload(shared).await),
+        },
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
                 let mut text = state.metrics.render();

@@ -96,7 +96,9 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
         None => None,
     };
 
-    let shared = Shared::new(config, certs)?;
+    // Backends named by DNS start with the addresses their names have now.
+    let resolved = crate::discovery::resolve_all(&config, &Default::default()).await;
+    let shared = Shared::new(config, resolved, certs)?;
     let snapshot = shared.snapshot();
     for upstream in snapshot.upstreams() {
         metrics::register_upstream(&upstream.name);
@@ -107,6 +109,8 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
     let core = Arc::new(Core::new(Arc::clone(&shared)));
     let (data, control) = (Shutdown::default(), Shutdown::default());
     tokio::spawn(Prober::default().run(Arc::clone(&shared), control.clone()));
+    tokio::spawn(crate::discovery::run(Arc::clone(&shared), control.clone()));
+    tokio::spawn(crate::health::outlier::run(Arc::clone(&shared), control.clone()));
     let exporters = Arc::new(Exporters::default());
     {
         let exporters = Arc::clone(&exporters);

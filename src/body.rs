@@ -22,8 +22,8 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
-use crate::balancer::InFlight;
 use crate::error::ProxyError;
+use crate::routing::InFlight;
 use crate::trace::Finish;
 use crate::upstream::h1::ResponseBody;
 
@@ -403,7 +403,7 @@ impl http_body::Body for Body {
             Poll::Ready(None) => this.signal_sent(),
             Poll::Ready(Some(Err(error))) => {
                 if let Some(guard) = &this.guard {
-                    guard.backend().body_failed(error.as_ref());
+                    guard.body_failed(error.as_ref());
                 }
             }
             Poll::Pending => {}

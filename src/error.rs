@@ -47,6 +47,12 @@ pub enum ProxyError {
         backend: String,
         after: std::time::Duration,
     },
+    #[error("circuit breaker open for {backend}: {limit} reached")]
+    CircuitOpen { backend: String, limit: &'static str },
+    /// The proxy itself ran out of something a connection needs (file descriptors, local ports, memory):
+    /// no fault of the backend, so never counted against it.
+    #[error("no connection to {backend}: the proxy is out of resources ({cause})")]
+    LocalExhausted { backend: String, cause: String },
 }
 
 impl ProxyError {
@@ -60,7 +66,9 @@ impl ProxyError {
             Self::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::TooEarly => StatusCode::TOO_EARLY,
-            Self::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend { .. } | Self::CircuitOpen { .. } | Self::LocalExhausted { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Self::ConnectTimeout { .. } | Self::ResponseTimeout { .. } | Self::UpstreamBodyStalled { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -79,7 +87,7 @@ impl ProxyError {
             | Self::NotImplemented(_)
             | Self::NoRoute
             | Self::TooEarly => Origin::Client,
-            Self::NoBackend { .. } => Origin::Proxy,
+            Self::NoBackend { .. } | Self::CircuitOpen { .. } | Self::LocalExhausted { .. } => Origin::Proxy,
             Self::ConnectFailed { .. }
             | Self::ConnectTimeout { .. }
             | Self::ResponseTimeout { .. }

@@ -10,6 +10,7 @@ pub mod balancer;
 pub mod body;
 pub mod config;
 pub mod demo_backend;
+pub mod discovery;
 pub mod error;
 pub mod events;
 pub mod health;

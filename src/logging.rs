@@ -50,3 +50,35 @@ pub fn set_level(level: &str) {
 fn filter_for(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
 }
+
+/// Lets a repeated log line through at most once a second: for events that can happen on every request
+/// (a circuit breaker refusing), where one line says as much as a thousand.
+#[derive(Debug)]
+pub struct RateLimit {
+    start: std::time::Instant,
+    /// When a line last went through, in ms after `start`, plus one; 0 when none has.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl RateLimit {
+    /// True when a line may be logged now (and then not again for a second).
+    pub fn allow(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1_000)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}

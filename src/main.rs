@@ -296,7 +296,7 @@ impl Signals {
             tokio::select! {
                 _ = self.terminate.recv() => return,
                 _ = self.interrupt.recv() => return,
-                _ = self.hangup.recv() => match shared.reload_from_file() {
+                _ = self.hangup.recv() => match shared.reload_from_file().await {
                     Ok(report) => tracing::info!("SIGHUP: {report}"),
                     Err(error) => tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}"),
                 },

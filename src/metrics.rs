@@ -50,6 +50,14 @@ pub const CONFIG_LAST_RELOAD_SUCCESS: &str = "config_last_reload_success_timesta
 pub const BACKEND_IN_FLIGHT: &str = "backend_in_flight_requests";
 pub const BACKEND_EFFECTIVE_WEIGHT: &str = "backend_effective_weight";
 pub const BACKEND_DRAINED: &str = "backend_drained";
+pub const BACKEND_CONNECTIONS: &str = "backend_connections";
+pub const BACKEND_CIRCUIT_OPEN: &str = "backend_circuit_open";
+pub const BACKEND_EJECTED: &str = "backend_ejected";
+pub const BACKEND_EJECTIONS_TOTAL: &str = "backend_ejections_total";
+pub const BACKEND_EJECTIONS_PREVENTED_TOTAL: &str = "backend_ejections_prevented_total";
+pub const CIRCUIT_BREAKER_REJECTIONS_TOTAL: &str = "circuit_breaker_rejections_total";
+pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "retry_budget_exhausted_total";
+pub const UPSTREAM_PANIC_TOTAL: &str = "upstream_panic_requests_total";
 pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "tracing_spans_exported_total";
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "tracing_spans_dropped_total";
 pub const TRACING_EXPORT_FAILURES_TOTAL: &str = "tracing_export_failures_total";
@@ -179,6 +187,31 @@ fn describe() {
         CONFIG_RELOADS_TOTAL,
         Unit::Count,
         "Configuration reloads, by result (success, failure)."
+    );
+    describe_counter!(
+        BACKEND_EJECTIONS_TOTAL,
+        Unit::Count,
+        "Backends ejected by traffic, by reason (consecutive_failures, failure_rate, latency)."
+    );
+    describe_counter!(
+        BACKEND_EJECTIONS_PREVENTED_TOTAL,
+        Unit::Count,
+        "Ejections not made because max_ejection_percent of the upstream was out already, by reason."
+    );
+    describe_counter!(
+        CIRCUIT_BREAKER_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Requests refused with 503 by a backend's circuit breaker, by limit (max_requests, max_connections, max_pending)."
+    );
+    describe_counter!(
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        Unit::Count,
+        "Retries not made because the upstream's retry budget was spent."
+    );
+    describe_counter!(
+        UPSTREAM_PANIC_TOTAL,
+        Unit::Count,
+        "Requests balanced over every backend, healthy or not, because fewer than min_healthy_percent were healthy."
     );
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS,
@@ -427,7 +460,48 @@ pub fn register_backend(upstream: &str, backend: &str) {
         counter!(BACKEND_HEALTH_TRANSITIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "to" => to)
             .absolute(0);
     }
+    for reason in EJECTION_REASONS {
+        counter!(BACKEND_EJECTIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "reason" => reason)
+            .absolute(0);
+    }
+    for limit in CIRCUIT_LIMITS {
+        counter!(CIRCUIT_BREAKER_REJECTIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "limit" => limit)
+            .absolute(0);
+    }
     counter!(HEALTH_CHECK_FAILURES_TOTAL, "upstream" => upstream, "backend" => backend).absolute(0);
+}
+
+/// Why traffic ejects a backend, as the metrics label it.
+const EJECTION_REASONS: [&str; 3] = ["consecutive_failures", "failure_rate", "latency"];
+/// The circuit breaker's limits, as the metrics label them.
+const CIRCUIT_LIMITS: [&str; 3] = ["max_requests", "max_connections", "max_pending"];
+
+/// Records a backend ejected by traffic.
+pub fn record_ejection(upstream: &str, backend: &str, reason: &'static str) {
+    counter!(BACKEND_EJECTIONS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Records an ejection that `max_ejection_percent` prevented.
+pub fn record_ejection_prevented(upstream: &str, backend: &str, reason: &'static str) {
+    counter!(BACKEND_EJECTIONS_PREVENTED_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "reason" => reason)
+        .increment(1);
+}
+
+/// Records a request a backend's circuit breaker refused.
+pub fn record_circuit_open(upstream: &str, backend: &str, limit: &'static str) {
+    counter!(CIRCUIT_BREAKER_REJECTIONS_TOTAL, "upstream" => upstream.to_owned(), "backend" => backend.to_owned(), "limit" => limit)
+        .increment(1);
+}
+
+/// Records a retry the retry budget refused.
+pub fn record_retry_budget_exhausted(upstream: &str) {
+    counter!(RETRY_BUDGET_EXHAUSTED_TOTAL, "upstream" => upstream.to_owned()).increment(1);
+}
+
+/// Records a request balanced in panic mode.
+pub fn record_panic(upstream: &str) {
+    counter!(UPSTREAM_PANIC_TOTAL, "upstream" => upstream.to_owned()).increment(1);
 }
 
 /// Registers the process-wide series of rare events at zero (see `register_backend`).
@@ -490,8 +564,14 @@ pub fn record_reload(success: bool) {
 
 /// Registers an upstream's series at start-up (see `register_backend`).
 pub fn register_upstream(upstream: &str) {
-    counter!(RETRIES_TOTAL, "upstream" => upstream.to_owned()).absolute(0);
-    counter!(UPSTREAM_FAIL_OPEN_TOTAL, "upstream" => upstream.to_owned()).absolute(0);
+    for name in [
+        RETRIES_TOTAL,
+        UPSTREAM_FAIL_OPEN_TOTAL,
+        RETRY_BUDGET_EXHAUSTED_TOTAL,
+        UPSTREAM_PANIC_TOTAL,
+    ] {
+        counter!(name, "upstream" => upstream.to_owned()).absolute(0);
+    }
 }
 
 /// Records a backend's health transition.
@@ -668,7 +748,7 @@ pub fn render_state_metrics(snapshot: &Snapshot) -> String {
         snapshot.config.digest, snapshot.generation
     );
     type Gauge = (&'static str, &'static str, fn(&Backend) -> f64);
-    let gauges: [Gauge; 4] = [
+    let gauges: [Gauge; 6] = [
         (BACKEND_HEALTH, "1 when the backend is healthy, 0 when not.", |b| {
             f64::from(u8::from(b.health.is_healthy()))
         }),
@@ -685,6 +765,16 @@ pub fn render_state_metrics(snapshot: &Snapshot) -> String {
         (BACKEND_DRAINED, "1 when an operator drained the backend.", |b| {
             f64::from(u8::from(b.is_drained()))
         }),
+        (
+            BACKEND_CONNECTIONS,
+            "Connections open from the proxy's workers to the backend.",
+            |b| b.transport.limits().open() as f64,
+        ),
+        (
+            BACKEND_CIRCUIT_OPEN,
+            "1 while the backend's circuit breaker refuses new requests.",
+            |b| f64::from(u8::from(b.circuit_open())),
+        ),
     ];
     for (name, help, value) in gauges {
         let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n");
@@ -699,6 +789,23 @@ pub fn render_state_metrics(snapshot: &Snapshot) -> String {
         }
         out.push('\n');
     }
+    let _ = write!(
+        out,
+        "# HELP {BACKEND_EJECTED} 1 while traffic keeps the backend ejected, by reason.\n# TYPE {BACKEND_EJECTED} gauge\n"
+    );
+    for backend in snapshot.backends() {
+        let ejected_by = backend.health.ejected_by().map(crate::health::Source::reason);
+        for reason in EJECTION_REASONS {
+            let _ = writeln!(
+                out,
+                "{BACKEND_EJECTED}{{upstream=\"{}\",backend=\"{}\",reason=\"{reason}\"}} {}",
+                label_value(&backend.upstream),
+                label_value(&backend.name),
+                u8::from(ejected_by == Some(reason))
+            );
+        }
+    }
+    out.push('\n');
     out
 }
 

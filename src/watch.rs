@@ -40,7 +40,7 @@ pub fn spawn(path: &Path, shared: Arc<Shared>) -> Watcher {
             if unchanged && !tls_changed {
                 continue;
             }
-            match shared.reload_from_file() {
+            match shared.reload_from_file().await {
                 Ok(report) => tracing::info!("watched files changed: {report}"),
                 Err(error) => {
                     tracing::error!("watched files changed: not reloaded, the running configuration stays: {error}")

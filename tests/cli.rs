@@ -237,7 +237,9 @@ fn check_suggests_the_intended_key() {
         stderr(&output),
         format!(
             "quic-proxy: invalid config: {}:5: load_balancer.algoritm: unknown field `algoritm`, \
-             expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`; \
+             expected one of `algorithm`, `hash_on`, `sticky_cookie`, `when_all_unhealthy`, `min_healthy_percent`, \
+             `slow_start`, `retries`, `retry_buffer`, `retry_on_statuses`, `retry_backoff`, `retry_backoff_max`, \
+             `retry_budget`, `circuit_breaker`; \
              did you mean `algorithm`?\n",
             config.path.display()
         )
@@ -304,7 +306,7 @@ fn proxy_with_an_invalid_config_exits_64_before_binding() {
     assert_eq!(
         stderr(&output),
         format!(
-            "quic-proxy: invalid config: {}: backends[0].weight: must be at least 1 (drain a backend \
+            "quic-proxy: invalid config: {}:10: backends[0].weight: must be at least 1 (drain a backend \
              instead of weighting it 0)\n",
             config.path.display()
         )

@@ -182,6 +182,7 @@ fn probed_backend(name: &str, addr: SocketAddr, health_url: Option<&str>, config
         health_url: health_url.map(|u| u.parse().expect("health URL")),
         protocol: quic_proxy::config::UpstreamProtocol::Auto,
         tls: None,
+        address: None,
     };
     Arc::new(Backend::configured("probes", &backend, config, None).expect("a plain backend"))
 }
@@ -1027,15 +1028,19 @@ async fn api_backends_reports_every_field() {
         let list = json["backends"].as_array().expect("an array");
         assert_eq!(list.len(), 2, "{json}");
         let expected_keys = [
+            "circuit_open",
+            "connections",
             "consecutive_failures",
             "consecutive_successes",
             "drained",
             "effective_weight",
+            "ejected_by",
             "in_flight",
             "last_check",
             "last_error",
             "last_latency_ms",
             "name",
+            "pending",
             "state",
             "state_reason",
             "upstream",

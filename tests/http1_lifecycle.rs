@@ -253,3 +253,73 @@ async fn a_second_instance_on_a_taken_address_fails_unless_both_share_it() {
     })
     .await;
 }
+
+/// A backend that counts the connections it accepts and answers `/length`, `/chunked`, `/trailers` and
+/// `/empty` with bodies framed that way.
+fn counting_backend() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = bind_loopback();
+    let addr = listener.local_addr().expect("backend address");
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::Relaxed);
+            let service = hyper::service::service_fn(|request: Request<hyper::body::Incoming>| async move {
+                let chunks = |trailers: bool| {
+                    let mut frames: Vec<Result<Frame<Bytes>, io::Error>> = vec![
+                        Ok(Frame::data(Bytes::from_static(b"chunk one "))),
+                        Ok(Frame::data(Bytes::from_static(b"chunk two"))),
+                    ];
+                    if trailers {
+                        let mut map = http::HeaderMap::new();
+                        map.insert("x-checksum", http::HeaderValue::from_static("abc"));
+                        frames.push(Ok(Frame::trailers(map)));
+                    }
+                    BodyExt::boxed(StreamBody::new(stream::iter(frames)))
+                };
+                let body = match request.uri().path() {
+                    "/length" => http_body_util::Full::new(Bytes::from_static(b"sixteen bytes..."))
+                        .map_err(|never| match never {})
+                        .boxed(),
+                    "/chunked" => chunks(false),
+                    "/trailers" => chunks(true),
+                    _ => http_body_util::Empty::new().map_err(|never| match never {}).boxed(),
+                };
+                Ok::<_, io::Error>(http::Response::new(body))
+            });
+            tokio::spawn(async move {
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_reused_whatever_the_response_framing() {
+    guarded(async {
+        let (backend, accepted) = counting_backend();
+        let running = start_proxy(&render_config(
+            &["workers: 1"],
+            &format!("backends: [{{name: counted, url: \"http://{backend}\"}}]"),
+        ))
+        .await;
+        let mut connection = Connection::open(running.fallback_addr).await;
+        for round in 0..25 {
+            for path in ["/length", "/chunked", "/trailers", "/empty"] {
+                let reply = connection
+                    .get("app.test", path, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("{path} in round {round}: {e}"));
+                assert_eq!(reply.status, StatusCode::OK, "{path}");
+            }
+        }
+        // One worker sends the 100 requests one after another: one connection serves them all.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::Relaxed), 1);
+    })
+    .await;
+}

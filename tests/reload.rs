@@ -84,10 +84,11 @@ impl Reloaded {
 }
 
 /// `Shared::reload_from_file`, which must succeed.
-fn reload_file(running: &Running) -> Reloaded {
+async fn reload_file(running: &Running) -> Reloaded {
     let report = running
         .shared()
         .reload_from_file()
+        .await
         .unwrap_or_else(|e| panic!("reload_from_file failed: {e}"));
     Reloaded {
         generation: report.generation,
@@ -616,7 +617,7 @@ async fn ten_reloads_under_load_fail_no_request_and_drop_no_connection() {
                     through_api += 1;
                     reload_api(admin).await
                 } else {
-                    reload_file(&running)
+                    reload_file(&running).await
                 };
                 load.finished.fetch_add(1, Ordering::SeqCst);
                 assert_eq!(report.generation, step as u64 + 1, "{report:?}");
@@ -833,8 +834,14 @@ async fn a_bad_file_changes_nothing_and_says_where_it_is_wrong() {
                 bad_value.clone(),
                 format!("{path}:{}: timeouts.connect: ", line_of(&bad_value, "  connect: soon")),
             ),
-            // Cross-field checks run after parsing and name the key; the README promises "the line or key path".
-            (zero_weight, format!("{path}: backends[1].weight: must be at least 1")),
+            // Cross-field checks run after parsing, and name the line and the key all the same.
+            (
+                zero_weight.clone(),
+                format!(
+                    "{path}:{}: backends[1].weight: must be at least 1",
+                    line_of(&zero_weight, "    weight: 0")
+                ),
+            ),
             (broken_yaml, format!("{path}:")),
         ];
         // The counter is process-wide; no other test in this file makes a reload fail.
@@ -844,6 +851,7 @@ async fn a_bad_file_changes_nothing_and_says_where_it_is_wrong() {
             let error = running
                 .shared()
                 .reload_from_file()
+                .await
                 .expect_err("an invalid file is not applied")
                 .to_string();
             assert!(error.starts_with(expected.as_str()), "expected {expected:?}…, got {error:?}");
@@ -1034,7 +1042,7 @@ async fn backends_keep_health_drain_and_in_flight_across_reloads() {
         // d is new and fails its probes; the upstream's new initial_state is unhealthy.
         set_health(fleet["d"], 503).await;
         file.write(&yaml(&["a", "b", "c", "d"], "unhealthy", 10, "g2"));
-        let report = reload_file(&running);
+        let report = reload_file(&running).await;
         for mention in ["backends added: default/d, swap/g2", "backends removed: swap/g1"] {
             assert!(report.mentions(mention), "{report:?}");
         }
@@ -1090,7 +1098,7 @@ async fn backends_keep_health_drain_and_in_flight_across_reloads() {
         // f is new under initial_state: healthy, with 10 good probes needed to become healthy otherwise
         // (two seconds at least): healthy right after the reload means it started so. d keeps its state.
         file.write(&yaml(&["a", "b", "c", "d", "f"], "healthy", 10, "g2"));
-        let report = reload_file(&running);
+        let report = reload_file(&running).await;
         assert!(report.mentions("backends added: default/f"), "{report:?}");
         let f = backend(&running, "default", "f");
         assert!(f.health.is_healthy(), "f did not start per initial_state: healthy");
@@ -1167,6 +1175,7 @@ async fn settings_that_need_new_sockets_are_reported_and_the_rest_applies() {
         let report = running
             .shared()
             .reload_from_file()
+            .await
             .unwrap_or_else(|e| panic!("reload: {e}"));
         let listed: BTreeSet<&str> = report.restart_required.iter().map(String::as_str).collect();
         assert_eq!(listed, BTreeSet::from(NEEDS_RESTART), "{report}");
@@ -1228,7 +1237,7 @@ async fn a_setting_that_needs_a_restart_stays_reported_until_the_restart() {
             )
         };
         file.write(&pending(2));
-        let first = reload_file(&running);
+        let first = reload_file(&running).await;
         assert_eq!(
             first
                 .restart_required
@@ -1240,7 +1249,7 @@ async fn a_setting_that_needs_a_restart_stays_reported_until_the_restart() {
 
         // Another change to the same file: the listeners are still the old ones, so the restart is still due.
         file.write(&pending(3));
-        let second = reload_file(&running);
+        let second = reload_file(&running).await;
         assert!(second.mentions("backends changed: default/web1"), "{second:?}");
         assert_eq!(
             second

@@ -126,9 +126,13 @@ fn backend(backend: &Backend, traffic: bool) -> Value {
     let report = backend.health.report();
     let (state, reason) = match (&report.down, backend.is_drained()) {
         (_, true) => ("draining", None),
-        (Some((Source::Traffic, why)), false) => ("ejected", Some(why.clone())),
         (Some((Source::Probe, why)), false) => ("unhealthy", Some(why.clone())),
+        (Some((_, why)), false) => ("ejected", Some(why.clone())),
         (None, false) if !report.healthy => ("unhealthy", None),
+        (None, false) if backend.circuit_open() => (
+            "circuit_open",
+            Some("at a circuit-breaker limit: new requests answered 503".to_owned()),
+        ),
         (None, false) if backend.in_slow_start() => ("slow_start", None),
         (None, false) => ("healthy", None),
     };
@@ -147,14 +151,18 @@ fn backend(backend: &Backend, traffic: bool) -> Value {
         "weight": backend.weight(),
         "effective_weight": backend.effective_weight() as f64 / crate::balancer::WEIGHT_SCALE as f64,
         "drained": backend.is_drained(),
+        "ejected_by": report.down.as_ref().filter(|(source, _)| source.is_traffic()).map(|(source, _)| source.reason()),
+        "circuit_open": backend.circuit_open(),
+        "connections": backend.transport.limits().open(),
+        "pending": backend.transport.limits().pending(),
     });
     if traffic {
-        let recent = backend.window.summary(RECENT_SECONDS);
+        let recent = backend.window.counts(RECENT_SECONDS);
         if let Some(fields) = value.as_object_mut() {
             fields.insert("requests_per_second".into(), json!(recent.rate()));
             fields.insert("error_ratio".into(), json!(recent.failure_ratio()));
-            fields.insert("p50_ms".into(), json!(recent.p50.map(milliseconds)));
-            fields.insert("p99_ms".into(), json!(recent.p99.map(milliseconds)));
+            fields.insert("p50_ms".into(), json!(recent.quantile(0.5).map(milliseconds)));
+            fields.insert("p99_ms".into(), json!(recent.quantile(0.99).map(milliseconds)));
         }
     }
     value
@@ -192,8 +200,8 @@ pub fn drain(shared: &Shared, upstream: &str, name: &str, drained: bool) -> (Sta
 }
 
 /// Reads the configuration file again and applies it: 200 with what changed, or 400 with why nothing did.
-pub fn reload(shared: &Shared) -> (StatusCode, Value) {
-    match shared.reload_from_file() {
+pub async fn reload(shared: &Shared) -> (StatusCode, Value) {
+    match shared.reload_from_file().await {
         Ok(report) => {
             tracing::info!("admin API: {report}");
             let body = json!({

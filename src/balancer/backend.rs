@@ -1,8 +1,9 @@
-//! A backend as the request path sees it, and the guard that counts its requests in flight.
+//! A backend as the request path sees it.
 //!
 //! A backend outlives configuration snapshots: a reload that keeps it (same upstream, name and URL) hands the
 //! same object to the new snapshot, so its health, in-flight count, slow-start clock and pooled connections
-//! carry over, and only its reloadable settings (weight, slow start, health settings) are updated in place.
+//! carry over, and only its reloadable settings (weight, slow start, health settings, limits) are updated in
+//! place.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use arc_swap::ArcSwapOption;
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
-use crate::config::{BackendConfig, BackendTls, HealthCheckConfig, UpstreamProtocol};
+use crate::config::{BackendConfig, BackendTls, CircuitBreaker, HealthCheckConfig, UpstreamProtocol};
 use crate::events::Events;
 use crate::health::BackendHealth;
 use crate::metrics::BackendMetrics;
@@ -32,6 +33,8 @@ pub struct BackendKey {
     pub authority: Authority,
     pub protocol: UpstreamProtocol,
     pub tls: Option<BackendTls>,
+    /// The endpoint's address, for backends found by DNS discovery.
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// A backend server of an upstream pool.
@@ -57,6 +60,12 @@ pub struct Backend {
     health_url: ArcSwapOption<Uri>,
     drained: AtomicBool,
     in_flight: AtomicUsize,
+    /// `circuit_breaker.max_requests`; 0 for no limit.
+    max_requests: AtomicU32,
+    /// Responses in a row slower than the latency detector's threshold.
+    slow_streak: AtomicU32,
+    /// Keeps the circuit breaker's log lines to one a second.
+    pub log_limiter: crate::logging::RateLimit,
 }
 
 impl Backend {
@@ -72,7 +81,12 @@ impl Backend {
         health: &HealthCheckConfig,
         slow_start: Option<Duration>,
     ) -> Result<Self, (String, String)> {
-        Self::in_pool(upstream, config, health, slow_start, &Arc::default(), 1)
+        let settings = Settings {
+            health,
+            slow_start,
+            limits: &CircuitBreaker::default(),
+        };
+        Self::in_pool(upstream, config, &settings, &Arc::default(), 1)
     }
 
     /// A backend of a running proxy's pool with `workers` worker threads, telling its events to `events`.
@@ -80,28 +94,32 @@ impl Backend {
     pub fn in_pool(
         upstream: &str,
         config: &BackendConfig,
-        health: &HealthCheckConfig,
-        slow_start: Option<Duration>,
+        settings: &Settings<'_>,
         events: &Arc<Events>,
         workers: usize,
     ) -> Result<Self, (String, String)> {
-        Ok(Self {
+        let backend = Self {
             transport: Transport::new(config, workers)?,
             key: Self::key_of(upstream, config),
             name: config.name.clone(),
             upstream: upstream.to_owned(),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
-            health: BackendHealth::new(health),
+            health: BackendHealth::new(settings.health),
             metrics: BackendMetrics::new(upstream, &config.name),
             window: Window::default(),
             events: Arc::clone(events),
             weight: AtomicU32::new(config.weight),
-            slow_start_ms: AtomicU64::new(window_ms(slow_start)),
-            health_url: ArcSwapOption::new(config.health_url.clone().map(Arc::new)),
+            slow_start_ms: AtomicU64::new(0),
+            health_url: ArcSwapOption::empty(),
             drained: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
-        })
+            max_requests: AtomicU32::new(0),
+            slow_streak: AtomicU32::new(0),
+            log_limiter: crate::logging::RateLimit::default(),
+        };
+        backend.apply(config, settings);
+        Ok(backend)
     }
 
     /// The identity a reload matches backends by.
@@ -118,15 +136,19 @@ impl Backend {
             authority: config.authority.clone(),
             protocol: config.protocol,
             tls: config.tls.clone(),
+            address: config.address,
         }
     }
 
     /// Takes a reloaded configuration's settings; state (health, in-flight, drain, clocks) is kept.
-    pub fn apply(&self, config: &BackendConfig, health: &HealthCheckConfig, slow_start: Option<Duration>) {
+    pub fn apply(&self, config: &BackendConfig, settings: &Settings<'_>) {
         self.weight.store(config.weight, Ordering::Relaxed);
-        self.slow_start_ms.store(window_ms(slow_start), Ordering::Relaxed);
+        self.slow_start_ms
+            .store(window_ms(settings.slow_start), Ordering::Relaxed);
         self.health_url.store(config.health_url.clone().map(Arc::new));
-        self.health.set_policy(health);
+        self.health.set_policy(settings.health);
+        self.max_requests.store(settings.limits.max_requests, Ordering::Relaxed);
+        self.transport.limits().set(settings.limits);
     }
 
     /// The configured weight.
@@ -144,11 +166,46 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Counts one request in flight until the returned guard is dropped.
-    pub fn start_request(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight {
-            backend: Arc::clone(self),
+    /// Counts one more request in flight, unless `circuit_breaker.max_requests` are already; every
+    /// request counted must end with [`Backend::end_request`].
+    pub fn try_begin_request(&self) -> bool {
+        let max = self.max_requests.load(Ordering::Relaxed) as usize;
+        if max == 0 {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// Ends a request counted by [`Backend::try_begin_request`].
+    pub fn end_request(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "in-flight count went below zero");
+    }
+
+    /// True while `circuit_breaker.max_requests` requests are in flight.
+    pub fn is_full(&self) -> bool {
+        let max = self.max_requests.load(Ordering::Relaxed) as usize;
+        max > 0 && self.in_flight() >= max
+    }
+
+    /// True while the circuit breaker refuses new requests (requests or connections at their limit).
+    pub fn circuit_open(&self) -> bool {
+        self.is_full() || self.transport.limits().is_open_circuit()
+    }
+
+    /// Counts a response slower (`true`) or faster than the latency detector's threshold; returns how
+    /// many slow ones came in a row.
+    pub fn record_slowness(&self, slow: bool) -> u32 {
+        if slow {
+            self.slow_streak.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+        } else {
+            if self.slow_streak.load(Ordering::Relaxed) != 0 {
+                self.slow_streak.store(0, Ordering::Relaxed);
+            }
+            0
         }
     }
 
@@ -160,22 +217,6 @@ impl Backend {
     /// Takes the backend out of rotation (`true`) or puts it back; returns the previous setting.
     pub fn set_drained(&self, drained: bool) -> bool {
         self.drained.swap(drained, Ordering::Relaxed)
-    }
-
-    /// A response body from this backend failed (reset, cut short, or stalled): a passive-health failure.
-    pub fn body_failed(self: &Arc<Self>, error: &(dyn std::error::Error + 'static)) {
-        use crate::upstream::h1::BodyError;
-        // The client's upload failing while the response streamed is the client's doing.
-        if matches!(error.downcast_ref::<BodyError>(), Some(BodyError::RequestFailed)) {
-            return;
-        }
-        let cause = match error.downcast_ref::<crate::error::ProxyError>() {
-            Some(error) => error.cause(),
-            None => format!("response body failed: {error}"),
-        };
-        if let Some(transition) = self.health.record_request(Err(cause)) {
-            crate::health::announce(self, transition);
-        }
     }
 
     /// Healthy and not drained: the balancer may pick it.
@@ -208,22 +249,10 @@ fn window_ms(window: Option<Duration>) -> u64 {
     window.map_or(0, |w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// One request in flight on a backend; dropping it, on any path, ends the count.
-#[derive(Debug)]
-pub struct InFlight {
-    backend: Arc<Backend>,
-}
-
-impl InFlight {
-    /// The backend this request went to.
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let before = self.backend.in_flight.fetch_sub(1, Ordering::Relaxed);
-        debug_assert!(before > 0, "in-flight count went below zero");
-    }
+/// A pool's settings for its backends.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings<'a> {
+    pub health: &'a HealthCheckConfig,
+    pub slow_start: Option<Duration>,
+    pub limits: &'a CircuitBreaker,
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use http::uri::{Authority, Scheme};
 use proptest::prelude::*;
 
-use super::{Backend, Balancer, InFlight};
+use super::{Backend, Balancer};
 use crate::config::{Algorithm, BackendConfig, UpstreamProtocol};
 
 /// Backends `a`, `b`, `c`, ... with the given weights; each gets its own port so they are distinguishable.
@@ -23,6 +23,7 @@ fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
                 health_url: None,
                 protocol: UpstreamProtocol::Auto,
                 tls: None,
+                address: None,
             };
             Arc::new(Backend::new("test", &config).expect("a plain backend"))
         })
@@ -30,7 +31,7 @@ fn pool(weights: &[u32]) -> Vec<Arc<Backend>> {
 }
 
 fn balancer(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Balancer {
-    Balancer::new(algorithm, backends.len())
+    Balancer::new(algorithm, backends)
 }
 
 fn pick(balancer: &Balancer, backends: &[Arc<Backend>]) -> String {
@@ -39,7 +40,7 @@ fn pick(balancer: &Balancer, backends: &[Arc<Backend>]) -> String {
 
 fn pick_where(balancer: &Balancer, backends: &[Arc<Backend>], accept: impl Fn(&Backend) -> bool) -> String {
     balancer
-        .select(backends, accept)
+        .select(backends, accept, None)
         .expect("some backend is accepted")
         .name
         .clone()
@@ -68,21 +69,46 @@ fn expected(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|&(n, c)| (n.to_owned(), c)).collect()
 }
 
-fn hold(backend: &Arc<Backend>, requests: usize) -> Vec<InFlight> {
-    (0..requests).map(|_| backend.start_request()).collect()
+/// A request counted in flight on a backend until dropped, as the request path's guard counts it.
+struct Held(Arc<Backend>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.end_request();
+    }
+}
+
+fn begin(backend: &Arc<Backend>) -> Held {
+    assert!(backend.try_begin_request(), "no request limit in these tests");
+    Held(Arc::clone(backend))
+}
+
+fn hold(backend: &Arc<Backend>, requests: usize) -> Vec<Held> {
+    (0..requests).map(|_| begin(backend)).collect()
 }
 
 fn in_flight(backends: &[Arc<Backend>]) -> Vec<usize> {
     backends.iter().map(|b| b.in_flight()).collect()
 }
 
+const ALGORITHMS: [Algorithm; 6] = [
+    Algorithm::RoundRobin,
+    Algorithm::Weighted,
+    Algorithm::LeastConnections,
+    Algorithm::P2c,
+    Algorithm::Random,
+    Algorithm::Hash,
+];
+
 #[test]
 fn every_algorithm_returns_none_when_nothing_is_accepted() {
     let backends = pool(&[1, 2]);
-    for algorithm in [Algorithm::RoundRobin, Algorithm::Weighted, Algorithm::LeastConnections] {
+    for algorithm in ALGORITHMS {
         let balancer = balancer(algorithm, &backends);
-        assert!(balancer.select(&backends, |_| false).is_none(), "{algorithm}");
-        assert!(balancer.select(&[], |_| true).is_none(), "{algorithm}");
+        for key in [None, Some(7)] {
+            assert!(balancer.select(&backends, |_| false, key).is_none(), "{algorithm}");
+            assert!(balancer.select(&[], |_| true, key).is_none(), "{algorithm}");
+        }
     }
 }
 
@@ -190,8 +216,8 @@ fn least_connections_spreads_held_requests_by_weight() {
     let balancer = balancer(Algorithm::LeastConnections, &backends);
     let mut guards = Vec::new();
     for _ in 0..12 {
-        let chosen = balancer.select(&backends, |_| true).unwrap();
-        guards.push(chosen.start_request());
+        let chosen = balancer.select(&backends, |_| true, None).unwrap();
+        guards.push(begin(&chosen));
     }
     assert_eq!(in_flight(&backends), [2, 4, 6]);
     drop(guards);
@@ -251,60 +277,6 @@ fn least_connections_skips_refused_backends() {
     );
 }
 
-#[test]
-fn guard_counts_while_alive_and_reports_its_backend() {
-    let backends = pool(&[1]);
-    let guard = backends[0].start_request();
-    let second = backends[0].start_request();
-    assert_eq!(backends[0].in_flight(), 2);
-    assert!(Arc::ptr_eq(guard.backend(), &backends[0]));
-    drop(guard);
-    assert_eq!(backends[0].in_flight(), 1);
-    drop(second);
-    assert_eq!(backends[0].in_flight(), 0);
-}
-
-#[test]
-fn guard_dropped_on_another_thread_decrements() {
-    let backends = pool(&[1]);
-    let guards = hold(&backends[0], 8);
-    assert_eq!(backends[0].in_flight(), 8);
-    let handles: Vec<_> = guards
-        .into_iter()
-        .map(|guard| std::thread::spawn(move || drop(guard)))
-        .collect();
-    for handle in handles {
-        handle.join().unwrap();
-    }
-    assert_eq!(backends[0].in_flight(), 0);
-}
-
-#[test]
-fn guard_dropped_by_a_finished_or_aborted_task_decrements() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .unwrap();
-    let backends = pool(&[1]);
-    let backend = Arc::clone(&backends[0]);
-    runtime.block_on(async move {
-        let finished = backend.start_request();
-        tokio::spawn(async move { drop(finished) }).await.unwrap();
-        assert_eq!(backend.in_flight(), 0);
-
-        // A request cancelled mid-flight (client gone) must not leak its count.
-        let cancelled = backend.start_request();
-        let task = tokio::spawn(async move {
-            let _held = cancelled;
-            std::future::pending::<()>().await;
-        });
-        assert_eq!(backend.in_flight(), 1);
-        task.abort();
-        assert!(task.await.unwrap_err().is_cancelled());
-        assert_eq!(backend.in_flight(), 0);
-    });
-}
-
 fn longest_run(picks: &str, name: char) -> usize {
     picks.split(|c| c != name).map(str::len).max().unwrap_or(0)
 }
@@ -345,7 +317,7 @@ proptest! {
     ) {
         let backends = pool(&weights);
         let balancer = balancer(Algorithm::LeastConnections, &backends);
-        let mut held: Vec<InFlight> = Vec::new();
+        let mut held: Vec<Held> = Vec::new();
         for (start, victim, refused_mask) in steps {
             if !start && !held.is_empty() {
                 held.swap_remove(victim.index(held.len()));
@@ -356,7 +328,7 @@ proptest! {
             let accept = |b: &Backend| {
                 backends.iter().position(|x| x.name == b.name).is_some_and(accepted)
             };
-            let chosen = balancer.select(&backends, accept).unwrap();
+            let chosen = balancer.select(&backends, accept, None).unwrap();
             let chosen_index = backends.iter().position(|b| Arc::ptr_eq(b, &chosen)).unwrap();
             prop_assert!(accepted(chosen_index));
             for (index, other) in backends.iter().enumerate().filter(|&(i, _)| accepted(i)) {
@@ -369,7 +341,7 @@ proptest! {
                     other.name, other.in_flight(), other.weight(), index
                 );
             }
-            held.push(chosen.start_request());
+            held.push(begin(&chosen));
         }
         let total: usize = in_flight(&backends).iter().sum();
         prop_assert_eq!(total, held.len());

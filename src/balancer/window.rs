@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Seconds kept.
-pub const SLOTS: usize = 10;
+/// Seconds kept: the longest period summarised, plus the second still filling.
+pub const SLOTS: usize = 31;
+/// The longest period a summary covers.
+pub const LONGEST: Duration = Duration::from_secs(SLOTS as u64 - 1);
 /// Latency buckets: bucket `i` holds latencies below `FIRST_BOUND * 2^(i/2)`, the last one everything above.
 const BUCKETS: usize = 40;
 const FIRST_BOUND: Duration = Duration::from_micros(100);
@@ -52,18 +54,17 @@ impl Default for Window {
     }
 }
 
-/// A summary of the window.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Summary {
+/// The window's counts over some seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counts {
     /// How many seconds the figures cover.
     pub seconds: u64,
     pub requests: u64,
     pub failures: u64,
-    pub p50: Option<Duration>,
-    pub p99: Option<Duration>,
+    latency: [u64; BUCKETS],
 }
 
-impl Summary {
+impl Counts {
     /// Requests per second over the covered time.
     pub fn rate(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1) as f64
@@ -72,6 +73,32 @@ impl Summary {
     /// Failed requests over all requests; `None` without requests.
     pub fn failure_ratio(&self) -> Option<f64> {
         (self.requests > 0).then(|| self.failures as f64 / self.requests as f64)
+    }
+
+    /// The latency below which a share `q` of the requests answered, as an upper bound (the top of its
+    /// half-octave bucket); `None` without requests.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        self.quantile_bucket(q).map(bound_of)
+    }
+
+    /// The same quantile as a lower bound: at least this share of the requests took this long or less, and
+    /// the rest took at least this long (the bottom of the quantile's bucket).
+    pub fn quantile_floor(&self, q: f64) -> Option<Duration> {
+        self.quantile_bucket(q)
+            .map(|index| index.checked_sub(1).map_or(Duration::ZERO, bound_of))
+    }
+
+    fn quantile_bucket(&self, q: f64) -> Option<usize> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.latency.iter().position(|&count| {
+            seen += count;
+            seen >= rank
+        })
     }
 }
 
@@ -95,28 +122,27 @@ impl Window {
     }
 
     /// The last `seconds` complete seconds (at most [`SLOTS`] - 1; the current second is still filling).
-    pub fn summary(&self, seconds: u64) -> Summary {
+    pub fn counts(&self, seconds: u64) -> Counts {
         let seconds = seconds.clamp(1, SLOTS as u64 - 1);
         let now = self.start.elapsed().as_secs() + 1;
-        let (mut requests, mut failures, mut latency) = (0, 0, [0u64; BUCKETS]);
+        let mut counts = Counts {
+            seconds,
+            requests: 0,
+            failures: 0,
+            latency: [0; BUCKETS],
+        };
         for slot in &self.slots {
             let second = slot.second.load(Ordering::Relaxed);
             if second == 0 || second >= now || now - second > seconds {
                 continue;
             }
-            requests += slot.requests.load(Ordering::Relaxed);
-            failures += slot.failures.load(Ordering::Relaxed);
-            for (sum, bucket) in latency.iter_mut().zip(&slot.latency) {
+            counts.requests += slot.requests.load(Ordering::Relaxed);
+            counts.failures += slot.failures.load(Ordering::Relaxed);
+            for (sum, bucket) in counts.latency.iter_mut().zip(&slot.latency) {
                 *sum += u64::from(bucket.load(Ordering::Relaxed));
             }
         }
-        Summary {
-            seconds,
-            requests,
-            failures,
-            p50: quantile(&latency, 0.50),
-            p99: quantile(&latency, 0.99),
-        }
+        counts
     }
 }
 
@@ -132,19 +158,6 @@ fn bucket_of(latency: Duration) -> usize {
 /// The upper bound of bucket `index`.
 fn bound_of(index: usize) -> Duration {
     FIRST_BOUND.mul_f64(2f64.powf(index as f64 / 2.0))
-}
-
-fn quantile(latency: &[u64; BUCKETS], q: f64) -> Option<Duration> {
-    let total: u64 = latency.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    latency.iter().enumerate().find_map(|(index, &count)| {
-        seen += count;
-        (seen >= rank).then(|| bound_of(index))
-    })
 }
 
 #[cfg(test)]
@@ -172,30 +185,30 @@ mod tests {
         for n in 0..100u32 {
             window.record(Duration::from_millis(u64::from(n % 10) + 1), n % 4 == 0);
         }
-        assert_eq!(window.summary(5).requests, 0, "the current second is still filling");
+        assert_eq!(window.counts(5).requests, 0, "the current second is still filling");
         tokio::time::advance(Duration::from_secs(1)).await;
-        let summary = window.summary(5);
+        let summary = window.counts(5);
         assert_eq!((summary.requests, summary.failures), (100, 25));
         assert_eq!(summary.failure_ratio(), Some(0.25));
-        let p50 = summary.p50.unwrap_or_default();
+        let p50 = summary.quantile(0.5).unwrap_or_default();
         assert!(
             p50 >= Duration::from_millis(5) && p50 < Duration::from_millis(8),
             "{p50:?}"
         );
-        let p99 = summary.p99.unwrap_or_default();
+        let p99 = summary.quantile(0.99).unwrap_or_default();
         assert!(
             p99 >= Duration::from_millis(10) && p99 < Duration::from_millis(15),
             "{p99:?}"
         );
         tokio::time::advance(Duration::from_secs(6)).await;
-        assert_eq!(window.summary(5).requests, 0);
-        assert_eq!(window.summary(SLOTS as u64).requests, 100);
-        // Ten seconds after the first second, its slot is reused.
-        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(window.counts(5).requests, 0);
+        assert_eq!(window.counts(SLOTS as u64).requests, 100);
+        // SLOTS seconds after the first second, its slot is reused.
+        tokio::time::advance(Duration::from_secs(SLOTS as u64 - 7)).await;
         window.record(Duration::from_millis(1), false);
         tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
-            window.summary(SLOTS as u64).requests,
+            window.counts(SLOTS as u64).requests,
             1,
             "a reused slot starts from zero"
         );

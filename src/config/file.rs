@@ -33,6 +33,51 @@ pub(super) struct FileConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub telemetry: Telemetry,
+    #[serde(default)]
+    pub discovery: DiscoveryConfig,
+}
+
+/// How backends named by DNS are found: every address a name resolves to is an endpoint of its pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// Names are resolved again this often (and soon after a connect error).
+    #[serde(default = "default_dns_refresh", deserialize_with = "units::duration")]
+    pub dns_refresh: Duration,
+    /// DNS servers to ask (`10.0.0.10`, `127.0.0.1:5353`) instead of those in /etc/resolv.conf.
+    #[serde(default, deserialize_with = "units::nameservers")]
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one resolution may take.
+    #[serde(default = "default_dns_timeout", deserialize_with = "units::duration")]
+    pub timeout: Duration,
+    /// Which address families become endpoints.
+    #[serde(default)]
+    pub ip_family: IpFamily,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        Self {
+            dns_refresh: default_dns_refresh(),
+            nameservers: Vec::new(),
+            timeout: default_dns_timeout(),
+            ip_family: IpFamily::default(),
+        }
+    }
+}
+
+/// The address families a name's endpoints are taken from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IpFamily {
+    /// The IPv4 addresses when there are any, else the IPv6 ones: a name that also has an AAAA record
+    /// (such as `localhost` in /etc/hosts) does not add endpoints nothing may listen on.
+    #[default]
+    Ipv4Preferred,
+    /// Every address of both families (dual-stack Services whose pods listen on both).
+    All,
+    Ipv4,
+    Ipv6,
 }
 
 /// Listeners and connection handling.
@@ -225,15 +270,24 @@ pub struct BackendTls {
     pub insecure_skip_verify: bool,
 }
 
-/// How an upstream picks a backend, and what it does when backends fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// How an upstream picks a backend, and what it does when backends fail or are overloaded.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalancerConfig {
     #[serde(default)]
     pub algorithm: Algorithm,
+    /// `algorithm: hash`: what in a request picks its backend.
+    pub hash_on: Option<HashOn>,
+    /// The proxy sets a cookie naming (opaquely) the backend that answered; a request carrying it goes back
+    /// there while that backend is usable.
+    pub sticky_cookie: Option<StickyCookie>,
     /// What to do when no backend is healthy.
     #[serde(default)]
     pub when_all_unhealthy: AllUnhealthy,
+    /// Panic threshold: while fewer than this share (in percent) of the backends are healthy, balance over
+    /// all of them, so that the few healthy ones are not crushed by the whole load. 0 turns it off.
+    #[serde(default)]
+    pub min_healthy_percent: u8,
     /// A recovered backend's weight ramps from 10% to 100% over this window.
     #[serde(default, deserialize_with = "units::optional_duration")]
     pub slow_start: Option<Duration>,
@@ -243,16 +297,37 @@ pub struct BalancerConfig {
     /// Request bodies up to this size are kept so they can be sent again; larger ones are not retried.
     #[serde(default = "default_retry_buffer", deserialize_with = "units::size")]
     pub retry_buffer: u64,
+    /// Response statuses retried on another backend, for idempotent requests (failures before an answer
+    /// always are).
+    #[serde(default)]
+    pub retry_on_statuses: Vec<u16>,
+    /// A retry waits a random time up to this long, doubled for each further retry, up to `retry_backoff_max`.
+    #[serde(default = "default_retry_backoff", deserialize_with = "units::duration")]
+    pub retry_backoff: Duration,
+    #[serde(default = "default_retry_backoff_max", deserialize_with = "units::duration")]
+    pub retry_backoff_max: Duration,
+    #[serde(default)]
+    pub retry_budget: RetryBudget,
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
 }
 
 impl Default for BalancerConfig {
     fn default() -> Self {
         Self {
             algorithm: Algorithm::default(),
+            hash_on: None,
+            sticky_cookie: None,
             when_all_unhealthy: AllUnhealthy::default(),
+            min_healthy_percent: 0,
             slow_start: None,
             retries: default_retries(),
             retry_buffer: default_retry_buffer(),
+            retry_on_statuses: Vec::new(),
+            retry_backoff: default_retry_backoff(),
+            retry_backoff_max: default_retry_backoff_max(),
+            retry_budget: RetryBudget::default(),
+            circuit_breaker: CircuitBreaker::default(),
         }
     }
 }
@@ -265,6 +340,106 @@ pub enum Algorithm {
     RoundRobin,
     Weighted,
     LeastConnections,
+    /// Power of two random choices: the lighter (in-flight requests over weight) of two random backends.
+    P2c,
+    /// Weighted random.
+    Random,
+    /// Consistent hashing (a Maglev table) on `hash_on`.
+    Hash,
+}
+
+/// The part of a request that `algorithm: hash` hashes: `client_address`, `path`, `{header: NAME}` or
+/// `{cookie: NAME}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    /// A request header's value (`hash_on: {header: x-user-id}`).
+    Header(String),
+    /// A cookie's value (`hash_on: {cookie: session}`).
+    Cookie(String),
+    /// The client's IP address (the connection's peer).
+    ClientAddress,
+    /// The request path, without the query.
+    Path,
+}
+
+impl<'de> Deserialize<'de> for HashOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Field(BTreeMap<String, String>),
+        }
+        let expected = "client_address, path, {header: NAME} or {cookie: NAME}";
+        let invalid = |what: &str| serde::de::Error::custom(format!("{what}; write {expected}"));
+        match Raw::deserialize(d).map_err(|_| invalid("not a hash key"))? {
+            Raw::Name(name) => match name.as_str() {
+                "client_address" => Ok(Self::ClientAddress),
+                "path" => Ok(Self::Path),
+                "header" | "cookie" => Err(invalid(&format!("`{name}` needs a name"))),
+                _ => Err(invalid(&format!("unknown hash key `{name}`"))),
+            },
+            Raw::Field(field) => {
+                let mut entries = field.into_iter();
+                match (entries.next(), entries.next()) {
+                    (Some((kind, name)), None) if kind == "header" => Ok(Self::Header(name.to_ascii_lowercase())),
+                    (Some((kind, name)), None) if kind == "cookie" => Ok(Self::Cookie(name)),
+                    (Some((kind, _)), None) => Err(invalid(&format!("unknown hash key `{kind}`"))),
+                    _ => Err(invalid("one key expected")),
+                }
+            }
+        }
+    }
+}
+
+/// The affinity cookie the proxy sets.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickyCookie {
+    #[serde(default = "default_sticky_name")]
+    pub name: String,
+    /// How long the browser keeps it; without it, until the browser closes.
+    #[serde(default, deserialize_with = "units::optional_duration")]
+    pub max_age: Option<Duration>,
+    #[serde(default = "default_cookie_path")]
+    pub path: String,
+}
+
+/// At most `ratio` of an upstream's requests (over the last 10 seconds) may be retries, plus
+/// `min_per_second`, so that a failing upstream is never hit by a retry storm.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudget {
+    #[serde(default = "default_retry_ratio")]
+    pub ratio: f64,
+    #[serde(default = "default_retry_floor")]
+    pub min_per_second: u32,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            ratio: default_retry_ratio(),
+            min_per_second: default_retry_floor(),
+        }
+    }
+}
+
+/// Per-backend overload limits; over them a request is refused at once with 503, never queued behind
+/// others. 0 means no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Open connections to the backend, over every worker.
+    #[serde(default)]
+    pub max_connections: u32,
+    /// Requests waiting for a connection while `max_connections` are open; 0 with `max_connections` set
+    /// means none wait.
+    #[serde(default)]
+    pub max_pending: u32,
+    /// Requests in flight to the backend.
+    #[serde(default)]
+    pub max_requests: u32,
 }
 
 /// The policy when every backend of an upstream is unhealthy.
@@ -279,7 +454,7 @@ pub enum AllUnhealthy {
 }
 
 /// Health checking of an upstream's backends: active probes and passive observation of traffic.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Active probes on or off.
@@ -396,8 +571,8 @@ impl<'de> Deserialize<'de> for StatusRange {
     }
 }
 
-/// Passive checks: real traffic's failures eject a backend.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Passive checks and outlier detection: real traffic's failures and latencies eject a backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassiveConfig {
     #[serde(default = "yes")]
@@ -414,6 +589,14 @@ pub struct PassiveConfig {
     pub reactivation: Duration,
     #[serde(default = "default_max_ejection", deserialize_with = "units::duration")]
     pub max_ejection: Duration,
+    /// Never more than this share (in percent) of an upstream's backends ejected by traffic at once; one
+    /// ejection is always allowed.
+    #[serde(default = "default_max_ejection_percent")]
+    pub max_ejection_percent: u8,
+    /// Ejection by failure rate over a sliding period.
+    pub failure_rate: Option<FailureRate>,
+    /// Ejection by latency: a quantile, or consecutive responses, slower than `unhealthy_latency`.
+    pub latency: Option<LatencyOutlier>,
 }
 
 impl Default for PassiveConfig {
@@ -424,8 +607,42 @@ impl Default for PassiveConfig {
             failure_statuses: default_failure_statuses(),
             reactivation: default_reactivation(),
             max_ejection: default_max_ejection(),
+            max_ejection_percent: default_max_ejection_percent(),
+            failure_rate: None,
+            latency: None,
         }
     }
+}
+
+/// Eject a backend when, over the last `period`, at least `minimum_requests` were answered and more than
+/// `percentage` of them failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRate {
+    #[serde(default = "default_outlier_percentage")]
+    pub percentage: u8,
+    #[serde(default = "default_outlier_minimum")]
+    pub minimum_requests: u32,
+    #[serde(default = "default_outlier_period", deserialize_with = "units::duration")]
+    pub period: Duration,
+}
+
+/// Eject a backend whose `quantile` latency over the last `period` (with at least `minimum_requests`), or
+/// whose last `consecutive` responses, took longer than `unhealthy_latency`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyOutlier {
+    #[serde(deserialize_with = "units::duration")]
+    pub unhealthy_latency: Duration,
+    #[serde(default = "default_latency_quantile")]
+    pub quantile: f64,
+    #[serde(default = "default_outlier_minimum")]
+    pub minimum_requests: u32,
+    #[serde(default = "default_outlier_period", deserialize_with = "units::duration")]
+    pub period: Duration,
+    /// This many responses in a row slower than `unhealthy_latency` eject at once; 0 turns it off.
+    #[serde(default)]
+    pub consecutive: u32,
 }
 
 /// The admin API.
@@ -484,6 +701,10 @@ pub struct Timeouts {
     /// is charged with a failure.
     #[serde(default = "default_body_timeout", deserialize_with = "units::duration")]
     pub response_body: Duration,
+    /// A gRPC call's deadline (`grpc-timeout`) extends `response_header` and `response_body` for that call,
+    /// up to this long, so that a backend is given the time its client allows.
+    #[serde(default = "default_grpc_deadline_max", deserialize_with = "units::duration")]
+    pub grpc_deadline_max: Duration,
 }
 
 impl Default for Timeouts {
@@ -493,7 +714,19 @@ impl Default for Timeouts {
             response_header: default_response_header_timeout(),
             pool_idle: default_pool_idle_timeout(),
             response_body: default_body_timeout(),
+            grpc_deadline_max: default_grpc_deadline_max(),
         }
+    }
+}
+
+impl Timeouts {
+    /// The timeouts for a gRPC call whose client allows it `deadline`: the backend may take that long for
+    /// its response head and between body chunks, within `grpc_deadline_max`.
+    pub fn for_deadline(mut self, deadline: Duration) -> Self {
+        let deadline = deadline.min(self.grpc_deadline_max);
+        self.response_header = self.response_header.max(deadline);
+        self.response_body = self.response_body.max(deadline);
+        self
     }
 }
 
@@ -672,6 +905,9 @@ fn default_max_headers() -> usize {
 fn default_body_timeout() -> Duration {
     Duration::from_secs(60)
 }
+fn default_grpc_deadline_max() -> Duration {
+    Duration::from_secs(300)
+}
 fn default_weight() -> u32 {
     1
 }
@@ -710,6 +946,45 @@ fn default_retries() -> u32 {
 }
 fn default_retry_buffer() -> u64 {
     64 * 1024
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(25)
+}
+fn default_retry_backoff_max() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_retry_ratio() -> f64 {
+    0.2
+}
+fn default_retry_floor() -> u32 {
+    10
+}
+fn default_sticky_name() -> String {
+    "quic_proxy_backend".to_owned()
+}
+fn default_cookie_path() -> String {
+    "/".to_owned()
+}
+fn default_outlier_percentage() -> u8 {
+    50
+}
+fn default_outlier_minimum() -> u32 {
+    20
+}
+fn default_outlier_period() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_latency_quantile() -> f64 {
+    0.99
+}
+fn default_max_ejection_percent() -> u8 {
+    50
+}
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(2)
 }
 fn default_expected_statuses() -> Vec<StatusRange> {
     vec![StatusRange { low: 200, high: 399 }]

@@ -4,6 +4,7 @@
 //! filled in), then `validate` checks everything that spans fields and builds the `Config` the proxy runs on.
 
 mod file;
+mod locate;
 mod units;
 
 use std::fmt;
@@ -13,9 +14,10 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 pub use file::{
-    AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CheckKind, HealthCheckConfig, InitialState,
-    LogFormat, LoggingConfig, MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryMode, ServerConfig,
-    StatusRange, Telemetry, Timeouts, TlsConfig, TracingConfig, UpstreamProtocol,
+    AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CheckKind, CircuitBreaker, DiscoveryConfig,
+    FailureRate, HashOn, HealthCheckConfig, InitialState, IpFamily, LatencyOutlier, LogFormat, LoggingConfig,
+    MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryBudget, RetryMode, ServerConfig, StatusRange,
+    StickyCookie, Telemetry, Timeouts, TlsConfig, TracingConfig, UpstreamProtocol,
 };
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
@@ -40,6 +42,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub timeouts: Timeouts,
     pub telemetry: Telemetry,
+    pub discovery: DiscoveryConfig,
     /// The file this configuration was read from (as given, not canonicalised).
     pub path: PathBuf,
     /// The first 16 hex digits of the SHA-256 of the file's text: which configuration is running.
@@ -85,6 +88,9 @@ pub struct BackendConfig {
     pub protocol: UpstreamProtocol,
     /// For `https://` backends; the defaults (system roots, SNI from the host) when the file has no `tls`.
     pub tls: Option<BackendTls>,
+    /// For an endpoint found by DNS discovery: the address its connections go to (the URL's host still
+    /// names it in Host, SNI and certificate checks).
+    pub address: Option<std::net::SocketAddr>,
 }
 
 /// A route: which requests go to which upstream.
@@ -183,7 +189,10 @@ impl Config {
                 explain_serde_error(&inner),
             )
         })?;
-        let mut config = validate(raw).map_err(|(key, message)| error(key, None, message))?;
+        let mut config = validate(raw).map_err(|(key, message)| {
+            let line = locate::line_of(text, &key);
+            error(key, line, message)
+        })?;
         config.path = path.to_owned();
         config.digest = digest(text);
         config.text = std::sync::Arc::from(text);
@@ -241,6 +250,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         admin,
         timeouts,
         telemetry,
+        discovery,
     } = raw;
     let default_health = health_check.unwrap_or_else(HealthCheckConfig::disabled);
     check_health("health_check", &default_health)?;
@@ -250,11 +260,12 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         if list.is_empty() {
             return Err(("backends".into(), "the list is empty; add at least one backend".into()));
         }
+        check_balancer("load_balancer", &load_balancer)?;
         upstreams.push(upstream(
             DEFAULT_UPSTREAM,
             "backends",
             list,
-            load_balancer,
+            load_balancer.clone(),
             default_health.clone(),
         )?);
     }
@@ -277,11 +288,21 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         }
         let health = raw_upstream.health_check.unwrap_or_else(|| default_health.clone());
         check_health(&format!("{key}.health_check"), &health)?;
+        let balancer = match raw_upstream.load_balancer {
+            Some(balancer) => {
+                check_balancer(&format!("{key}.load_balancer"), &balancer)?;
+                balancer
+            }
+            None => {
+                check_balancer("load_balancer", &load_balancer)?;
+                load_balancer.clone()
+            }
+        };
         upstreams.push(upstream(
             &name,
             &format!("{key}.backends"),
             raw_upstream.backends,
-            raw_upstream.load_balancer.unwrap_or(load_balancer),
+            balancer,
             health,
         )?);
     }
@@ -336,6 +357,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         admin_token,
         timeouts,
         telemetry,
+        discovery,
         path: PathBuf::new(),
         digest: String::new(),
         text: std::sync::Arc::from(""),
@@ -571,6 +593,7 @@ fn upstream(
             health_url,
             protocol: raw.protocol,
             tls,
+            address: None,
         });
     }
     if health_check.kind == CheckKind::Grpc {
@@ -669,6 +692,60 @@ fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
             format!("{status} is not an HTTP status"),
         ));
     }
+    if !(1..=100).contains(&passive.max_ejection_percent) {
+        return Err((
+            format!("{key}.passive.max_ejection_percent"),
+            "must be between 1 and 100".into(),
+        ));
+    }
+    let period = |field: &str, period: std::time::Duration| {
+        if period < std::time::Duration::from_secs(1) || period > crate::balancer::window::LONGEST {
+            return Err((
+                format!("{key}.passive.{field}.period"),
+                format!(
+                    "must be between 1s and {:?} (the traffic window kept per backend)",
+                    crate::balancer::window::LONGEST
+                ),
+            ));
+        }
+        Ok(())
+    };
+    if let Some(rate) = &passive.failure_rate {
+        if !(1..=100).contains(&rate.percentage) {
+            return Err((
+                format!("{key}.passive.failure_rate.percentage"),
+                "must be between 1 and 100".into(),
+            ));
+        }
+        if rate.minimum_requests == 0 {
+            return Err((
+                format!("{key}.passive.failure_rate.minimum_requests"),
+                "must be at least 1".into(),
+            ));
+        }
+        period("failure_rate", rate.period)?;
+    }
+    if let Some(latency) = &passive.latency {
+        if latency.unhealthy_latency.is_zero() {
+            return Err((
+                format!("{key}.passive.latency.unhealthy_latency"),
+                "must be above zero".into(),
+            ));
+        }
+        if !(latency.quantile > 0.0 && latency.quantile <= 1.0) {
+            return Err((
+                format!("{key}.passive.latency.quantile"),
+                "must be above 0 and at most 1, like 0.99".into(),
+            ));
+        }
+        if latency.minimum_requests == 0 {
+            return Err((
+                format!("{key}.passive.latency.minimum_requests"),
+                "must be at least 1".into(),
+            ));
+        }
+        period("latency", latency.period)?;
+    }
     if health.expected_statuses.is_empty() {
         return Err((
             format!("{key}.expected_statuses"),
@@ -679,6 +756,91 @@ fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
         return Err((format!("{key}.path"), format!("`{}` must start with /", health.path)));
     }
     Ok(())
+}
+
+fn check_balancer(key: &str, balancer: &BalancerConfig) -> Result<(), Invalid> {
+    match (balancer.algorithm, &balancer.hash_on) {
+        (Algorithm::Hash, None) => {
+            return Err((
+                format!("{key}.hash_on"),
+                "algorithm hash needs hash_on: {header: NAME}, {cookie: NAME}, client_address or path".into(),
+            ))
+        }
+        (algorithm, Some(_)) if algorithm != Algorithm::Hash => {
+            return Err((
+                format!("{key}.hash_on"),
+                format!("only algorithm hash uses hash_on (the algorithm is {algorithm})"),
+            ))
+        }
+        (_, Some(HashOn::Header(name))) if http::HeaderName::from_bytes(name.as_bytes()).is_err() => {
+            return Err((
+                format!("{key}.hash_on.header"),
+                format!("`{name}` is not a header name"),
+            ))
+        }
+        (_, Some(HashOn::Cookie(name))) if !is_cookie_name(name) => {
+            return Err((
+                format!("{key}.hash_on.cookie"),
+                format!("`{name}` is not a cookie name"),
+            ))
+        }
+        _ => {}
+    }
+    if let Some(cookie) = &balancer.sticky_cookie {
+        if !is_cookie_name(&cookie.name) {
+            return Err((
+                format!("{key}.sticky_cookie.name"),
+                format!("`{}` is not a cookie name", cookie.name),
+            ));
+        }
+        if !cookie.path.starts_with('/') || cookie.path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+            return Err((
+                format!("{key}.sticky_cookie.path"),
+                format!(
+                    "`{}` must start with / and hold no ; or control characters",
+                    cookie.path
+                ),
+            ));
+        }
+    }
+    if balancer.min_healthy_percent > 100 {
+        return Err((format!("{key}.min_healthy_percent"), "must be between 0 and 100".into()));
+    }
+    if let Some(status) = balancer.retry_on_statuses.iter().find(|s| !(100..=599).contains(*s)) {
+        return Err((
+            format!("{key}.retry_on_statuses"),
+            format!("{status} is not an HTTP status"),
+        ));
+    }
+    if balancer.retry_backoff_max < balancer.retry_backoff {
+        return Err((
+            format!("{key}.retry_backoff_max"),
+            "must be at least retry_backoff".into(),
+        ));
+    }
+    let budget = &balancer.retry_budget;
+    if !(0.0..=1.0).contains(&budget.ratio) {
+        return Err((
+            format!("{key}.retry_budget.ratio"),
+            "must be between 0 and 1, like 0.2 for 20%".into(),
+        ));
+    }
+    let breaker = &balancer.circuit_breaker;
+    if breaker.max_pending > 0 && breaker.max_connections == 0 {
+        return Err((
+            format!("{key}.circuit_breaker.max_pending"),
+            "requests only wait for a connection under max_connections; set it too".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A cookie name is an HTTP token (RFC 6265 4.1.1).
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn route(index: usize, raw: FileRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
@@ -768,6 +930,9 @@ impl fmt::Display for Algorithm {
             Algorithm::RoundRobin => "round_robin",
             Algorithm::Weighted => "weighted",
             Algorithm::LeastConnections => "least_connections",
+            Algorithm::P2c => "p2c",
+            Algorithm::Random => "random",
+            Algorithm::Hash => "hash",
         })
     }
 }

@@ -53,12 +53,151 @@ fn error_with(extra: &str) -> ConfigError {
     error(&format!("{ONE_BACKEND}{extra}"))
 }
 
-/// Asserts a problem found after reading (no line number) down to the last character.
+/// Asserts a problem found after reading down to the last character; its line is where the key is, when
+/// the file has it (`problems_found_after_reading_name_their_line` checks the lines themselves).
 fn assert_invalid(e: &ConfigError, key: &str, message: &str) {
     assert_eq!(e.file, PathBuf::from("proxy.yaml"));
     assert_eq!(e.key, key);
     assert_eq!(e.message, message);
-    assert_eq!(e.to_string(), format!("proxy.yaml: {key}: {message}"));
+    let at = e.line.map_or_else(String::new, |line| format!(":{line}"));
+    assert_eq!(e.to_string(), format!("proxy.yaml{at}: {key}: {message}"));
+}
+
+#[test]
+fn problems_found_after_reading_name_their_line() {
+    let e = error(
+        "backends:\n  - name: a\n    url: \"http://127.0.0.1:8001\"\n  - name: a\n    url: \"http://127.0.0.1:8002\"\n",
+    );
+    assert_eq!((e.line, e.key.as_str()), (Some(4), "backends[1].name"));
+    let e = error_with("upstreams:\n  api:\n    backends: [{name: b, url: \"http://127.0.0.1:1\", weight: 0}]\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(6), "upstreams.api.backends[0].weight"));
+    let e = error_with("load_balancer:\n  algorithm: hash\n");
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (None, "load_balancer.hash_on"),
+        "a missing key has no line"
+    );
+    let e = error_with("load_balancer:\n  retry_budget: {ratio: 2}\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(5), "load_balancer.retry_budget.ratio"));
+}
+
+#[test]
+fn traffic_policy_keys_are_checked() {
+    let cases: [(&str, &str, &str); 12] = [
+        (
+            "load_balancer: {algorithm: hash}",
+            "load_balancer.hash_on",
+            "algorithm hash needs hash_on",
+        ),
+        (
+            "load_balancer: {hash_on: path}",
+            "load_balancer.hash_on",
+            "only algorithm hash uses hash_on",
+        ),
+        (
+            "load_balancer: {algorithm: hash, hash_on: {header: \"bad header\"}}",
+            "load_balancer.hash_on.header",
+            "is not a header name",
+        ),
+        (
+            "load_balancer: {algorithm: hash, hash_on: {cookie: \"a;b\"}}",
+            "load_balancer.hash_on.cookie",
+            "is not a cookie name",
+        ),
+        (
+            "load_balancer: {sticky_cookie: {name: \"x y\"}}",
+            "load_balancer.sticky_cookie.name",
+            "is not a cookie name",
+        ),
+        (
+            "load_balancer: {min_healthy_percent: 101}",
+            "load_balancer.min_healthy_percent",
+            "between 0 and 100",
+        ),
+        (
+            "load_balancer: {retry_on_statuses: [999]}",
+            "load_balancer.retry_on_statuses",
+            "not an HTTP status",
+        ),
+        (
+            "load_balancer: {retry_backoff: 1s, retry_backoff_max: 10ms}",
+            "load_balancer.retry_backoff_max",
+            "at least retry_backoff",
+        ),
+        (
+            "load_balancer: {circuit_breaker: {max_pending: 5}}",
+            "load_balancer.circuit_breaker.max_pending",
+            "set it too",
+        ),
+        (
+            "health_check: {passive: {failure_rate: {percentage: 0}}}",
+            "health_check.passive.failure_rate.percentage",
+            "between 1 and 100",
+        ),
+        (
+            "health_check: {passive: {latency: {unhealthy_latency: 1s, quantile: 1.5}}}",
+            "health_check.passive.latency.quantile",
+            "at most 1",
+        ),
+        (
+            "health_check: {passive: {failure_rate: {period: 1m}}}",
+            "health_check.passive.failure_rate.period",
+            "between 1s and 30s",
+        ),
+    ];
+    for (extra, key, problem) in cases {
+        let e = error_with(&format!("{extra}\n"));
+        assert_eq!(e.key, key, "{extra}: {e}");
+        assert!(e.message.contains(problem), "{extra}: {e}");
+    }
+    let e = error_with("load_balancer: {algorithm: hash, hash_on: {query: x}}\n");
+    assert!(e.message.contains("unknown hash key `query`"), "{e}");
+    let e = error_with("discovery: {nameservers: [\"dns.example\"]}\n");
+    assert!(e.message.contains("is not a DNS server address"), "{e}");
+}
+
+#[test]
+fn traffic_policy_defaults_and_forms() {
+    let config = parse(&format!(
+        "{ONE_BACKEND}load_balancer:\n  algorithm: hash\n  hash_on: {{header: X-User}}\n  sticky_cookie: {{}}\ndiscovery: {{nameservers: [\"10.0.0.10\", \"127.0.0.1:5353\"]}}\n"
+    ));
+    let balancer = &config.upstreams[0].balancer;
+    assert_eq!(balancer.hash_on, Some(HashOn::Header("x-user".to_owned())));
+    let sticky = balancer
+        .sticky_cookie
+        .clone()
+        .unwrap_or_else(|| panic!("sticky cookie"));
+    assert_eq!(
+        (sticky.name.as_str(), sticky.path.as_str(), sticky.max_age),
+        ("quic_proxy_backend", "/", None)
+    );
+    assert_eq!(
+        balancer.retry_budget,
+        RetryBudget {
+            ratio: 0.2,
+            min_per_second: 10
+        }
+    );
+    assert_eq!(balancer.circuit_breaker, CircuitBreaker::default());
+    assert_eq!(
+        (balancer.retry_backoff, balancer.retry_backoff_max),
+        (Duration::from_millis(25), Duration::from_millis(250))
+    );
+    assert_eq!(
+        config.discovery.nameservers,
+        [addr("10.0.0.10:53"), addr("127.0.0.1:5353")]
+    );
+    assert_eq!(config.discovery.dns_refresh, Duration::from_secs(30));
+    let passive = &config.upstreams[0].health_check.passive;
+    assert_eq!(
+        (passive.max_ejection_percent, passive.failure_rate, passive.latency),
+        (50, None, None)
+    );
+    for form in ["client_address", "path", "{cookie: sid}"] {
+        parse(&format!(
+            "{ONE_BACKEND}load_balancer: {{algorithm: hash, hash_on: {form}}}\n"
+        ));
+    }
 }
 
 /// Asserts a problem serde found while reading: file, line and key path exact, and the message includes
@@ -253,7 +392,7 @@ fn unknown_key_names_file_line_and_key_path() {
         &e,
         5,
         "load_balancer.algoritm",
-        "unknown field `algoritm`, expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`",
+        "unknown field `algoritm`, expected one of `algorithm`, `hash_on`, `sticky_cookie`, `when_all_unhealthy`, `min_healthy_percent`, `slow_start`, `retries`, `retry_buffer`, `retry_on_statuses`, `retry_backoff`, `retry_backoff_max`, `retry_budget`, `circuit_breaker`",
     );
 }
 
@@ -262,7 +401,7 @@ fn unknown_key_suggests_the_closest_field() {
     let e = error_with("load_balancer:\n  algoritm: round_robin\n");
     assert_eq!(
         e.to_string(),
-        "proxy.yaml:5: load_balancer.algoritm: unknown field `algoritm`, expected one of `algorithm`, `when_all_unhealthy`, `slow_start`, `retries`, `retry_buffer`; \
+        "proxy.yaml:5: load_balancer.algoritm: unknown field `algoritm`, expected one of `algorithm`, `hash_on`, `sticky_cookie`, `when_all_unhealthy`, `min_healthy_percent`, `slow_start`, `retries`, `retry_buffer`, `retry_on_statuses`, `retry_backoff`, `retry_backoff_max`, `retry_budget`, `circuit_breaker`; \
          did you mean `algorithm`?"
     );
     let e = error_with("server:\n  adress: \":80\"\n");
@@ -294,7 +433,7 @@ fn unknown_algorithm_names_the_choices() {
         &e,
         5,
         "load_balancer.algorithm",
-        "unknown variant `round_robbin`, expected one of `round_robin`, `weighted`, `least_connections`",
+        "unknown variant `round_robbin`, expected one of `round_robin`, `weighted`, `least_connections`, `p2c`, `random`, `hash`",
     );
 }
 
@@ -304,7 +443,7 @@ fn unknown_algorithm_suggests_the_closest() {
     assert_eq!(
         e.to_string(),
         "proxy.yaml:5: load_balancer.algorithm: unknown variant `round_robbin`, expected one of \
-         `round_robin`, `weighted`, `least_connections`; did you mean `round_robin`?"
+         `round_robin`, `weighted`, `least_connections`, `p2c`, `random`, `hash`; did you mean `round_robin`?"
     );
 }
 

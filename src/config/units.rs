@@ -56,6 +56,23 @@ pub fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durat
         .transpose()
 }
 
+/// Serde adapter: DNS servers, each an IP address (port 53) or an address with a port.
+pub fn nameservers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            let text = text.trim();
+            text.parse::<SocketAddr>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not a DNS server address; write it like 10.0.0.10 or 127.0.0.1:5353"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// Serde adapter: a listen address string.
 pub fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;

@@ -20,7 +20,7 @@ use crate::body::Body;
 use crate::config::{CheckKind, HealthCheckConfig, Timeouts};
 use crate::metrics;
 use crate::runtime::{Shared, Shutdown};
-use crate::upstream::Answer;
+use crate::upstream::{Address, Answer};
 
 /// Probe response bodies are read up to this size (to match `expect_body` or to keep the connection).
 const MAX_PROBE_BODY: usize = 64 * 1024;
@@ -153,16 +153,19 @@ impl Prober {
         let target = probe_uri(backend, config)?;
         match config.kind {
             CheckKind::Tcp => {
-                let host = target
-                    .host()
-                    .unwrap_or_default()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let port = target.port_u16().unwrap_or(80);
-                TcpStream::connect((host, port))
-                    .await
-                    .map(drop)
-                    .map_err(|e| connect_cause(&e))
+                // An endpoint found by DNS is probed at its own address, never through the name again.
+                let connected = match (backend.health_url(), backend.transport.address()) {
+                    (None, Address::Resolved(address)) => TcpStream::connect(*address).await,
+                    _ => {
+                        let host = target
+                            .host()
+                            .unwrap_or_default()
+                            .trim_start_matches('[')
+                            .trim_end_matches(']');
+                        TcpStream::connect((host, target.port_u16().unwrap_or(80))).await
+                    }
+                };
+                connected.map(drop).map_err(|e| connect_cause(&e))
             }
             CheckKind::Http => {
                 let (status, body) = match backend.health_url() {
@@ -227,13 +230,11 @@ async fn send_to_backend(
         headers.insert(header::HOST, host);
     }
     headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
-    let timeouts = Timeouts {
-        connect: config.timeout,
-        response_header: config.timeout,
-        pool_idle: config.interval.saturating_mul(2),
-        response_body: config.timeout,
-    };
-    let (answer, _) = backend.transport.send(&backend.name, request, &timeouts).await;
+    let answer = backend
+        .transport
+        .send(&backend.name, request, &probe_timeouts(config))
+        .await
+        .result;
     let response = match answer.map_err(|e| e.cause())? {
         Answer::Response(response) => response,
         Answer::Upgraded(..) => return Err("the backend switched protocols".to_owned()),
@@ -245,6 +246,19 @@ async fn send_to_backend(
         .map(|c| c.to_bytes())
         .map_err(|e| e.to_string());
     Ok((status, body))
+}
+
+/// The transport's deadlines for a probe. The probe's own deadline (`probe_once`) is what ends a slow probe,
+/// with one message whatever stage it reached; these are only a backstop, so that the two never race.
+fn probe_timeouts(config: &HealthCheckConfig) -> Timeouts {
+    let backstop = config.timeout.saturating_mul(2);
+    Timeouts {
+        connect: backstop,
+        response_header: backstop,
+        pool_idle: config.interval.saturating_mul(2),
+        response_body: backstop,
+        grpc_deadline_max: Duration::ZERO,
+    }
 }
 
 /// `grpc.health.v1.Health/Check` (https://github.com/grpc/grpc/blob/master/doc/health-checking.md): healthy
@@ -280,13 +294,11 @@ async fn grpc_check(backend: &Backend, config: &HealthCheckConfig) -> Result<(),
         headers.insert(header::HOST, host);
     }
     headers.insert(header::USER_AGENT, HeaderValue::from_static("quic-proxy-health"));
-    let timeouts = Timeouts {
-        connect: config.timeout,
-        response_header: config.timeout,
-        pool_idle: config.interval.saturating_mul(2),
-        response_body: config.timeout,
-    };
-    let (answer, _) = backend.transport.send(&backend.name, request, &timeouts).await;
+    let answer = backend
+        .transport
+        .send(&backend.name, request, &probe_timeouts(config))
+        .await
+        .result;
     let response = match answer.map_err(|e| e.cause())? {
         Answer::Response(response) => response,
         Answer::Upgraded(..) => return Err("the backend switched protocols".to_owned()),

@@ -1,12 +1,14 @@
-//! Backend health: a pure state machine per backend (`state`), fed by active probes (`active`) and by the
-//! outcomes of real traffic (`passive`). The request path reads only atomics; every transition is one
-//! event: a log line, metrics, and (for passive-only ejections) a timer that brings the backend back.
+//! Backend health: a pure state machine per backend (`state`), fed by active probes (`active`), by the
+//! outcomes of real traffic (`passive`) and by the outlier detectors that watch failure rates and latencies
+//! (`outlier`). The request path reads only atomics; every transition is one event: a log line, metrics,
+//! and (for timed ejections) a timer that brings the backend back.
 
 pub mod active;
+pub mod outlier;
 pub mod passive;
 pub mod state;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +48,8 @@ pub struct BackendHealth {
     healthy: AtomicBool,
     /// Set while a passive success would change the state; lets successful requests skip the lock.
     watching: AtomicBool,
+    /// While ejected by traffic: 1 + the index of the detector in `TRAFFIC`; 0 otherwise.
+    ejected_by: AtomicU8,
     /// When the backend last became healthy, in ms after `created` plus one; 0 when never (no slow start).
     recovered_at_ms: AtomicU64,
     created: Instant,
@@ -59,6 +63,7 @@ impl BackendHealth {
         Self {
             healthy: AtomicBool::new(state.is_healthy()),
             watching: AtomicBool::new(false),
+            ejected_by: AtomicU8::new(0),
             recovered_at_ms: AtomicU64::new(0),
             created: Instant::now(),
             detail: Mutex::new(Detail {
@@ -75,6 +80,14 @@ impl BackendHealth {
     /// Whether the balancer may pick this backend.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Which traffic detector ejected the backend, while it is out because of one.
+    pub fn ejected_by(&self) -> Option<Source> {
+        match self.ejected_by.load(Ordering::Relaxed) {
+            0 => None,
+            n => TRAFFIC.get(usize::from(n) - 1).copied(),
+        }
     }
 
     /// Time since the backend last recovered, if it ever did.
@@ -127,8 +140,9 @@ impl BackendHealth {
         transition
     }
 
-    /// Records a request's outcome; returns the transition it caused, if any.
-    pub fn record_request(&self, outcome: Result<(), String>) -> Option<Transition> {
+    /// Records a request's outcome; returns the transition it caused, if any. `may_eject` is asked before
+    /// ejecting, whether the upstream can spare the backend.
+    pub fn record_request(&self, outcome: Result<(), String>, may_eject: impl FnOnce() -> bool) -> Option<Transition> {
         if outcome.is_ok() && !self.watching.load(Ordering::Relaxed) {
             return None;
         }
@@ -140,7 +154,7 @@ impl BackendHealth {
             }
             Err(cause) => {
                 let Detail { state, policy, .. } = &mut *detail;
-                let transition = state.request_failed(&cause, policy);
+                let transition = state.request_failed(&cause, policy, may_eject);
                 detail.last_error = Some(cause);
                 transition
             }
@@ -149,10 +163,19 @@ impl BackendHealth {
         transition
     }
 
-    /// Ends a passive ejection: the backend goes back into rotation on probation.
-    pub fn reactivate(&self) -> Option<Transition> {
+    /// An outlier detector's verdict: ejects the backend (when healthy) for a timed period.
+    pub fn record_outlier(&self, source: Source, cause: &str) -> Option<Transition> {
         let mut detail = self.lock();
-        let transition = detail.state.reactivate();
+        let Detail { state, policy, .. } = &mut *detail;
+        let transition = state.outlier(source, cause, policy);
+        self.publish(&mut detail, transition.as_ref());
+        transition
+    }
+
+    /// Ends timed ejection `epoch`: the backend goes back into rotation on probation.
+    pub fn reactivate(&self, epoch: u64) -> Option<Transition> {
+        let mut detail = self.lock();
+        let transition = detail.state.reactivate(epoch);
         self.publish(&mut detail, transition.as_ref());
         transition
     }
@@ -160,6 +183,11 @@ impl BackendHealth {
     fn publish(&self, detail: &mut Detail, transition: Option<&Transition>) {
         if let Some(transition) = transition {
             detail.down = (!transition.healthy).then(|| (transition.source, transition.describe()));
+            let ejected_by = match &detail.down {
+                Some((source, _)) => TRAFFIC.iter().position(|s| s == source).map_or(0, |i| i as u8 + 1),
+                None => 0,
+            };
+            self.ejected_by.store(ejected_by, Ordering::Relaxed);
         }
         self.healthy.store(detail.state.is_healthy(), Ordering::Relaxed);
         self.watching.store(detail.state.watching_requests(), Ordering::Relaxed);
@@ -170,7 +198,10 @@ impl BackendHealth {
     }
 }
 
-/// Logs a transition, records its metrics and event, and schedules the end of a passive-only ejection.
+/// The detectors that eject on real traffic.
+const TRAFFIC: [Source; 3] = [Source::Traffic, Source::FailureRate, Source::Latency];
+
+/// Logs a transition, records its metrics and event, and schedules the end of a timed ejection.
 pub fn announce(backend: &Arc<crate::balancer::Backend>, transition: Transition) {
     let (from, to) = if transition.healthy {
         ("unhealthy", "healthy")
@@ -188,11 +219,14 @@ pub fn announce(backend: &Arc<crate::balancer::Backend>, transition: Transition)
         .events
         .record("health", Some(&backend.upstream), Some(&backend.name), what);
     metrics::record_health_transition(&backend.upstream, &backend.name, transition.healthy);
-    if let Some(period) = transition.reactivate_after {
+    if !transition.healthy && transition.source.is_traffic() {
+        metrics::record_ejection(&backend.upstream, &backend.name, transition.source.reason());
+    }
+    if let Some((period, epoch)) = transition.reactivate_after {
         let backend = Arc::clone(backend);
         tokio::spawn(async move {
             tokio::time::sleep(period).await;
-            if let Some(transition) = backend.health.reactivate() {
+            if let Some(transition) = backend.health.reactivate(epoch) {
                 announce(&backend, transition);
             }
         });

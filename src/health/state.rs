@@ -2,19 +2,27 @@
 //!
 //! Active probes: unhealthy after `unhealthy_threshold` consecutive failures, healthy again after
 //! `healthy_threshold` consecutive successes. Passive observation of traffic: `passive.unhealthy_threshold`
-//! consecutive failed requests eject a healthy backend. Without probes, an ejected backend comes back on
-//! probation after the reactivation period, doubled for each consecutive ejection up to `max_ejection`;
-//! one failure on probation ejects it again, one success ends probation.
+//! consecutive failed requests eject a healthy backend; so do the outlier detectors (a failure rate or a
+//! latency over a sliding period), which report their verdicts here. Without probes, an ejected backend
+//! comes back on probation after the reactivation period, doubled for each consecutive ejection up to
+//! `max_ejection`; one failure on probation ejects it again, one success ends probation. Outlier ejections
+//! are always timed: a backend that answers probes but fails or drags on real traffic stays out for its
+//! period even while its probes succeed.
 
 use std::time::Duration;
 
 use crate::config::{HealthCheckConfig, InitialState};
 
-/// Which side saw an outcome.
+/// Which side saw an outcome, or which detector ejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     Probe,
+    /// Consecutive failed requests.
     Traffic,
+    /// The failure rate over a period.
+    FailureRate,
+    /// A latency quantile over a period, or consecutive slow responses.
+    Latency,
 }
 
 impl Source {
@@ -23,7 +31,24 @@ impl Source {
         match self {
             Source::Probe => "probes",
             Source::Traffic => "requests",
+            Source::FailureRate => "failure rate",
+            Source::Latency => "latency",
         }
+    }
+
+    /// Why a backend is out, as the API and the metrics label it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Source::Probe => "probes",
+            Source::Traffic => "consecutive_failures",
+            Source::FailureRate => "failure_rate",
+            Source::Latency => "latency",
+        }
+    }
+
+    /// An ejection decided by real traffic (limited by `max_ejection_percent`).
+    pub fn is_traffic(self) -> bool {
+        self != Source::Probe
     }
 }
 
@@ -36,17 +61,18 @@ pub struct Transition {
     pub source: Source,
     /// The last failure's cause, for transitions to unhealthy.
     pub cause: Option<String>,
-    /// Without active probes: when to put the backend back on probation.
-    pub reactivate_after: Option<Duration>,
+    /// For timed ejections: when to put the backend back on probation, and which ejection that ends.
+    pub reactivate_after: Option<(Duration, u64)>,
 }
 
 impl Transition {
     /// What caused it, as logs and the console say it: `after 3 failed probes: status 503`.
     pub fn describe(&self) -> String {
-        match (&self.cause, self.after) {
-            (Some(cause), after) => format!("after {after} failed {}: {cause}", self.source.as_str()),
-            (None, 0) => "ejection period over, back on probation".to_owned(),
-            (None, after) => format!("after {after} successful {}", self.source.as_str()),
+        match (self.source, &self.cause, self.after) {
+            (Source::FailureRate | Source::Latency, Some(cause), _) => cause.clone(),
+            (source, Some(cause), after) => format!("after {after} failed {}: {cause}", source.as_str()),
+            (_, None, 0) => "ejection period over, back on probation".to_owned(),
+            (source, None, after) => format!("after {after} successful {}", source.as_str()),
         }
     }
 }
@@ -60,6 +86,10 @@ pub struct State {
     request_failures: u32,
     ejections: u32,
     probation: bool,
+    /// Out for a set period that probes cannot shorten (an outlier ejection).
+    timed: bool,
+    /// Counts ejections, so that a timer ends only the ejection it was set for.
+    epoch: u64,
 }
 
 /// The thresholds of one upstream.
@@ -98,6 +128,8 @@ impl State {
             request_failures: 0,
             ejections: 0,
             probation: false,
+            timed: false,
+            epoch: 0,
         }
     }
 
@@ -119,7 +151,7 @@ impl State {
     pub fn probe_succeeded(&mut self, policy: &Policy) -> Option<Transition> {
         self.failures = 0;
         self.successes = self.successes.saturating_add(1);
-        if self.healthy || self.successes < policy.healthy_threshold {
+        if self.healthy || self.timed || self.successes < policy.healthy_threshold {
             return None;
         }
         self.healthy = true;
@@ -160,8 +192,15 @@ impl State {
         }
     }
 
-    /// A request to the backend failed (connect error, timeout, or a failure status).
-    pub fn request_failed(&mut self, cause: &str, policy: &Policy) -> Option<Transition> {
+    /// A request to the backend failed (connect error, timeout, or a failure status). `may_eject` says
+    /// whether the upstream can spare the backend; when it cannot, the failure is counted but the backend
+    /// stays (and the next failure asks again).
+    pub fn request_failed(
+        &mut self,
+        cause: &str,
+        policy: &Policy,
+        may_eject: impl FnOnce() -> bool,
+    ) -> Option<Transition> {
         if !policy.passive || !self.healthy {
             return None;
         }
@@ -169,29 +208,49 @@ impl State {
         if !self.probation && self.request_failures < policy.passive_threshold {
             return None;
         }
+        if !may_eject() {
+            return None;
+        }
         let after = self.request_failures;
+        // With probes, they decide when a backend ejected for failing requests is back.
+        Some(self.eject(Source::Traffic, after, cause, policy, !policy.probes))
+    }
+
+    /// An outlier detector found the backend failing or slow (`cause` says how). Ejects a healthy backend
+    /// for a timed period that probes do not shorten.
+    pub fn outlier(&mut self, source: Source, cause: &str, policy: &Policy) -> Option<Transition> {
+        if !self.healthy {
+            return None;
+        }
+        Some(self.eject(source, 0, cause, policy, true))
+    }
+
+    fn eject(&mut self, source: Source, after: u32, cause: &str, policy: &Policy, timed: bool) -> Transition {
         self.healthy = false;
         self.successes = 0;
         self.request_failures = 0;
         self.probation = false;
+        self.timed = timed;
         self.ejections = self.ejections.saturating_add(1);
-        let reactivate_after = (!policy.probes).then(|| ejection_period(policy, self.ejections));
-        Some(Transition {
+        self.epoch += 1;
+        Transition {
             healthy: false,
             after,
-            source: Source::Traffic,
+            source,
             cause: Some(cause.to_owned()),
-            reactivate_after,
-        })
+            reactivate_after: timed.then(|| (ejection_period(policy, self.ejections), self.epoch)),
+        }
     }
 
-    /// The ejection period ended (passive checks only): back in rotation, on probation.
-    pub fn reactivate(&mut self) -> Option<Transition> {
-        if self.healthy {
+    /// The period of ejection `epoch` ended: back in rotation, on probation. Nothing happens when the
+    /// backend came back (or was ejected again) meanwhile.
+    pub fn reactivate(&mut self, epoch: u64) -> Option<Transition> {
+        if self.healthy || epoch != self.epoch {
             return None;
         }
         self.healthy = true;
         self.probation = true;
+        self.timed = false;
         Some(Transition {
             healthy: true,
             after: 0,

@@ -33,7 +33,8 @@ fn passive_only(threshold: u32, reactivation: Duration, max_ejection: Duration) 
     }
 }
 
-fn ejected(after: u32, reactivate_after: Option<Duration>) -> Transition {
+/// The ejection after `after` failed requests; timed ones carry their period and which ejection they are.
+fn ejected(after: u32, reactivate_after: Option<(Duration, u64)>) -> Transition {
     Transition {
         healthy: false,
         after,
@@ -43,10 +44,19 @@ fn ejected(after: u32, reactivate_after: Option<Duration>) -> Transition {
     }
 }
 
+/// The number of the ejection a timed transition was for.
+fn epoch(transition: &Transition) -> u64 {
+    transition.reactivate_after.map_or(0, |(_, epoch)| epoch)
+}
+
 /// Feeds `count` failed requests and returns the transitions they caused, paired with their position.
 fn fail_requests(state: &mut State, policy: &Policy, count: u32) -> Vec<(u32, Transition)> {
     (1..=count)
-        .filter_map(|n| state.request_failed("connection refused", policy).map(|t| (n, t)))
+        .filter_map(|n| {
+            state
+                .request_failed("connection refused", policy, || true)
+                .map(|t| (n, t))
+        })
         .collect()
 }
 
@@ -176,7 +186,7 @@ fn passive_checks_eject_after_exactly_the_threshold() {
         let transitions = fail_requests(&mut state, &policy, threshold + 4);
         assert_eq!(
             transitions,
-            vec![(threshold, ejected(threshold, Some(Duration::from_secs(10))))],
+            vec![(threshold, ejected(threshold, Some((Duration::from_secs(10), 1))))],
             "threshold {threshold}"
         );
         assert!(!state.is_healthy());
@@ -213,13 +223,17 @@ fn passive_checks_off_never_eject() {
 fn passive_ejection_period_doubles_per_consecutive_ejection_up_to_max_ejection() {
     let policy = passive_only(2, Duration::from_secs(10), Duration::from_secs(70));
     let mut state = State::new(InitialState::Healthy);
-    assert_eq!(
-        fail_requests(&mut state, &policy, 2),
-        vec![(2, ejected(2, Some(Duration::from_secs(10))))]
-    );
+    let first = fail_requests(&mut state, &policy, 2);
+    assert_eq!(first, vec![(2, ejected(2, Some((Duration::from_secs(10), 1))))]);
+    let mut current = epoch(&first[0].1);
     let mut periods = Vec::new();
     for _ in 0..5 {
-        let back = state.reactivate().expect("the ejection period ends");
+        assert_eq!(
+            state.reactivate(current + 1),
+            None,
+            "another ejection's timer changes nothing"
+        );
+        let back = state.reactivate(current).expect("the ejection period ends");
         assert!(back.healthy && back.after == 0 && back.cause.is_none() && back.reactivate_after.is_none());
         assert!(state.is_healthy());
         // On probation a single failure ejects again, well below the threshold of 2.
@@ -227,7 +241,10 @@ fn passive_ejection_period_doubles_per_consecutive_ejection_up_to_max_ejection()
         assert_eq!(transitions.len(), 1, "one failure on probation ejects");
         let (_, transition) = &transitions[0];
         assert_eq!(transition.after, 1);
-        periods.push(transition.reactivate_after.expect("passive-only ejections are timed"));
+        let (period, next) = transition.reactivate_after.expect("passive-only ejections are timed");
+        assert_eq!(next, current + 1);
+        current = next;
+        periods.push(period);
     }
     let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
     assert_eq!(secs, vec![20, 40, 70, 70, 70]);
@@ -240,10 +257,10 @@ fn passive_ejection_period_never_overflows() {
     let mut last = Duration::ZERO;
     for _ in 0..100 {
         let transitions = fail_requests(&mut state, &policy, 1);
-        let period = transitions[0].1.reactivate_after.expect("timed");
+        let (period, epoch) = transitions[0].1.reactivate_after.expect("timed");
         assert!(period >= last, "the period must not shrink: {last:?} then {period:?}");
         last = period;
-        state.reactivate().expect("reactivates");
+        state.reactivate(epoch).expect("reactivates");
     }
 }
 
@@ -252,12 +269,12 @@ fn one_success_on_probation_ends_it_and_resets_the_backoff() {
     let policy = passive_only(3, Duration::from_secs(10), Duration::from_secs(300));
     let mut state = State::new(InitialState::Healthy);
     fail_requests(&mut state, &policy, 3);
-    state.reactivate().expect("reactivates");
+    state.reactivate(1).expect("reactivates");
     assert_eq!(
         fail_requests(&mut state, &policy, 1)[0].1.reactivate_after,
-        Some(Duration::from_secs(20))
+        Some((Duration::from_secs(20), 2))
     );
-    state.reactivate().expect("reactivates");
+    state.reactivate(2).expect("reactivates");
     assert!(
         state.watching_requests(),
         "on probation a success must reach the state machine"
@@ -266,7 +283,7 @@ fn one_success_on_probation_ends_it_and_resets_the_backoff() {
     assert!(!state.watching_requests());
     // Off probation: the full threshold applies again, and the period starts over from `reactivation`.
     let transitions = fail_requests(&mut state, &policy, 3);
-    assert_eq!(transitions, vec![(3, ejected(3, Some(Duration::from_secs(10))))]);
+    assert_eq!(transitions, vec![(3, ejected(3, Some((Duration::from_secs(10), 3))))]);
 }
 
 #[test]
@@ -296,7 +313,7 @@ fn requests_to_an_unhealthy_backend_change_nothing() {
 #[test]
 fn reactivating_a_healthy_backend_is_no_transition() {
     let mut state = State::new(InitialState::Healthy);
-    assert_eq!(state.reactivate(), None);
+    assert_eq!(state.reactivate(0), None);
 }
 
 #[test]
@@ -354,12 +371,12 @@ fn backend_health_observes_successes_that_matter() {
     };
     let health = BackendHealth::new(&config);
     for _ in 0..10 {
-        assert_eq!(health.record_request(Err("status 502".to_owned())), None);
-        assert_eq!(health.record_request(Ok(())), None);
+        assert_eq!(health.record_request(Err("status 502".to_owned()), || true), None);
+        assert_eq!(health.record_request(Ok(()), || true), None);
     }
     assert!(health.is_healthy());
-    assert!(health.record_request(Err("status 502".to_owned())).is_none());
-    assert!(health.record_request(Err("status 502".to_owned())).is_some());
+    assert!(health.record_request(Err("status 502".to_owned()), || true).is_none());
+    assert!(health.record_request(Err("status 502".to_owned()), || true).is_some());
     assert!(!health.is_healthy());
 }
 
@@ -376,6 +393,7 @@ fn backend_weighted(health: &HealthCheckConfig, slow_start: Option<Duration>, we
         health_url: None,
         protocol: crate::config::UpstreamProtocol::Auto,
         tls: None,
+        address: None,
     };
     Arc::new(Backend::configured("default", &config, health, slow_start).expect("a plain backend"))
 }
@@ -389,6 +407,7 @@ fn passive_only_config(threshold: u32, reactivation: Duration, max_ejection: Dur
             failure_statuses: vec![502, 503, 504],
             reactivation,
             max_ejection,
+            ..Default::default()
         },
         ..HealthCheckConfig::disabled()
     }
@@ -405,14 +424,16 @@ async fn passive_ejection_ends_after_exactly_the_reactivation_period_and_backs_o
     let just = Duration::from_millis(1);
 
     assert_eq!(
-        backend.health.record_request(Err("connection refused".to_owned())),
+        backend
+            .health
+            .record_request(Err("connection refused".to_owned()), || true),
         None
     );
     let transition = backend
         .health
-        .record_request(Err("connection refused".to_owned()))
+        .record_request(Err("connection refused".to_owned()), || true)
         .expect("ejected at the threshold");
-    assert_eq!(transition.reactivate_after, Some(reactivation));
+    assert_eq!(transition.reactivate_after.map(|(d, _)| d), Some(reactivation));
     announce(&backend, transition);
     tokio::time::sleep(reactivation - just).await;
     assert!(!backend.is_usable(), "back before the reactivation period");
@@ -423,9 +444,9 @@ async fn passive_ejection_ends_after_exactly_the_reactivation_period_and_backs_o
     for period in [60, 120, 240, 300, 300].map(Duration::from_secs) {
         let transition = backend
             .health
-            .record_request(Err("connection refused".to_owned()))
+            .record_request(Err("connection refused".to_owned()), || true)
             .expect("one failure on probation ejects");
-        assert_eq!(transition.reactivate_after, Some(period));
+        assert_eq!(transition.reactivate_after.map(|(d, _)| d), Some(period));
         announce(&backend, transition);
         tokio::time::sleep(period - just).await;
         assert!(!backend.health.is_healthy());
@@ -434,13 +455,16 @@ async fn passive_ejection_ends_after_exactly_the_reactivation_period_and_backs_o
     }
 
     // A success ends probation and resets the backoff: it takes the full threshold again, then 30 s.
-    assert_eq!(backend.health.record_request(Ok(())), None);
-    assert_eq!(backend.health.record_request(Err("status 503".to_owned())), None);
+    assert_eq!(backend.health.record_request(Ok(()), || true), None);
+    assert_eq!(
+        backend.health.record_request(Err("status 503".to_owned()), || true),
+        None
+    );
     let transition = backend
         .health
-        .record_request(Err("status 503".to_owned()))
+        .record_request(Err("status 503".to_owned()), || true)
         .expect("ejected again");
-    assert_eq!(transition.reactivate_after, Some(reactivation));
+    assert_eq!(transition.reactivate_after.map(|(d, _)| d), Some(reactivation));
 }
 
 fn recovering(window: Duration, weight: u32) -> Arc<Backend> {
@@ -554,7 +578,7 @@ async fn announce_logs_each_transition_once() {
     let passive = backend(&passive_only_config(1, reactivation, reactivation), None);
     let transition = passive
         .health
-        .record_request(Err("connection reset".to_owned()))
+        .record_request(Err("connection reset".to_owned()), || true)
         .expect("ejects");
     announce(&passive, transition);
     tokio::time::sleep(reactivation * 2).await;

@@ -16,12 +16,12 @@ use http_body_util::BodyExt as _;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::balancer::{Backend, InFlight};
+use crate::balancer::Backend;
 use crate::body::Body;
 use crate::error::{Origin, ProxyError};
 use crate::health::passive;
 use crate::metrics;
-use crate::routing::Upstream;
+use crate::routing::{InFlight, Upstream};
 use crate::runtime::Shared;
 use crate::trace::{self, RequestTrace};
 use crate::upstream::{Answer, Upgraded};
@@ -93,6 +93,7 @@ impl Core {
             .tracer()
             .map(|tracer| RequestTrace::begin(tracer, request.headers()));
         let host = request_host(&request);
+        let grpc = is_grpc(&request);
         let request = request.map(|body| body.with_meter(self.metrics.request_size(protocol)));
         let mut outcome = Outcome::default();
         let mut failure = None;
@@ -106,7 +107,11 @@ impl Core {
                         "{error}"
                     );
                 }
-                let response = error_response(&error, version);
+                let response = if grpc {
+                    grpc_error_response(&error)
+                } else {
+                    error_response(&error, version)
+                };
                 failure = Some(error);
                 response
             }
@@ -115,7 +120,8 @@ impl Core {
         let elapsed = started.elapsed();
         let upstream = outcome.upstream.as_ref().map_or("-", |u| u.name.as_str());
         let backend = outcome.backend.as_ref().map_or("-", |b| b.name.as_str());
-        let status = response.status();
+        // A gRPC client's error is HTTP 200 on the wire; logs and metrics count it by what went wrong.
+        let status = failure.as_ref().map_or(response.status(), ProxyError::status);
         let trace_id = trace.as_ref().map(RequestTrace::trace_id);
         tracing::info!(
             target: "access",
@@ -188,6 +194,7 @@ impl Core {
             .destination(host.as_deref(), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
         let upstream = destination.upstream;
+        upstream.record_request();
         outcome.upstream = Some(Arc::clone(upstream));
         if trace.is_some() {
             outcome.route = Some(Arc::from(destination.route));
@@ -201,6 +208,7 @@ impl Core {
         let mut client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
+        let affinity = upstream.affinity(&parts, client.peer.ip());
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // The target's authority wins over a Host header (RFC 9112 3.2.2, RFC 9113 8.3.1, RFC 9114 4.3.1).
         if let Some(authority) = parts.uri.authority() {
@@ -225,30 +233,57 @@ impl Core {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let idempotent = is_idempotent(&parts.method);
 
-        let timeouts = snapshot.config.timeouts;
+        let timeouts = match grpc_timeout(&parts.headers) {
+            Some(deadline) => snapshot.config.timeouts.for_deadline(deadline),
+            None => snapshot.config.timeouts,
+        };
         let client_body_timeout = snapshot.config.server.client_body_timeout;
         let body = body
             .with_exact_length()
             .with_idle_timeout(client_body_timeout, ProxyError::ClientBodyTimeout(client_body_timeout));
         let retries = if upgrade { 0 } else { upstream.policy.retries };
         let (mut body, replay) = replayable(body, retries, upstream.policy.retry_buffer).await?;
-        let attempts = if replay.is_some() { retries + 1 } else { 1 };
+        // A body that could not be kept still goes to another backend when no connection could be had for it
+        // (the transport hands it back unsent).
+        let attempts = retries + 1;
         let mut tried: Vec<Arc<Backend>> = Vec::new();
         let mut last_error = None;
         let mut attempt_number: u32 = 0;
+        // A backend already picked for the next attempt (a retry on a response status checks first that
+        // there is another backend to try).
+        let mut next: Option<Arc<Backend>> = None;
         loop {
             attempt_number += 1;
-            let backend = match upstream.pick(&tried) {
+            let picked = match next.take() {
+                Some(backend) => Ok(backend),
+                None => upstream.pick(&affinity, &tried),
+            };
+            let backend = match picked {
                 Ok(backend) => backend,
                 // Out of backends to retry on: the client hears what actually went wrong.
-                Err(error) => return Err(last_error.unwrap_or(error)),
+                Err(error) => {
+                    record_refusal(upstream, &error);
+                    return Err(last_error.unwrap_or(error));
+                }
             };
-            if let Some(error) = &last_error {
-                tracing::info!(upstream = %upstream.name, backend = %backend.name, "retrying after: {error}");
+            if attempt_number > 1 {
+                tracing::info!(
+                    upstream = %upstream.name,
+                    backend = %backend.name,
+                    "retrying after: {}",
+                    last_error.as_ref().map_or_else(String::new, ToString::to_string)
+                );
                 metrics::record_retry(&upstream.name);
+                tokio::time::sleep(backoff(&upstream.policy, attempt_number - 1)).await;
             }
             outcome.backend = Some(Arc::clone(&backend));
-            let in_flight = backend.start_request();
+            let in_flight = match upstream.begin(&backend) {
+                Ok(in_flight) => in_flight,
+                Err(error) => {
+                    record_refusal(upstream, &error);
+                    return Err(error);
+                }
+            };
             let last = attempt_number >= attempts;
             let mut upstream_request = Request::new(match &replay {
                 Some(kept) => kept.body(),
@@ -269,7 +304,9 @@ impl Core {
                 .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
 
             let traced = trace.map(|t| t.attempt(upstream_request.headers_mut()));
-            let (result, waited) = backend.transport.send(&backend.name, upstream_request, &timeouts).await;
+            let sent = backend.transport.send(&backend.name, upstream_request, &timeouts).await;
+            let (result, waited) = (sent.result, sent.waited);
+            let unsent = sent.unsent.map(Request::into_body);
             let status = result.as_ref().ok().map(Answer::status);
             if let (Some(trace), Some(attempt)) = (trace, traced) {
                 let mut attributes: Vec<(&'static str, trace::Value)> = vec![
@@ -299,16 +336,24 @@ impl Core {
             backend.metrics.record_attempt(status, waited);
             if let Err(ProxyError::ConnectFailed { .. } | ProxyError::ConnectTimeout { .. }) = &result {
                 backend.metrics.record_connect_error();
+                // The address may be gone: an endpoint found by DNS has its name resolved again soon.
+                if backend.key().address.is_some() {
+                    self.shared.nudge_discovery();
+                }
             }
             let verdict = passive::verdict(
                 result.as_ref().map(Answer::status),
                 &upstream.health_check.passive.failure_statuses,
             );
-            if let Some(verdict) = &verdict {
+            if let Some(verdict) = verdict {
                 backend.window.record(waited, verdict.is_err());
+                if result.is_ok() {
+                    crate::health::outlier::slow_response(upstream, &backend, waited);
+                }
+                upstream.record_outcome(&backend, verdict);
             }
-            if let Some(transition) = verdict.and_then(|v| backend.health.record_request(v)) {
-                crate::health::announce(&backend, transition);
+            if let Err(error) = &result {
+                record_refusal(upstream, error);
             }
             let mut response = match result {
                 Ok(Answer::Response(response)) => response,
@@ -322,13 +367,44 @@ impl Core {
                     tokio::spawn(tunnel(client_upgrade, upgraded, in_flight));
                     return Ok(response);
                 }
-                Err(error) if !last && error.retryable(idempotent) => {
+                Err(error)
+                    if !last
+                        && error.retryable(idempotent)
+                        && (replay.is_some() || unsent.is_some())
+                        && upstream.allow_retry() =>
+                {
+                    if let Some(unsent) = unsent {
+                        body = unsent;
+                    }
                     tried.push(backend);
                     last_error = Some(error);
                     continue;
                 }
                 Err(error) => return Err(error),
             };
+            // A status the upstream retries: another backend answers instead, if there is one to try.
+            let status = response.status();
+            if !last
+                && idempotent
+                && replay.is_some()
+                && upstream.policy.retry_on_statuses.contains(&status.as_u16())
+                && client_upgrade.is_none()
+            {
+                tried.push(Arc::clone(&backend));
+                if let Ok(another) = upstream.pick(&affinity, &tried) {
+                    if upstream.allow_retry() {
+                        next = Some(another);
+                        last_error = Some(ProxyError::UpstreamFailed {
+                            backend: backend.name.clone(),
+                            cause: format!("status {}", status.as_u16()),
+                        });
+                        continue;
+                    }
+                }
+            }
+            if let Some(cookie) = upstream.sticky_cookie(&backend, &affinity, client.tls) {
+                response.headers_mut().append(header::SET_COOKIE, cookie);
+            }
             // RFC 9112 6.3: chunked framing wins over a Content-Length sent with it, which must not be passed on
             // (the client would take the body for complete after that many bytes).
             if response.headers().contains_key(header::TRANSFER_ENCODING) {
@@ -350,6 +426,37 @@ impl Core {
             }));
         }
     }
+}
+
+/// Counts a request a circuit breaker refused, by backend and limit, and logs it (or a connection the
+/// proxy could not make for want of its own resources) at most once a second per backend.
+fn record_refusal(upstream: &Upstream, error: &ProxyError) {
+    let named = |name: &str| upstream.backends.iter().find(|b| b.name == name);
+    match error {
+        ProxyError::CircuitOpen { backend, limit } => {
+            metrics::record_circuit_open(&upstream.name, backend, limit);
+            if let Some(backend) = named(backend).filter(|b| b.log_limiter.allow()) {
+                tracing::warn!(upstream = %upstream.name, backend = %backend.name, "circuit breaker open: {limit} reached, answering 503");
+            }
+        }
+        ProxyError::LocalExhausted { backend, cause } => {
+            if let Some(backend) = named(backend).filter(|b| b.log_limiter.allow()) {
+                tracing::error!(upstream = %upstream.name, backend = %backend.name, "cannot connect, the proxy is out of resources ({cause}): answering 503; raise the file descriptor limit or lower server.max_connections");
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The wait before retry number `retry`: a random time up to `retry_backoff` doubled for each retry before
+/// it, at most `retry_backoff_max` (full jitter, so that retries from many clients spread out).
+fn backoff(policy: &crate::config::BalancerConfig, retry: u32) -> std::time::Duration {
+    let doublings = retry.saturating_sub(1).min(16);
+    let ceiling = policy
+        .retry_backoff
+        .saturating_mul(1 << doublings)
+        .min(policy.retry_backoff_max);
+    ceiling.mul_f64(fastrand::f64())
 }
 
 /// GET, HEAD, PUT, DELETE, OPTIONS and TRACE may be sent twice without changing the outcome.
@@ -552,6 +659,74 @@ fn via_version(version: Version) -> &'static str {
     }
 }
 
+/// A gRPC call: HTTP/2 or HTTP/3 with a gRPC content type.
+fn is_grpc(request: &Request<Body>) -> bool {
+    request.version() >= Version::HTTP_2
+        && request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The proxy's own error as a gRPC client reads it: a trailers-only response (HTTP 200, no body) whose
+/// `grpc-status` follows gRPC's mapping of HTTP statuses, so clients see UNAVAILABLE (and retry) where an
+/// HTTP client sees 502, 503 or 504, instead of failing to parse a text body.
+fn grpc_error_response(error: &ProxyError) -> Response<Body> {
+    let status = error.status();
+    let code: u8 = match status.as_u16() {
+        400 => 13,
+        404 => 12,
+        408 => 4,
+        425 | 429 | 502..=504 => 14,
+        431 => 8,
+        _ => 2,
+    };
+    let message = match error.origin() {
+        Origin::Client => error.to_string(),
+        Origin::Upstream | Origin::Proxy => status.canonical_reason().unwrap_or("error").to_owned(),
+    };
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(code)));
+    if let Ok(value) = HeaderValue::from_str(&percent_encode(&format!("{} {message}", status.as_u16()))) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// A gRPC call's deadline from its `grpc-timeout` field: up to 8 digits and a unit (H, M, S, m, u, n).
+fn grpc_timeout(headers: &http::HeaderMap) -> Option<std::time::Duration> {
+    let value = headers.get("grpc-timeout")?.as_bytes();
+    let (&unit, digits) = value.split_last()?;
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let amount: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b'H' => std::time::Duration::from_secs(amount.saturating_mul(3600)),
+        b'M' => std::time::Duration::from_secs(amount.saturating_mul(60)),
+        b'S' => std::time::Duration::from_secs(amount),
+        b'm' => std::time::Duration::from_millis(amount),
+        b'u' => std::time::Duration::from_micros(amount),
+        b'n' => std::time::Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// gRPC's percent-encoding of `grpc-message`: printable ASCII stays, except `%`.
+fn percent_encode(text: &str) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
 /// A short plain-text error response; framing errors also close an HTTP/1 connection.
 pub fn error_response(error: &ProxyError, version: Version) -> Response<Body> {
     let status = error.status();
@@ -584,4 +759,39 @@ pub fn error_response(error: &ProxyError, version: Version) -> Response<Body> {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http::{HeaderMap, HeaderValue};
+
+    use super::{grpc_timeout, percent_encode};
+
+    fn timeout(value: &'static str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", HeaderValue::from_static(value));
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn grpc_timeouts_in_every_unit_and_nothing_else() {
+        assert_eq!(timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(timeout("10S"), Some(Duration::from_secs(10)));
+        assert_eq!(timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(timeout("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "100", "123456789S", "1.5S", "-1S", "10s", "10 S"] {
+            assert_eq!(timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(percent_encode("503 Service Unavailable"), "503 Service Unavailable");
+        assert_eq!(percent_encode("100% é\n"), "100%25 %C3%A9%0A");
+    }
 }

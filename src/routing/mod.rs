@@ -2,6 +2,7 @@
 //! validated configuration. A snapshot is immutable; a reload builds a new one and swaps it in, carrying
 //! backends over by identity so that their state survives.
 
+mod budget;
 mod router;
 mod upstream;
 
@@ -22,7 +23,7 @@ fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
 }
 
 pub use router::{Destination, Router};
-pub use upstream::Upstream;
+pub use upstream::{dns_name, Affinity, InFlight, Resolved, Upstream};
 
 /// One configuration, built into routes and pools.
 #[derive(Debug)]
@@ -34,22 +35,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds the first snapshot; its backends tell their events to `events`. Fails when a backend's TLS
-    /// files cannot be used.
-    pub fn new(config: Config, events: &Arc<Events>) -> Result<Self, ConfigError> {
+    /// Builds the first snapshot, with the endpoints DNS discovery `resolved`; its backends tell their events
+    /// to `events`. Fails when a backend's TLS files cannot be used.
+    pub fn new(config: Config, resolved: &Resolved, events: &Arc<Events>) -> Result<Self, ConfigError> {
         Ok(Self {
-            router: Router::new(&config, |_| None, events).map_err(|e| error_in(&config, e))?,
+            router: Router::new(&config, resolved, |_| None, events).map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: 1,
         })
     }
 
-    /// Builds the snapshot that follows `self` for `config`, keeping every backend whose identity
-    /// (upstream, name, URL, protocol, TLS settings) is unchanged.
-    pub fn next(&self, config: Config, events: &Arc<Events>) -> Result<Self, ConfigError> {
+    /// Builds the snapshot that follows `self` for `config` and the endpoints DNS discovery `resolved`,
+    /// keeping every backend whose identity (upstream, name, URL, address, protocol, TLS settings) is
+    /// unchanged.
+    pub fn next(&self, config: Config, resolved: &Resolved, events: &Arc<Events>) -> Result<Self, ConfigError> {
         let kept: HashMap<&BackendKey, &Arc<Backend>> = self.backends().map(|b| (b.key(), b)).collect();
         Ok(Self {
-            router: Router::new(&config, |key| kept.get(key).map(|b| Arc::clone(b)), events)
+            router: Router::new(&config, resolved, |key| kept.get(key).map(|b| Arc::clone(b)), events)
                 .map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: self.generation + 1,
@@ -60,16 +62,14 @@ impl Snapshot {
     /// URL). Backends carried over from the previous snapshot are shared with it, so this is done only once
     /// the new snapshot is going to be installed: a reload that fails later changes nothing.
     pub fn settle(&self) {
-        for (upstream, config) in self.upstreams().iter().zip(&self.config.upstreams) {
-            for (backend, backend_config) in upstream.backends.iter().zip(&config.backends) {
-                backend.apply(backend_config, &config.health_check, config.balancer.slow_start);
-            }
+        for upstream in self.upstreams() {
+            upstream.settle();
         }
     }
 
     /// Checks what only building a snapshot can (a backend's TLS files), without keeping it.
     pub fn check(config: &Config) -> Result<(), ConfigError> {
-        Router::new(config, |_| None, &Arc::default())
+        Router::new(config, &Resolved::default(), |_| None, &Arc::default())
             .map(drop)
             .map_err(|e| error_in(config, e))
     }
@@ -99,3 +99,6 @@ impl Snapshot {
         self.upstream(upstream)?.backends.iter().find(|b| b.name == name)
     }
 }
+
+#[cfg(test)]
+mod tests;

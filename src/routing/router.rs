@@ -6,7 +6,7 @@ use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, HostMatch, PathMatch};
 use crate::events::Events;
 
-use super::upstream::Upstream;
+use super::upstream::{Resolved, Upstream};
 
 /// Routes requests to upstream pools.
 #[derive(Debug)]
@@ -38,6 +38,7 @@ impl Router {
     /// backends a previous snapshot already has (see `Upstream::new`).
     pub fn new(
         config: &Config,
+        resolved: &Resolved,
         existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>,
         events: &Arc<Events>,
     ) -> Result<Self, (String, String)> {
@@ -45,7 +46,7 @@ impl Router {
         let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .iter()
-            .map(|u| Upstream::new(u, &existing, events, workers).map(Arc::new))
+            .map(|u| Upstream::new(u, resolved, &existing, events, workers).map(Arc::new))
             .collect::<Result<_, _>>()?;
         let find = |name: &str| upstreams.iter().find(|u| u.name == name).cloned();
         let routes = config
@@ -133,7 +134,7 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         match Config::parse(Path::new("test.yaml"), yaml) {
-            Ok(config) => match Router::new(&config, |_| None, &Arc::default()) {
+            Ok(config) => match Router::new(&config, &Resolved::default(), |_| None, &Arc::default()) {
                 Ok(router) => router,
                 Err(e) => panic!("test router not built: {e:?}"),
             },

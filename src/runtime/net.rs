@@ -105,6 +105,7 @@ where
     F: Fn(TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let accept_errors = crate::logging::RateLimit::default();
     loop {
         let accepted = tokio::select! {
             () = shutdown.begun() => return,
@@ -119,8 +120,11 @@ where
                 shutdown.spawn(serve(stream, peer));
             }
             Err(error) => {
-                // Out of file descriptors or similar: pause instead of spinning on the same error.
-                tracing::warn!("accept failed: {error}");
+                // Out of file descriptors or similar: pause instead of spinning on the same error, and say
+                // so at most once a second.
+                if accept_errors.allow() {
+                    tracing::warn!("accept failed: {error}");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }

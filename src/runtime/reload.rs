@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
 use crate::metrics;
-use crate::routing::Snapshot;
+use crate::routing::{Resolved, Snapshot};
 use crate::tls::TlsError;
 
 use super::Shared;
@@ -50,11 +50,12 @@ impl fmt::Display for ReloadReport {
 
 impl Shared {
     /// Reads the running configuration's file again and applies it (SIGHUP, the admin API, `--watch`).
-    pub fn reload_from_file(&self) -> Result<ReloadReport, ReloadError> {
+    pub async fn reload_from_file(&self) -> Result<ReloadReport, ReloadError> {
         let path = self.snapshot().config.path.clone();
-        let result = Config::load(&path)
-            .map_err(ReloadError::from)
-            .and_then(|c| self.apply(c));
+        let result = match Config::load(&path) {
+            Ok(config) => self.resolve_and_apply(config).await,
+            Err(error) => Err(ReloadError::from(error)),
+        };
         if result.is_err() {
             metrics::record_reload(false);
         }
@@ -62,15 +63,21 @@ impl Shared {
     }
 
     /// Validates what only the running process can check (certificates), then swaps `config` in.
-    pub fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
-        let result = self.apply(config);
+    pub async fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        let result = self.resolve_and_apply(config).await;
         if result.is_err() {
             metrics::record_reload(false);
         }
         result
     }
 
-    fn apply(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+    /// Resolves the names `config` adds (see [`crate::discovery::resolve_new`]), then applies it.
+    async fn resolve_and_apply(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        let resolved = crate::discovery::resolve_new(&config, &self.resolved()).await;
+        self.apply(config, resolved)
+    }
+
+    fn apply(&self, config: Config, resolved: Resolved) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.lock_reloads();
         let previous = self.snapshot();
         // Against what the sockets were bound for: a change stays reported until a restart applies it.
@@ -80,7 +87,7 @@ impl Shared {
         let level = config.telemetry.logging.level.clone();
         // Everything that can fail comes before anything changes: the snapshot (backends' TLS files), then
         // the certificate, which is read even when its paths are unchanged (the files may have been renewed).
-        let next = Arc::new(previous.next(config, self.events())?);
+        let next = Arc::new(previous.next(config, &resolved, self.events())?);
         let mut certificate_replaced = false;
         if let (Some(certs), Some(tls)) = (self.certs(), &tls) {
             certificate_replaced = certs
@@ -104,11 +111,36 @@ impl Shared {
             changes,
             restart_required,
         };
+        self.resolved.store(Arc::new(resolved));
         self.install(next);
         crate::logging::set_level(&level);
         metrics::record_reload(true);
         self.events().record("reload", None, None, report.to_string());
         Ok(report)
+    }
+}
+
+impl Shared {
+    /// Installs a snapshot of the running configuration built with new endpoints from DNS discovery.
+    pub fn rediscover(&self, resolved: Resolved) -> Result<(), ConfigError> {
+        let _one_at_a_time = self.lock_reloads();
+        let previous = self.snapshot();
+        let next = Arc::new(previous.next(Config::clone(&previous.config), &resolved, self.events())?);
+        self.resolved.store(Arc::new(resolved));
+        next.settle();
+        let changes = changes(&previous, &next);
+        for backend in next.backends() {
+            metrics::register_backend(&backend.upstream, &backend.name);
+        }
+        let summary = if changes.is_empty() {
+            "addresses re-resolved, no endpoint changed".to_owned()
+        } else {
+            changes.join("; ")
+        };
+        tracing::info!("DNS discovery: {summary}");
+        self.events().record("discovery", None, None, summary);
+        self.install(next);
+        Ok(())
     }
 }
 

@@ -6,12 +6,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, ConfigError};
 use crate::events::Events;
 use crate::metrics::{self, GaugeGuard};
-use crate::routing::Snapshot;
+use crate::routing::{Resolved, Snapshot};
 use crate::tls::CertStore;
 use crate::trace::Tracer;
 
@@ -32,6 +32,10 @@ pub struct Shared {
     pub(super) reloading: Mutex<()>,
     /// Called with each snapshot as it is installed, before a reload returns.
     hooks: Hooks,
+    /// The endpoints DNS discovery found, which every snapshot is built with.
+    pub(super) resolved: ArcSwap<Resolved>,
+    /// Wakes DNS discovery early (a connect error).
+    discovery_nudge: Notify,
 }
 
 type Hook = Box<dyn Fn(&Shared, &Snapshot) + Send + Sync>;
@@ -46,11 +50,11 @@ impl std::fmt::Debug for Hooks {
 }
 
 impl Shared {
-    /// State for a proxy starting with `config`, serving `certs` when TLS is configured. Fails when a
-    /// backend's TLS files cannot be used.
-    pub fn new(config: Config, certs: Option<Arc<CertStore>>) -> Result<Arc<Self>, ConfigError> {
+    /// State for a proxy starting with `config` and the endpoints DNS discovery `resolved`, serving `certs`
+    /// when TLS is configured. Fails when a backend's TLS files cannot be used.
+    pub fn new(config: Config, resolved: Resolved, certs: Option<Arc<CertStore>>) -> Result<Arc<Self>, ConfigError> {
         let events = Arc::new(Events::default());
-        let snapshot = Arc::new(Snapshot::new(config, &events)?);
+        let snapshot = Arc::new(Snapshot::new(config, &resolved, &events)?);
         let bound = Arc::clone(&snapshot.config);
         let (changed, _) = watch::channel(Arc::clone(&snapshot));
         Ok(Arc::new(Self {
@@ -65,6 +69,8 @@ impl Shared {
             bound,
             reloading: Mutex::new(()),
             hooks: Hooks::default(),
+            resolved: ArcSwap::from_pointee(resolved),
+            discovery_nudge: Notify::new(),
         }))
     }
 
@@ -116,6 +122,21 @@ impl Shared {
     /// Notified with every new snapshot (the prober and the QUIC listeners follow reloads this way).
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
         self.changed.subscribe()
+    }
+
+    /// The endpoints DNS discovery found.
+    pub fn resolved(&self) -> Arc<Resolved> {
+        self.resolved.load_full()
+    }
+
+    /// Asks DNS discovery to resolve again soon (a backend named by DNS refused a connection).
+    pub fn nudge_discovery(&self) {
+        self.discovery_nudge.notify_one();
+    }
+
+    /// Resolves when DNS discovery was asked to resolve again.
+    pub async fn discovery_nudged(&self) {
+        self.discovery_nudge.notified().await;
     }
 
     /// Whether the proxy should receive traffic.

@@ -19,9 +19,17 @@ use tokio_rustls::TlsConnector;
 
 use crate::config::{BackendTls, UpstreamProtocol};
 
-/// A connection to a backend, in clear text or TLS.
+use super::limits::Slot;
+
+/// A connection to a backend, in clear text or TLS, holding its share of the backend's connection limit.
 #[derive(Debug)]
-pub enum Stream {
+pub struct Stream {
+    io: Io,
+    _slot: Option<Slot>,
+}
+
+#[derive(Debug)]
+enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
@@ -29,15 +37,15 @@ pub enum Stream {
 impl Stream {
     /// The TCP connection underneath.
     pub fn tcp(&self) -> &TcpStream {
-        match self {
-            Self::Plain(tcp) => tcp,
-            Self::Tls(tls) => tls.get_ref().0,
+        match &self.io {
+            Io::Plain(tcp) => tcp,
+            Io::Tls(tls) => tls.get_ref().0,
         }
     }
 
     /// True when TLS negotiated HTTP/2.
     pub fn is_h2(&self) -> bool {
-        matches!(self, Self::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
+        matches!(&self.io, Io::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2"))
     }
 
     /// Whether the connection still looks usable after sitting idle, without consuming anything: closed
@@ -51,25 +59,25 @@ impl Stream {
         match self.tcp().poll_peek(&mut cx, &mut buf) {
             Poll::Pending => true,
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(_)) => matches!(self, Self::Tls(_)),
+            Poll::Ready(Ok(_)) => matches!(self.io, Io::Tls(_)),
         }
     }
 }
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
         }
     }
 }
 
 impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write(cx, data),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, data),
         }
     }
     fn poll_write_vectored(
@@ -77,27 +85,27 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(tcp) => tcp.is_write_vectored(),
-            Self::Tls(tls) => tls.is_write_vectored(),
+        match &self.io {
+            Io::Plain(tcp) => tcp.is_write_vectored(),
+            Io::Tls(tls) => tls.is_write_vectored(),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
-            Self::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().io {
+            Io::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Io::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -261,13 +269,20 @@ fn client_identity(cert: &std::path::Path, key: &std::path::Path) -> Result<Iden
 }
 
 /// Connects to `host:port` within `timeout`, then TLS when `tls` is given.
-pub async fn connect(host: &str, port: u16, timeout: Duration, tls: Option<&Tls>) -> Result<Stream, ConnectError> {
-    let tcp = match tokio::time::timeout(
-        timeout,
-        TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)),
-    )
-    .await
-    {
+pub async fn connect(
+    to: &Address,
+    timeout: Duration,
+    tls: Option<&Tls>,
+    slot: Option<Slot>,
+) -> Result<Stream, ConnectError> {
+    let connecting = match to {
+        Address::Resolved(address) => tokio::time::timeout(timeout, TcpStream::connect(*address)).await,
+        Address::Name(host, port) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            tokio::time::timeout(timeout, TcpStream::connect((host, *port))).await
+        }
+    };
+    let tcp = match connecting {
         Ok(Ok(tcp)) => tcp,
         Ok(Err(error)) => return Err(ConnectError::Tcp(error)),
         Err(_) => return Err(ConnectError::Timeout),
@@ -275,14 +290,29 @@ pub async fn connect(host: &str, port: u16, timeout: Duration, tls: Option<&Tls>
     // Requests and responses are written whole; waiting to coalesce them only adds latency.
     let _ = tcp.set_nodelay(true);
     let Some(tls) = tls else {
-        return Ok(Stream::Plain(tcp));
+        return Ok(Stream {
+            io: Io::Plain(tcp),
+            _slot: slot,
+        });
     };
     // The handshake shares the connect deadline: a backend that accepts and then stalls is a timeout too.
     match tokio::time::timeout(timeout, tls.connector.connect(tls.server_name.clone(), tcp)).await {
-        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
+        Ok(Ok(stream)) => Ok(Stream {
+            io: Io::Tls(Box::new(stream)),
+            _slot: slot,
+        }),
         Ok(Err(error)) => Err(ConnectError::Tls(error)),
         Err(_) => Err(ConnectError::Timeout),
     }
+}
+
+/// Where a backend's connections go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// An address found by discovery (or written as an IP address).
+    Resolved(std::net::SocketAddr),
+    /// A host name resolved by the system at each connect.
+    Name(String, u16),
 }
 
 /// `tls.insecure_skip_verify`: any certificate is accepted, but the handshake's signatures are still checked,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 
 use super::connect::Stream;
+use super::limits::Limits;
 
 /// The largest response head (and trailer section) read from a backend.
 const MAX_HEAD: usize = 64 * 1024;
@@ -76,12 +77,22 @@ impl Reader {
 }
 
 /// One worker's idle connections to one backend.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Pool {
     idle: Mutex<Vec<(Conn, Instant)>>,
+    /// Told when a connection goes idle, for requests waiting under the backend's connection limit.
+    limits: Arc<Limits>,
 }
 
 impl Pool {
+    /// An empty pool whose connections count against `limits`.
+    pub fn new(limits: Arc<Limits>) -> Self {
+        Self {
+            idle: Mutex::default(),
+            limits,
+        }
+    }
+
     /// The most recently used idle connection still fit for a request: idle less than `max_idle` and not
     /// closed by the backend meanwhile.
     pub fn checkout(&self, max_idle: Duration) -> Option<Conn> {
@@ -99,7 +110,19 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         if idle.len() < MAX_IDLE {
             idle.push((conn, Instant::now()));
+            drop(idle);
+            self.limits.connection_idle();
         }
+    }
+
+    /// Closes the longest-idle connection, freeing its slot; false when none is idle.
+    pub fn close_oldest(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.is_empty() {
+            return false;
+        }
+        drop(idle.remove(0));
+        true
     }
 
     /// Closes connections idle longer than `max_idle`.
@@ -606,6 +629,11 @@ impl ResponseBody {
         match &polled {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Err(_))) => self.reader = None,
+            // The last frame: a consumer that knows the body is complete (by its length, or from
+            // `is_end_stream`) never polls again, so the connection is returned now.
+            Poll::Ready(Some(Ok(_))) if matches!(self.framing, Framing::Length(0) | Framing::Chunked(Chunk::Done)) => {
+                self.finish();
+            }
             _ => {}
         }
         polled

@@ -15,14 +15,25 @@ use super::connect::Stream;
 /// vanished is noticed before a request waits on it.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest header section (response head or trailers) taken from a backend, as for HTTP/1.1 backends.
+/// Past it a head is refused (502); trailers are cut by the HTTP/2 library, so the bound is set well above
+/// what gRPC metadata needs.
+const MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// One worker's HTTP/2 connection to one backend.
 #[derive(Debug, Default)]
 pub struct Pool {
     sender: Mutex<Option<SendRequest<Body>>>,
+    /// Held while a connection is being made, so that requests arriving meanwhile wait for it.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl Pool {
+    /// Waits until no other request of this worker is making a connection, and holds that turn.
+    pub async fn connecting(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.connecting.lock().await
+    }
+
     /// The open connection, if there is one.
     pub fn sender(&self) -> Option<SendRequest<Body>> {
         let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
@@ -45,6 +56,7 @@ impl Pool {
             .timer(TokioTimer::new())
             .keep_alive_interval(KEEP_ALIVE_INTERVAL)
             .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+            .max_header_list_size(MAX_HEADER_LIST)
             .handshake(TokioIo::new(stream))
             .await?;
         let backend = backend.to_owned();

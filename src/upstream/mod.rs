@@ -5,12 +5,15 @@
 mod connect;
 pub mod h1;
 mod h2;
+pub mod limits;
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Scheme;
 use http::{Request, Response};
+use hyper::client::conn::http2::SendRequest;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -19,10 +22,11 @@ use crate::config::{BackendConfig, Timeouts, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::runtime::workers;
 
-pub use connect::Stream;
+pub use connect::{Address, Stream};
 pub use h1::Upgraded;
 
 use connect::{ConnectError, Tls};
+use limits::{Limits, Refusal, Slot};
 
 /// What came back from a backend.
 pub enum Answer {
@@ -40,19 +44,62 @@ impl Answer {
     }
 }
 
+/// One exchange with a backend.
+pub struct Sent {
+    pub result: Result<Answer, ProxyError>,
+    /// How long the backend took once it had the whole request.
+    pub waited: Duration,
+    /// The request, whole, when it never left the proxy (no connection could be had): it may go elsewhere
+    /// even when its body could not be kept for a retry.
+    pub unsent: Option<Request<Body>>,
+}
+
+impl Sent {
+    fn new(result: Result<Answer, ProxyError>, waited: Duration) -> Self {
+        Self {
+            result,
+            waited,
+            unsent: None,
+        }
+    }
+
+    fn unsent(error: ProxyError, started: Instant, request: Request<Body>) -> Self {
+        Self {
+            result: Err(error),
+            waited: started.elapsed(),
+            unsent: Some(request),
+        }
+    }
+}
+
 /// How one backend is reached.
 pub struct Transport {
-    host: String,
-    port: u16,
+    address: Address,
     protocol: UpstreamProtocol,
     tls: Option<Tls>,
-    /// For protocol upgrades with `protocol: auto` over TLS, which must not negotiate HTTP/2.
+    /// For HTTP/1.1 connections with `protocol: auto` over TLS (pooled requests once the backend has
+    /// chosen HTTP/1.1, protocol upgrades), which must not negotiate HTTP/2.
     tls_http1: Option<Tls>,
+    /// What a `protocol: auto` backend over TLS chose by ALPN: [`ALPN_UNKNOWN`] until its first connection.
+    alpn: AtomicU8,
+    /// The circuit breaker on this backend's connections, over every worker.
+    limits: Arc<Limits>,
     /// One set of pools per worker, and one for the control thread (health probes).
     pools: Box<[WorkerPools]>,
 }
 
-#[derive(Debug, Default)]
+const ALPN_UNKNOWN: u8 = 0;
+const ALPN_HTTP1: u8 = 1;
+const ALPN_H2: u8 = 2;
+
+/// How a request goes to an HTTP/2-capable backend.
+enum Channel {
+    H2(SendRequest<Body>),
+    /// The backend chose HTTP/1.1 by ALPN: on this new connection, or on a pooled one.
+    Http1(Option<Stream>),
+}
+
+#[derive(Debug)]
 struct WorkerPools {
     h1: Arc<h1::Pool>,
     h2: h2::Pool,
@@ -61,8 +108,7 @@ struct WorkerPools {
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("address", &self.address)
             .field("protocol", &self.protocol)
             .finish()
     }
@@ -75,6 +121,15 @@ impl Transport {
         let host = config.authority.host().to_owned();
         let https = config.scheme == Scheme::HTTPS;
         let port = config.authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let ip = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>();
+        let address = match (config.address, ip) {
+            (Some(address), _) => Address::Resolved(address),
+            (None, Ok(ip)) => Address::Resolved(std::net::SocketAddr::new(ip, port)),
+            (None, Err(_)) => Address::Name(host.clone(), port),
+        };
         let (tls, tls_http1) = match (&config.tls, https) {
             (Some(settings), true) => {
                 let tls = Tls::new(settings, &host, config.protocol)?;
@@ -85,14 +140,31 @@ impl Transport {
             }
             _ => (None, None),
         };
+        let limits = Arc::new(Limits::default());
         Ok(Self {
-            host,
-            port,
+            address,
             protocol: config.protocol,
             tls,
             tls_http1,
-            pools: (0..=workers).map(|_| WorkerPools::default()).collect(),
+            alpn: AtomicU8::new(ALPN_UNKNOWN),
+            pools: (0..=workers)
+                .map(|_| WorkerPools {
+                    h1: Arc::new(h1::Pool::new(Arc::clone(&limits))),
+                    h2: h2::Pool::default(),
+                })
+                .collect(),
+            limits,
         })
+    }
+
+    /// The circuit breaker on this backend's connections.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
+    }
+
+    /// Where connections go.
+    pub fn address(&self) -> &Address {
+        &self.address
     }
 
     /// The calling worker's pools; the last set belongs to every thread that is no worker.
@@ -110,63 +182,107 @@ impl Transport {
 
     /// Sends `request` (addressed to this backend) and waits for the response head, at most
     /// `timeouts.response_header` after the request has been sent in full: however slowly a client uploads,
-    /// that time is never the backend's. Returns the answer and how long the backend took once it had the
-    /// whole request.
-    pub async fn send(
-        &self,
-        backend: &str,
-        request: Request<Body>,
-        timeouts: &Timeouts,
-    ) -> (Result<Answer, ProxyError>, Duration) {
+    /// that time is never the backend's.
+    pub async fn send(&self, backend: &str, request: Request<Body>, timeouts: &Timeouts) -> Sent {
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
         let started = Instant::now();
-        let result = match self.protocol {
-            UpstreamProtocol::H2 | UpstreamProtocol::H2c if upgrade => Err(ProxyError::UpstreamFailed {
-                backend: backend.to_owned(),
-                cause: "a protocol upgrade needs an HTTP/1.1 backend".to_owned(),
-            }),
-            UpstreamProtocol::H2 | UpstreamProtocol::H2c => {
-                return self.send_h2(backend, request, None, timeouts).await;
+        match self.protocol {
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c if upgrade => {
+                let error = ProxyError::UpstreamFailed {
+                    backend: backend.to_owned(),
+                    cause: "a protocol upgrade needs an HTTP/1.1 backend".to_owned(),
+                };
+                Sent::new(Err(error), started.elapsed())
             }
-            UpstreamProtocol::Auto if self.tls.is_some() && !upgrade => {
-                if self.pools().h2.sender().is_some() {
-                    return self.send_h2(backend, request, None, timeouts).await;
-                }
-                match self.connect(backend, timeouts, false).await {
-                    Ok(stream) if stream.is_h2() => {
-                        return self.send_h2(backend, request, Some(stream), timeouts).await
-                    }
-                    Ok(stream) => return self.send_h1(backend, request, Some(stream), timeouts).await,
-                    Err(error) => Err(error),
-                }
+            UpstreamProtocol::H2 | UpstreamProtocol::H2c => self.send_h2(backend, request, timeouts).await,
+            UpstreamProtocol::Auto
+                if self.tls.is_some() && !upgrade && self.alpn.load(Ordering::Relaxed) != ALPN_HTTP1 =>
+            {
+                self.send_h2(backend, request, timeouts).await
             }
-            _ => return self.send_h1(backend, request, None, timeouts).await,
-        };
-        (result, started.elapsed())
+            _ => self.send_h1(backend, request, None, timeouts).await,
+        }
     }
 
-    async fn connect(&self, backend: &str, timeouts: &Timeouts, for_upgrade: bool) -> Result<Stream, ProxyError> {
-        let tls = if for_upgrade {
+    async fn connect(
+        &self,
+        backend: &str,
+        timeouts: &Timeouts,
+        http1_only: bool,
+        slot: Option<Slot>,
+    ) -> Result<Stream, ProxyError> {
+        let tls = if http1_only {
             self.tls_http1.as_ref().or(self.tls.as_ref())
         } else {
             self.tls.as_ref()
         };
-        connect::connect(&self.host, self.port, timeouts.connect, tls)
+        connect::connect(&self.address, timeouts.connect, tls, slot)
             .await
             .map_err(|error| connect_error(backend, error))
     }
 
-    async fn send_h1(
-        &self,
-        backend: &str,
-        request: Request<Body>,
-        fresh: Option<Stream>,
-        timeouts: &Timeouts,
-    ) -> (Result<Answer, ProxyError>, Duration) {
+    /// A slot under the connection limit for a new connection: at once when one is free or an idle
+    /// connection can give up its own, else after waiting (see [`Limits::acquire`]). Connections of the
+    /// control thread (health probes) are not limited.
+    async fn slot(&self, backend: &str, timeouts: &Timeouts) -> Result<Option<Slot>, ProxyError> {
+        if workers::current().is_none() {
+            return Ok(None);
+        }
+        if let Some(slot) = self.limits.try_acquire() {
+            return Ok(Some(slot));
+        }
+        self.limits
+            .acquire(timeouts.connect, || self.free_slot())
+            .await
+            .map(Some)
+            .map_err(|refusal| circuit_open(backend, refusal))
+    }
+
+    /// A free slot, closing another worker's idle connection to make one if need be.
+    fn free_slot(&self) -> Option<Slot> {
+        self.limits.try_acquire().or_else(|| {
+            self.pools
+                .iter()
+                .any(|pools| pools.h1.close_oldest())
+                .then(|| self.limits.try_acquire())
+                .flatten()
+        })
+    }
+
+    /// An HTTP/1.1 connection: this worker's most recent idle one, or a new one under the connection limit
+    /// (waiting, if allowed, for one to go idle or close).
+    async fn h1_conn(&self, backend: &str, timeouts: &Timeouts) -> Result<h1::Conn, ProxyError> {
+        let pool = &self.pools().h1;
+        if let Some(conn) = pool.checkout(timeouts.pool_idle) {
+            return Ok(conn);
+        }
+        if workers::current().is_none() {
+            return self.connect(backend, timeouts, true, None).await.map(h1::Conn::new);
+        }
+        let found = match self.limits.try_acquire() {
+            Some(slot) => Ok(slot),
+            None => self
+                .limits
+                .acquire(timeouts.connect, || match pool.checkout(timeouts.pool_idle) {
+                    Some(conn) => Some(Err(conn)),
+                    None => self.free_slot().map(Ok),
+                })
+                .await
+                .map_err(|refusal| circuit_open(backend, refusal))?,
+        };
+        match found {
+            Ok(slot) => self
+                .connect(backend, timeouts, true, Some(slot))
+                .await
+                .map(h1::Conn::new),
+            Err(pooled) => Ok(pooled),
+        }
+    }
+
+    async fn send_h1(&self, backend: &str, request: Request<Body>, fresh: Option<Stream>, timeouts: &Timeouts) -> Sent {
         let started = Instant::now();
         let (parts, body) = request.into_parts();
         let head = h1::EncodedHead::new(&parts.method, &parts.uri, &parts.headers, &body);
-        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
         let pool = &self.pools().h1;
         let replay = body.try_clone();
         let mut body = Some(body);
@@ -174,17 +290,19 @@ impl Transport {
         loop {
             let conn = match fresh.take() {
                 Some(stream) => h1::Conn::new(stream),
-                None => match pool.checkout(timeouts.pool_idle) {
-                    Some(conn) => conn,
-                    None => match self.connect(backend, timeouts, upgrade).await {
-                        Ok(stream) => h1::Conn::new(stream),
-                        Err(error) => return (Err(error), started.elapsed()),
-                    },
+                None => match self.h1_conn(backend, timeouts).await {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        return match body.take() {
+                            Some(body) => Sent::unsent(error, started, Request::from_parts(parts, body)),
+                            None => Sent::new(Err(error), started.elapsed()),
+                        }
+                    }
                 },
             };
             let reused = conn.reused;
             let Some(request_body) = body.take().or_else(|| replay.as_ref().and_then(Body::try_clone)) else {
-                break (Err(stale(backend)), started.elapsed());
+                break Sent::new(Err(stale(backend)), started.elapsed());
             };
             let mut sent_at = None;
             let result = h1::exchange(
@@ -198,8 +316,8 @@ impl Transport {
             .await;
             let waited = sent_at.map_or_else(|| started.elapsed(), |at| at.elapsed());
             match result {
-                Ok(h1::Answer::Response(response)) => break (Ok(Answer::Response(response)), waited),
-                Ok(h1::Answer::Upgraded(response, io)) => break (Ok(Answer::Upgraded(response, io)), waited),
+                Ok(h1::Answer::Response(response)) => break Sent::new(Ok(Answer::Response(response)), waited),
+                Ok(h1::Answer::Upgraded(response, io)) => break Sent::new(Ok(Answer::Upgraded(response, io)), waited),
                 // A pooled connection the backend closed just as it was taken: the request never reached it,
                 // so it goes once more, on a new connection, if it can be sent again.
                 Err(h1::Failure::Closed { responded: false } | h1::Failure::Io { responded: false, .. })
@@ -207,41 +325,61 @@ impl Transport {
                 {
                     continue;
                 }
-                Err(failure) => break (Err(h1_error(backend, failure, timeouts.response_header)), waited),
+                Err(failure) => break Sent::new(Err(h1_error(backend, failure, timeouts.response_header)), waited),
             }
         }
     }
 
-    async fn send_h2(
-        &self,
-        backend: &str,
-        request: Request<Body>,
-        fresh: Option<Stream>,
-        timeouts: &Timeouts,
-    ) -> (Result<Answer, ProxyError>, Duration) {
-        let started = Instant::now();
+    /// This worker's HTTP/2 connection, or a new one. Requests that find none wait for the one connection
+    /// being made rather than each opening their own; at the connection limit, another worker's connection
+    /// carries the request rather than none. A `protocol: auto` backend that chooses HTTP/1.1 by ALPN gets
+    /// the new connection back as such, and HTTP/1.1 from then on.
+    async fn channel(&self, backend: &str, timeouts: &Timeouts) -> Result<Channel, ProxyError> {
         let pool = &self.pools().h2;
-        let mut sender = match (fresh, pool.sender()) {
-            (None, Some(sender)) => sender,
-            (fresh, _) => {
-                let stream = match fresh {
-                    Some(stream) => stream,
-                    None => match self.connect(backend, timeouts, false).await {
-                        Ok(stream) => stream,
-                        Err(error) => return (Err(error), started.elapsed()),
-                    },
-                };
-                match pool.handshake(stream, backend).await {
-                    Ok(sender) => sender,
-                    Err(error) => {
-                        let error = ProxyError::ConnectFailed {
-                            backend: backend.to_owned(),
-                            cause: format!("HTTP/2 handshake failed: {error}"),
-                        };
-                        return (Err(error), started.elapsed());
-                    }
-                }
+        if let Some(sender) = pool.sender() {
+            return Ok(Channel::H2(sender));
+        }
+        let _connecting = tokio::time::timeout(timeouts.connect, pool.connecting())
+            .await
+            .map_err(|_| ProxyError::ConnectTimeout {
+                backend: backend.to_owned(),
+            })?;
+        if let Some(sender) = pool.sender() {
+            return Ok(Channel::H2(sender));
+        }
+        let auto = self.protocol == UpstreamProtocol::Auto;
+        if auto && self.alpn.load(Ordering::Relaxed) == ALPN_HTTP1 {
+            return Ok(Channel::Http1(None));
+        }
+        if self.limits.is_full() {
+            if let Some(sender) = self.pools.iter().find_map(|pools| pools.h2.sender()) {
+                return Ok(Channel::H2(sender));
             }
+        }
+        let slot = self.slot(backend, timeouts).await?;
+        let stream = self.connect(backend, timeouts, false, slot).await?;
+        if auto {
+            if !stream.is_h2() {
+                self.alpn.store(ALPN_HTTP1, Ordering::Relaxed);
+                return Ok(Channel::Http1(Some(stream)));
+            }
+            self.alpn.store(ALPN_H2, Ordering::Relaxed);
+        }
+        pool.handshake(stream, backend)
+            .await
+            .map(Channel::H2)
+            .map_err(|error| ProxyError::ConnectFailed {
+                backend: backend.to_owned(),
+                cause: format!("HTTP/2 handshake failed: {error}"),
+            })
+    }
+
+    async fn send_h2(&self, backend: &str, request: Request<Body>, timeouts: &Timeouts) -> Sent {
+        let started = Instant::now();
+        let mut sender = match self.channel(backend, timeouts).await {
+            Ok(Channel::H2(sender)) => sender,
+            Ok(Channel::Http1(fresh)) => return self.send_h1(backend, request, fresh, timeouts).await,
+            Err(error) => return Sent::unsent(error, started, request),
         };
         let (sent, sending) = oneshot::channel();
         let request = request.map(|body| body.with_sent_signal(sent));
@@ -251,14 +389,14 @@ impl Transport {
         let sent_at = tokio::select! {
             response = &mut response => {
                 let result = response.map(|r| Answer::Response(r.map(Body::from))).map_err(classify);
-                return (result, started.elapsed());
+                return Sent::new(result, started.elapsed());
             }
             sent = sending => match sent {
                 Ok(()) => Instant::now(),
                 // A body that fails is never sent in full; the response future ends with its error instead.
                 Err(_) => {
                     let result = response.await.map(|r| Answer::Response(r.map(Body::from))).map_err(classify);
-                    return (result, started.elapsed());
+                    return Sent::new(result, started.elapsed());
                 }
             },
         };
@@ -269,7 +407,14 @@ impl Transport {
                 after: timeouts.response_header,
             }),
         };
-        (result, sent_at.elapsed())
+        Sent::new(result, sent_at.elapsed())
+    }
+}
+
+fn circuit_open(backend: &str, refusal: Refusal) -> ProxyError {
+    ProxyError::CircuitOpen {
+        backend: backend.to_owned(),
+        limit: refusal.limit(),
     }
 }
 
@@ -284,6 +429,10 @@ fn connect_error(backend: &str, error: ConnectError) -> ProxyError {
     let backend = backend.to_owned();
     match error {
         ConnectError::Timeout => ProxyError::ConnectTimeout { backend },
+        ConnectError::Tcp(error) if is_local_exhaustion(&error) => ProxyError::LocalExhausted {
+            backend,
+            cause: error.to_string(),
+        },
         ConnectError::Tcp(error) => ProxyError::ConnectFailed {
             backend,
             cause: io_cause(&error),
@@ -293,6 +442,20 @@ fn connect_error(backend: &str, error: ConnectError) -> ProxyError {
             cause: format!("TLS handshake failed: {error}"),
         },
     }
+}
+
+/// Errors that say the proxy's own host is out of something (descriptors, ephemeral ports, buffers,
+/// memory), not that the backend is unwell.
+fn is_local_exhaustion(error: &std::io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS and ENOMEM have no ErrorKind of their own on stable Rust.
+    const EMFILE: i32 = 24;
+    const ENFILE: i32 = 23;
+    const ENOBUFS: i32 = 105;
+    const ENOMEM: i32 = 12;
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::OutOfMemory
+    ) || matches!(error.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM))
 }
 
 fn io_cause(error: &std::io::Error) -> String {

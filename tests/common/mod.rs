@@ -492,7 +492,22 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Runs `quic-proxy --config <config> <args>` and waits until it has started.
     pub async fn start(config: &Path, args: &[&str]) -> Self {
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_quic-proxy"))
+        Self::start_under(&[], config, args).await
+    }
+
+    /// [`ProxyProcess::start`] through a launcher: `launcher` is a command line (such as `prlimit
+    /// --nofile=64`) that runs the binary given after it.
+    pub async fn start_under(launcher: &[&str], config: &Path, args: &[&str]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_quic-proxy");
+        let mut command = match launcher.split_first() {
+            Some((program, rest)) => {
+                let mut command = tokio::process::Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => tokio::process::Command::new(binary),
+        };
+        let mut child = command
             .arg("--config")
             .arg(config)
             .args(args)

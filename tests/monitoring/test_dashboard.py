@@ -121,6 +121,8 @@ def test_required_panels_are_there(dashboard):
         "Health check failures",
         "HTTP/3 share of traffic",
         "QUIC RTT and loss",
+        "Outlier ejections and circuit breaking",
+        "Retry budget, panic mode, reloads and tracing",
     ]:
         assert title in titles
     kinds = {panel["title"]: panel["type"] for panel in queries.all_panels(dashboard)}

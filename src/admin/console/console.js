@@ -397,6 +397,8 @@
       effective: el("span", "sub muted"),
       checkedAgo: el("span"),
       checkLatency: el("span", "sub muted"),
+      inFlight: el("span"),
+      connections: el("span", "sub muted"),
       button: el("button"),
     };
     row.button.type = "button";
@@ -405,6 +407,7 @@
     cells.backend.append(row.name, row.url);
     cells.state.append(row.badge, row.reason);
     cells.weight.append(row.weight, row.effective);
+    cells["in-flight"].append(row.inFlight, row.connections);
     cells["last-check"].append(row.checkedAgo, row.checkLatency);
     cells.action.append(row.button);
     return row;
@@ -426,7 +429,11 @@
     setText(row.weight, isNumber(backend.weight) ? String(backend.weight) : DASH);
     setText(row.effective, isNumber(backend.effective_weight) ? "effective " + backend.effective_weight.toFixed(2) : "");
 
-    setText(row.cells["in-flight"], isNumber(backend.in_flight) ? String(backend.in_flight) : DASH);
+    setText(row.inFlight, isNumber(backend.in_flight) ? String(backend.in_flight) : DASH);
+    const links = [];
+    if (isNumber(backend.connections)) links.push(backend.connections + (backend.connections === 1 ? " conn" : " conns"));
+    if (isNumber(backend.pending) && backend.pending > 0) links.push(backend.pending + " waiting");
+    setText(row.connections, links.join(" · "));
     setText(row.cells.rate, formatRate(backend.requests_per_second));
     setText(row.cells.errors, formatRatio(backend.error_ratio));
     setClass(row.cells.errors, "col-errors" + (isNumber(backend.error_ratio) && backend.error_ratio >= 0.05 ? " bad" : ""));

@@ -46,8 +46,25 @@ start_direct() {
 }
 
 # $1: name (for its log), $2: metrics on (true/false).
+# The load_balancer and health_check sections of the quic-proxy-policy peer: every traffic-policy feature on
+# the request path turned on (p2c, outlier detection by failure rate and latency, circuit breakers, retry on
+# statuses under the retry budget), with limits no benchmark reaches, so the row shows what they cost.
+POLICY_SECTIONS='load_balancer:
+  algorithm: "p2c"
+  retry_on_statuses: [503]
+  circuit_breaker: {max_connections: 100000, max_requests: 100000}
+health_check:
+  enabled: false
+  passive:
+    failure_rate: {percentage: 50, minimum_requests: 20, period: 10s}
+    latency: {unhealthy_latency: 5s, consecutive: 1000}'
+
+# Starts quic-proxy under the name $1 with metrics on ($2 true) or off, and its traffic policy ($3) either
+# `plain` (round robin, defaults) or `policy` (POLICY_SECTIONS).
 start_quic_proxy() {
-  local name=$1 metrics=$2 dir="$TMP_DIR/${1// /-}" http_port tls_port metrics_port backends="" extra="" n
+  local name=$1 metrics=$2 policy=${3:-plain} dir="$TMP_DIR/${1// /-}" http_port tls_port metrics_port
+  local backends="" extra="" sections='load_balancer:
+  algorithm: "round_robin"' n
   mkdir -p "$dir"
   make_cert
   next_port && http_port=$PORT
@@ -57,10 +74,11 @@ start_quic_proxy() {
     backends+="  - name: \"backend$n\""$'\n'"    url: \"http://127.0.0.1:${BACKEND_PORTS[n - 1]}\""$'\n'
   done
   [[ -z $PROXY_WORKERS ]] || extra="  workers: $PROXY_WORKERS"
+  [[ $policy != policy ]] || sections=$POLICY_SECTIONS
   render bench/proxy.yaml.tmpl "$dir/proxy.yaml" \
     "HTTP_PORT=$http_port" "TLS_PORT=$tls_port" "CERT_FILE=$CERT_DIR/server.crt" "KEY_FILE=$CERT_DIR/server.key" \
-    "HEADER_READ_TIMEOUT=60s" "SERVER_EXTRA=$extra" "QUIC_MAX_CONNECTIONS=$((MAX_CONNECTIONS * 2 + 1000))" \
-    "METRICS_ENABLED=$metrics" "METRICS_PORT=$metrics_port" "BACKENDS=${backends%$'\n'}"
+    "HEADER_READ_TIMEOUT=60s" "SERVER_EXTRA=$extra" "MAX_CONNECTIONS=$((MAX_CONNECTIONS * 2 + 1000))" \
+    "METRICS_ENABLED=$metrics" "METRICS_PORT=$metrics_port" "BACKENDS=${backends%$'\n'}" "POLICY=$sections"
   "$BIN" check --config "$dir/proxy.yaml" >"$dir/check.log" 2>&1 ||
     die "quic-proxy rejected its config: $(cat "$dir/check.log")"
   # RUST_LOG would override the config's log level and could turn access logging back on.
@@ -174,14 +192,15 @@ start_h3bare() {
   SERVER_LOG="$TMP_DIR/$name.log"
 }
 
-# Starts peer $1 under the name $2. Peers: direct, quic-proxy, quic-proxy-nometrics, nginx, haproxy, caddy,
-# h3bare.
+# Starts peer $1 under the name $2. Peers: direct, quic-proxy, quic-proxy-nometrics, quic-proxy-policy, nginx,
+# haproxy, caddy, h3bare.
 start_peer() {
   local peer=$1 name=$2
   case $peer in
     direct) start_direct ;;
     quic-proxy) start_quic_proxy "$name" true ;;
     quic-proxy-nometrics) start_quic_proxy "$name" false ;;
+    quic-proxy-policy) start_quic_proxy "$name" true policy ;;
     nginx) start_nginx "$name" ;;
     haproxy) start_haproxy "$name" ;;
     caddy) start_caddy "$name" ;;

@@ -41,7 +41,7 @@ RATE_HTTP1=${BENCH_RATE_HTTP1:-15000}
 RATE_HTTPS=${BENCH_RATE_HTTPS:-5000}
 RATE_H3=${BENCH_RATE_H3:-5000}
 read -r -a GROUPS_RUN <<<"${BENCH_GROUPS-http1 https h3}"
-read -r -a HTTP1_PEERS <<<"${BENCH_HTTP1_PEERS-direct quic-proxy quic-proxy-nometrics nginx haproxy}"
+read -r -a HTTP1_PEERS <<<"${BENCH_HTTP1_PEERS-direct quic-proxy quic-proxy-nometrics quic-proxy-policy nginx haproxy}"
 read -r -a HTTPS_PEERS <<<"${BENCH_HTTPS_PEERS-quic-proxy nginx haproxy}"
 read -r -a HTTPS_VERSIONS <<<"${BENCH_HTTPS_VERSIONS-2 1.1}"
 read -r -a H3_PEERS <<<"${BENCH_H3_PEERS-quic-proxy h3bare caddy}"
@@ -86,7 +86,7 @@ validate_settings() {
     [[ $group == http1 || $group == https || $group == h3 ]] || die "unknown group '$group' (http1, https, h3)"
   done
   for peer in "${HTTP1_PEERS[@]}"; do
-    [[ " direct quic-proxy quic-proxy-nometrics nginx haproxy " == *" $peer "* ]] || die "BENCH_HTTP1_PEERS: unknown peer '$peer'"
+    [[ " direct quic-proxy quic-proxy-nometrics quic-proxy-policy nginx haproxy " == *" $peer "* ]] || die "BENCH_HTTP1_PEERS: unknown peer '$peer'"
   done
   for peer in "${HTTPS_PEERS[@]}"; do
     [[ " quic-proxy nginx haproxy caddy " == *" $peer "* ]] || die "BENCH_HTTPS_PEERS: unknown peer '$peer'"
@@ -277,6 +277,7 @@ measure_pair() {
 
 declare -A PEER_LABEL=(
   [direct]="backend direct" [quic-proxy]="quic-proxy" [quic-proxy-nometrics]="quic-proxy metrics off"
+  [quic-proxy-policy]="quic-proxy traffic policy"
   [nginx]="nginx" [haproxy]="haproxy" [caddy]="caddy" [h3bare]="h3bare"
 )
 

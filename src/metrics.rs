@@ -40,6 +40,7 @@ pub const QUIC_HANDSHAKES_TOTAL: &str = "quic_handshakes_total";
 pub const QUIC_HANDSHAKE_FAILURES_TOTAL: &str = "quic_handshake_failures_total";
 pub const QUIC_RETRY_PACKETS_SENT_TOTAL: &str = "quic_retry_packets_sent_total";
 pub const QUIC_CONNECTIONS_REFUSED_TOTAL: &str = "quic_connections_refused_total";
+pub const TCP_CONNECTIONS_REFUSED_TOTAL: &str = "tcp_connections_refused_total";
 pub const QUIC_RTT_SECONDS: &str = "quic_rtt_seconds";
 pub const QUIC_LOST_PACKETS_TOTAL: &str = "quic_lost_packets_total";
 pub const QUIC_SENT_PACKETS_TOTAL: &str = "quic_sent_packets_total";
@@ -155,6 +156,11 @@ fn describe() {
         QUIC_CONNECTIONS_REFUSED_TOTAL,
         Unit::Count,
         "QUIC connections refused at the connection limit."
+    );
+    describe_counter!(
+        TCP_CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "TCP client connections closed on accept at server.max_connections."
     );
     describe_histogram!(
         QUIC_RTT_SECONDS,
@@ -463,6 +469,8 @@ pub fn register_backend(upstream: &str, backend: &str) {
     for reason in EJECTION_REASONS {
         counter!(BACKEND_EJECTIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "reason" => reason)
             .absolute(0);
+        counter!(BACKEND_EJECTIONS_PREVENTED_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "reason" => reason)
+            .absolute(0);
     }
     for limit in CIRCUIT_LIMITS {
         counter!(CIRCUIT_BREAKER_REJECTIONS_TOTAL, "upstream" => upstream.clone(), "backend" => backend.clone(), "limit" => limit)
@@ -511,6 +519,7 @@ fn register_process_wide() {
         QUIC_HANDSHAKE_FAILURES_TOTAL,
         QUIC_RETRY_PACKETS_SENT_TOTAL,
         QUIC_CONNECTIONS_REFUSED_TOTAL,
+        TCP_CONNECTIONS_REFUSED_TOTAL,
         QUIC_LOST_PACKETS_TOTAL,
         QUIC_SENT_PACKETS_TOTAL,
         TRACING_SPANS_EXPORTED_TOTAL,
@@ -609,6 +618,11 @@ pub fn record_quic_retry() {
 /// Records a QUIC connection refused at the limit.
 pub fn record_quic_refused() {
     counter!(QUIC_CONNECTIONS_REFUSED_TOTAL).increment(1);
+}
+
+/// Records a TCP connection closed at `server.max_connections`.
+pub fn record_tcp_refused() {
+    counter!(TCP_CONNECTIONS_REFUSED_TOTAL).increment(1);
 }
 
 /// Records a closed QUIC connection's path statistics.

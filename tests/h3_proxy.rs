@@ -945,3 +945,44 @@ async fn body_without_content_length_reaches_the_backend() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_once_its_requests_finish() {
+    guarded(async {
+        let certs = TestCerts::generate();
+        let backend = start_backends(&["idle-h2"])[0];
+        let tls = certs.server_line();
+        let running = start_tls_proxy(&render_config(
+            &[tls.as_str(), "idle_timeout: 1s"],
+            &format!("backends: {}", backend_list(&[("idle-h2", backend, 1)])),
+        ))
+        .await;
+        let addr = running.https_addr.expect("HTTPS listens");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(certs.client_config(&[b"h2"])));
+        let tcp = TcpStream::connect(addr).await.expect("connect over TCP");
+        let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
+        let tls = connector.connect(name, tcp).await.expect("TLS handshake over TCP");
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+        let connection = tokio::spawn(connection);
+
+        // The backend takes longer than the idle timeout to answer and nothing moves meanwhile: the
+        // connection is told to go away, but the request in flight still gets its whole answer.
+        let request = Request::get(format!("https://{SERVER_NAME}:{}/slow?delay_ms=2500", addr.port()))
+            .body(Empty::<Bytes>::new())
+            .expect("request");
+        let response = sender.send_request(request).await.expect("HTTP/2 request");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.into_body().collect().await.expect("the whole body");
+
+        // Then the proxy closes the connection by itself.
+        let ended = connection.await.expect("connection task");
+        assert!(ended.is_ok(), "the connection ended with an error: {ended:?}");
+        assert!(sender
+            .send_request(Request::get("/").body(Empty::new()).expect("request"))
+            .await
+            .is_err());
+    })
+    .await;
+}

@@ -104,3 +104,58 @@ async fn running_out_of_descriptors_answers_503_and_spares_the_backend() {
     })
     .await;
 }
+
+/// Reads until the peer closes the connection; true when it did so without sending anything.
+async fn closed_silently(stream: &mut TcpStream) -> bool {
+    let mut buffer = [0u8; 64];
+    matches!(stream.read(&mut buffer).await, Ok(0) | Err(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_connections_beyond_max_connections_are_closed_on_accept() {
+    guarded(async {
+        let backend = start_backends(&["mc-only"])[0];
+        let running = start_proxy(&render_config(
+            &["max_connections: 3"],
+            &format!("backends: {}\n", backend_list(&[("mc-only", backend, 1)])),
+        ))
+        .await;
+        let request = b"GET / HTTP/1.1\r\nhost: limit.test\r\n\r\n";
+
+        // Three connections, each proven admitted by an answer, and kept open.
+        let mut admitted = Vec::new();
+        for _ in 0..3 {
+            let mut stream = TcpStream::connect(running.fallback_addr).await.expect("connect");
+            stream.write_all(request).await.expect("send");
+            assert_eq!(status_line(&mut stream).await, "HTTP/1.1 200 OK");
+            admitted.push(stream);
+        }
+        // The fourth is accepted by the kernel and closed by the proxy before it reads a byte.
+        let mut fourth = TcpStream::connect(running.fallback_addr).await.expect("connect");
+        let _ = fourth.write_all(request).await;
+        assert!(closed_silently(&mut fourth).await, "a fourth connection was served");
+        let metrics = HttpClient::new(running.admin_addr.expect("admin listener"))
+            .get("/metrics")
+            .await;
+        assert_eq!(sample_sum(metrics.text(), "tcp_connections_refused_total", &[]), 1.0);
+
+        // One closed gives its slot back once the proxy has seen it close.
+        drop(admitted.pop());
+        let admin = HttpClient::new(running.admin_addr.expect("admin listener"));
+        let mut open = f64::NAN;
+        for _ in 0..500 {
+            let metrics = admin.get("/metrics").await;
+            open = sample_sum(metrics.text(), "connections_open", &[("protocol", "http/1.1")]);
+            if open == 2.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(open, 2.0, "the closed connection is still counted");
+        let mut fifth = TcpStream::connect(running.fallback_addr).await.expect("connect");
+        fifth.write_all(request).await.expect("send");
+        let answered = status_line(&mut fifth).await == "HTTP/1.1 200 OK";
+        assert!(answered, "no connection admitted after one closed");
+    })
+    .await;
+}

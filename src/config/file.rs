@@ -117,6 +117,14 @@ pub struct ServerConfig {
     /// host; otherwise an address already in use stops start-up.
     #[serde(default)]
     pub reuse_port: bool,
+    /// TCP client connections open at once (HTTP/1.1 and HTTPS together); beyond it new ones are closed
+    /// as soon as they are accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// An HTTP/2 client connection that moves no byte for this long is closed (GOAWAY; requests in flight
+    /// finish). HTTP/1.1 keep-alive connections wait at most `header_read_timeout` for their next request.
+    #[serde(default = "default_server_idle_timeout", deserialize_with = "units::duration")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -133,6 +141,8 @@ impl Default for ServerConfig {
             client_body_timeout: default_body_timeout(),
             workers: None,
             reuse_port: false,
+            max_connections: default_max_connections(),
+            idle_timeout: default_server_idle_timeout(),
         }
     }
 }
@@ -878,6 +888,10 @@ fn default_retry_threshold() -> usize {
 fn default_cid_length() -> usize {
     8
 }
+fn default_server_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(30)
 }

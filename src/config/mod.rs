@@ -516,6 +516,12 @@ fn check_server(server: &ServerConfig) -> Result<(), Invalid> {
     if server.max_header_bytes < 8192 {
         return Err(("server.max_header_bytes".into(), "must be at least 8KiB".into()));
     }
+    if server.idle_timeout < std::time::Duration::from_secs(1) {
+        return Err(("server.idle_timeout".into(), "must be at least 1s".into()));
+    }
+    if server.max_connections == 0 {
+        return Err(("server.max_connections".into(), "must be at least 1".into()));
+    }
     if !(1..=10_000).contains(&server.max_headers) {
         return Err(("server.max_headers".into(), "must be between 1 and 10000".into()));
     }

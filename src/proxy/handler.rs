@@ -441,7 +441,7 @@ fn record_refusal(upstream: &Upstream, error: &ProxyError) {
         }
         ProxyError::LocalExhausted { backend, cause } => {
             if let Some(backend) = named(backend).filter(|b| b.log_limiter.allow()) {
-                tracing::error!(upstream = %upstream.name, backend = %backend.name, "cannot connect, the proxy is out of resources ({cause}): answering 503; raise the file descriptor limit or lower server.max_connections");
+                tracing::error!(upstream = %upstream.name, backend = %backend.name, "cannot connect, the proxy is out of resources ({cause}): answering 503; raise the file descriptor limit (LimitNOFILE, ulimit -n) or lower server.max_connections and quic.max_connections");
             }
         }
         _ => {}

@@ -8,7 +8,7 @@ mod shutdown;
 mod state;
 pub mod workers;
 
-pub use net::{accept_loop, bind_tcp, bind_tcp_group, bind_tcp_std, bind_udp, is_address_in_use};
+pub use net::{accept_loop, bind_tcp, bind_tcp_group, bind_tcp_std, bind_udp, is_address_in_use, Counted};
 pub use reload::{ReloadError, ReloadReport};
 pub use shutdown::Shutdown;
 pub use state::{NotReady, Readiness, Shared};

@@ -36,6 +36,10 @@ pub struct Shared {
     pub(super) resolved: ArcSwap<Resolved>,
     /// Wakes DNS discovery early (a connect error).
     discovery_nudge: Notify,
+    /// TCP client connections open (HTTP/1.1 and HTTPS listeners, every worker): `server.max_connections`.
+    tcp_open: Arc<AtomicUsize>,
+    /// Refusals at that limit are logged at most once a second.
+    tcp_refusals: crate::logging::RateLimit,
 }
 
 type Hook = Box<dyn Fn(&Shared, &Snapshot) + Send + Sync>;
@@ -71,6 +75,8 @@ impl Shared {
             hooks: Hooks::default(),
             resolved: ArcSwap::from_pointee(resolved),
             discovery_nudge: Notify::new(),
+            tcp_open: Arc::default(),
+            tcp_refusals: crate::logging::RateLimit::default(),
         }))
     }
 
@@ -112,6 +118,21 @@ impl Shared {
     /// Client connections open now, by protocol.
     pub fn connections_open(&self) -> [(&'static str, usize); 3] {
         PROTOCOLS.map(|protocol| (protocol, self.connections.of(protocol).load(Ordering::Relaxed)))
+    }
+
+    /// A slot under `server.max_connections` for a TCP connection just accepted, or `None`: the caller
+    /// closes it at once (counted, and logged at most once a second), so that a flood of connections runs
+    /// into a bound of the proxy's choosing, well before the process runs out of file descriptors.
+    pub fn admit_tcp(&self, peer: std::net::SocketAddr) -> Option<super::Counted> {
+        let limit = self.snapshot().config.server.max_connections;
+        let admitted = super::Counted::within(&self.tcp_open, limit);
+        if admitted.is_none() {
+            crate::metrics::record_tcp_refused();
+            if self.tcp_refusals.allow() {
+                tracing::warn!(%peer, limit, "TCP connection refused: server.max_connections reached");
+            }
+        }
+        admitted
     }
 
     /// The current snapshot. A request holds the one it started with until it ends.

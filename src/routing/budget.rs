@@ -64,7 +64,8 @@ impl RetryBudget {
         let (mut requests, mut retries) = (0u64, 0u64);
         for slot in &self.slots {
             let second = slot.second.load(Ordering::Relaxed);
-            if second != 0 && now - second < SECONDS {
+            // A slot another thread has just moved to the next second counts too (saturating, never underflowing).
+            if second != 0 && now.saturating_sub(second) < SECONDS {
                 requests += slot.requests.load(Ordering::Relaxed);
                 retries += slot.retries.load(Ordering::Relaxed);
             }

@@ -14,6 +14,10 @@ use quic_proxy::routing::Snapshot;
 use quic_proxy::runtime::{bind_tcp, Shared, Shutdown};
 use quic_proxy::tls::{self, CertStore};
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit status for a bad config or bad arguments (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 

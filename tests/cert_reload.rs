@@ -11,7 +11,7 @@ mod h3_client;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,24 +27,17 @@ use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::RootCertStore;
 use serde_json::Value;
 use tempfile::TempDir;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 /// Starting a process and several handshakes in a debug build, possibly next to other test binaries.
 const PROCESS_GUARD: Duration = Duration::from_secs(60);
 
-/// How long a log line may take to appear before the test reports what it saw instead.
-const LOG_WAIT: Duration = Duration::from_secs(20);
-
 type Sender = h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>;
 
-/// The proxy binary running with a config of its own, its JSON log lines read as they come.
+/// The proxy binary running with a config of its own (the shared [`ProxyProcess`]), and that config's
+/// directory.
 struct Proxy {
-    child: Child,
-    logs: mpsc::UnboundedReceiver<String>,
-    seen: Vec<String>,
+    process: ProxyProcess,
     quic: SocketAddr,
     https: SocketAddr,
     _config_dir: TempDir,
@@ -64,97 +57,29 @@ impl Proxy {
             backend_list(&[("reload", backend, 1)]),
         );
         std::fs::write(&config, yaml).expect("write the config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_quic-proxy"))
-            .arg("--config")
-            .arg(&config)
-            // The config's log level is what the test reads; an inherited override could hide lines.
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start quic-proxy");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (lines, logs) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            let mut reader = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = reader.next_line().await {
-                if lines.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        let mut proxy = Self {
-            child,
-            logs,
-            seen: Vec::new(),
-            quic: SocketAddr::from(([0, 0, 0, 0], 0)),
-            https: SocketAddr::from(([0, 0, 0, 0], 0)),
+        // Returns once "quic-proxy started" is logged, after the signal handlers are in place: a SIGHUP
+        // before them would end the process.
+        let process = ProxyProcess::start(&config, &[]).await;
+        Self {
+            quic: process.quic.expect("TLS is configured, so QUIC listens"),
+            https: process.https.expect("TLS is configured, so HTTPS listens"),
+            process,
             _config_dir: config_dir,
-        };
-        proxy.https = address(&proxy.wait_for_message("HTTPS listener bound (h2, http/1.1)").await);
-        proxy.quic = address(&proxy.wait_for_message("QUIC listener bound (h3)").await);
-        // The signal handlers are installed just after this line; a SIGHUP before them would end the process.
-        proxy.wait_for_message("quic-proxy started").await;
-        proxy
-    }
-
-    /// Waits for the next log line whose message is `message`.
-    async fn wait_for_message(&mut self, message: &str) -> Value {
-        self.wait_for_log(|line| line["message"] == message, message).await
-    }
-
-    /// Waits for the next JSON log line that `matches`; earlier lines are passed over.
-    async fn wait_for_log(&mut self, matches: impl Fn(&Value) -> bool, what: &str) -> Value {
-        let waited = tokio::time::timeout(LOG_WAIT, async {
-            while let Some(line) = self.logs.recv().await {
-                self.seen.push(line.clone());
-                if let Ok(json) = serde_json::from_str::<Value>(&line) {
-                    if matches(&json) {
-                        return Some(json);
-                    }
-                }
-            }
-            None
-        })
-        .await;
-        match waited {
-            Ok(Some(json)) => json,
-            Ok(None) => panic!(
-                "quic-proxy exited before logging {what:?}; it logged:\n{}",
-                self.seen.join("\n")
-            ),
-            Err(_) => panic!(
-                "no {what:?} log line within {LOG_WAIT:?}; logged:\n{}",
-                self.seen.join("\n")
-            ),
         }
     }
 
+    async fn wait_for_log(&mut self, matches: impl Fn(&Value) -> bool, what: &str) -> Value {
+        self.process.wait_for_log(matches, what).await
+    }
+
     async fn signal(&self, signal: &str) {
-        let pid = self.child.id().expect("quic-proxy is running");
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .await
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} {pid}: {status}");
+        self.process.signal(signal).await;
     }
 
     /// SIGTERM, then the exit status once the drain is over.
-    async fn terminate(mut self) -> ExitStatus {
-        self.signal("TERM").await;
-        self.child.wait().await.expect("wait for quic-proxy")
+    async fn terminate(self) -> ExitStatus {
+        self.process.terminate().await
     }
-}
-
-fn address(line: &Value) -> SocketAddr {
-    line["address"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line}"))
 }
 
 /// The certificate in a PEM file, as a server presents it.

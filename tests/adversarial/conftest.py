@@ -7,38 +7,19 @@ tests share nothing and can run in any order, repeatedly and in parallel with ot
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from harness import DemoBackend, Proxy, binary, proxy_config, start_demo_backend, start_proxy
+from harness import DemoBackend, Proxy, interop, proxy_config, start_demo_backend, start_proxy
 from rawbackend import RawBackend
 
 # The proxy drains for up to drain_timeout (3 s in these configs) on SIGTERM; a debug build on a busy machine
 # gets some slack beyond that before teardown calls it hung.
 EXIT_TIMEOUT = 15.0
 
-
-@pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def cert_pair(proxy_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("certs")
-    done = subprocess.run(
-        [str(proxy_bin), "cert", "generate", "--out", str(out), "--hosts", "localhost,127.0.0.1"],
-        cwd=out,
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-    return out / "server.crt", out / "server.key"
+# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
+proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
 
 
 @pytest.fixture

@@ -35,6 +35,9 @@ sys.modules[_spec.name] = interop  # dataclasses look their module up there
 _spec.loader.exec_module(interop)
 Process, binary, START_TIMEOUT = interop.Process, interop.binary, interop.START_TIMEOUT
 
+# The interop suite's fixture for the binary under test.
+proxy_bin = interop.proxy_bin
+
 CHROMIUM = Path(os.environ.get("CONSOLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--no-sandbox",  # the tests run as root, where Chromium's sandbox refuses to start
@@ -219,14 +222,6 @@ class ConsoleProxy:
 
     def admin(self, method: str, path: str, headers: dict | None = None) -> Answer:
         return http_request(method, self.admin_address, path, headers)
-
-
-@pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
 
 
 @pytest.fixture

@@ -35,7 +35,10 @@ _spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests
 interop = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = interop  # dataclasses look their module up there
 _spec.loader.exec_module(interop)
-Process, binary = interop.Process, interop.binary
+Process = interop.Process
+
+# The interop suite's fixture for the binary under test.
+proxy_bin = interop.proxy_bin
 
 ADMIN_TOKEN = "discovery-suite-admin-token"
 # A debug build on a busy 2-core machine: generous, but every request is bounded.
@@ -264,14 +267,6 @@ def proxy_config(
             "logging": {"level": "info", "format": "json"},
         },
     }
-
-
-@pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
 
 
 @pytest.fixture

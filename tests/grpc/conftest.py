@@ -38,6 +38,9 @@ sys.modules[_spec.name] = interop  # dataclasses look their module up there
 _spec.loader.exec_module(interop)
 Process, binary = interop.Process, interop.binary
 
+# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
+proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
+
 # A debug build on a busy 2-core machine: generous, but every call and wait is bounded.
 CALL_TIMEOUT = 30.0
 EXIT_TIMEOUT = 15.0
@@ -59,34 +62,11 @@ def h3_client_binary() -> Path:
 
 
 @pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
-
-
-@pytest.fixture(scope="session")
 def h3_client_bin() -> Path:
     path = h3_client_binary()
     if not path.is_file():
         pytest.fail(f"{path} not found: run `cargo build --example grpc_h3_client` (or set GRPC_H3_CLIENT)")
     return path
-
-
-@pytest.fixture(scope="session")
-def cert_pair(proxy_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost and 127.0.0.1, made by the proxy's own tool."""
-    out = tmp_path_factory.mktemp("certs")
-    done = subprocess.run(
-        [str(proxy_bin), "cert", "generate", "--out", str(out), "--hosts", "localhost,127.0.0.1"],
-        cwd=out,
-        capture_output=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-    return out / "server.crt", out / "server.key"
 
 
 @dataclass

@@ -44,6 +44,9 @@ sys.modules[_spec.name] = interop  # dataclasses look their module up there
 _spec.loader.exec_module(interop)
 Process, Backend, START_TIMEOUT = interop.Process, interop.Backend, interop.START_TIMEOUT
 
+# The interop suite's fixture for the binary under test.
+proxy_bin = interop.proxy_bin
+
 JOB = "quic-proxy"  # the job name alerts.yml selects
 SCRAPE_SECONDS = 1
 SCRAPE_INTERVAL = f"{SCRAPE_SECONDS}s"
@@ -329,14 +332,6 @@ telemetry:
     format: "json"
 """
     )
-
-
-@pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = interop.binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,6 @@ import json
 import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -38,7 +37,10 @@ _spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests
 interop = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = interop  # dataclasses look their module up there
 _spec.loader.exec_module(interop)
-Process, binary = interop.Process, interop.binary
+Process = interop.Process
+
+# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
+proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
 
 ADMIN_TOKEN = "tracing-suite-admin-token"
 # A debug build on a busy 2-core machine: generous, but every request is bounded.
@@ -177,27 +179,6 @@ def proxy_config(cert: Path, key: Path, backends: list[tuple[str, str]], tracing
     if tracing_section is not None:
         config["telemetry"]["tracing"] = tracing_section
     return config
-
-
-@pytest.fixture(scope="session")
-def proxy_bin() -> Path:
-    path = binary()
-    if not path.is_file():
-        pytest.fail(f"{path} not found: run `cargo build` first (or set QUIC_PROXY_BIN)")
-    return path
-
-
-@pytest.fixture(scope="session")
-def cert_pair(proxy_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    out = tmp_path_factory.mktemp("certs")
-    done = subprocess.run(
-        [str(proxy_bin), "cert", "generate", "--out", str(out), "--hosts", "localhost,127.0.0.1"],
-        cwd=out,
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-    return out / "server.crt", out / "server.key"
 
 
 @pytest.fixture

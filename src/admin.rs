@@ -8,6 +8,7 @@
 //! come from this listener only, nothing inline.
 
 mod api;
+mod exposition;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -99,8 +100,8 @@ async fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
                 let mut text = state.metrics.render();
-                text.push_str(&crate::metrics::render_process_metrics());
-                text.push_str(&crate::metrics::render_state_metrics(&shared.snapshot()));
+                text.push_str(&exposition::process_metrics());
+                text.push_str(&exposition::state_metrics(&shared.snapshot()));
                 with_type(Body::full(text), "text/plain; version=0.0.4; charset=utf-8")
             }
             "/live" => text(StatusCode::OK, "live\n"),

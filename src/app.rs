@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::admin;
 use crate::config::Config;
-use crate::health::active::Prober;
+use crate::control::{self, probe::Prober};
 use crate::metrics;
 use crate::proxy::Core;
 use crate::routing::Snapshot;
@@ -69,7 +69,8 @@ impl Running {
             .tracing
             .as_ref()
             .map_or(Duration::ZERO, |t| t.export_timeout);
-        self.exporters.flush(&self.shared, export_timeout).await;
+        self.shared.set_tracer(None);
+        self.exporters.flush(export_timeout).await;
         self.control.begin();
         finished
     }
@@ -99,24 +100,21 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
     // Backends named by DNS start with the addresses their names have now.
     let resolved = crate::discovery::resolve_all(&config, &Default::default()).await;
     let shared = Shared::new(config, resolved, certs)?;
-    let snapshot = shared.snapshot();
-    for upstream in snapshot.upstreams() {
-        metrics::register_upstream(&upstream.name);
-        for backend in &upstream.backends {
-            metrics::register_backend(&upstream.name, &backend.name);
-        }
-    }
     let core = Arc::new(Core::new(Arc::clone(&shared)));
     let (data, control) = (Shutdown::default(), Shutdown::default());
     tokio::spawn(Prober::default().run(Arc::clone(&shared), control.clone()));
-    tokio::spawn(crate::discovery::run(Arc::clone(&shared), control.clone()));
-    tokio::spawn(crate::health::outlier::run(Arc::clone(&shared), control.clone()));
+    tokio::spawn(control::discovery::run(Arc::clone(&shared), control.clone()));
+    tokio::spawn(control::outlier::run(Arc::clone(&shared), control.clone()));
     let exporters = Arc::new(Exporters::default());
     {
         let exporters = Arc::clone(&exporters);
-        shared.on_install(move |shared, snapshot| exporters.apply(shared, snapshot.config.tracing.as_ref()));
+        shared.on_install(move |shared, snapshot| {
+            if let Some(tracer) = exporters.apply(snapshot.config.tracing.as_ref()) {
+                shared.set_tracer(tracer);
+            }
+        });
     }
-    tokio::spawn(close_idle_connections(Arc::clone(&shared), control.clone()));
+    tokio::spawn(control::pools::close_idle(Arc::clone(&shared), control.clone()));
 
     let fallback_addr = fallback[0].local_addr()?;
     tracing::info!(address = %fallback_addr, workers = worker_count, "HTTP/1.1 listener bound");
@@ -172,26 +170,6 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
         workers,
         exporters,
     })
-}
-
-/// How often idle backend connections past `timeouts.pool_idle` are closed.
-const IDLE_SWEEP: Duration = Duration::from_secs(5);
-
-/// Closes backend connections idle longer than `timeouts.pool_idle`, so that a quiet proxy does not keep
-/// sockets the backends have long closed on their side.
-async fn close_idle_connections(shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut ticks = tokio::time::interval(IDLE_SWEEP);
-    loop {
-        tokio::select! {
-            () = shutdown.begun() => return,
-            _ = ticks.tick() => {}
-        }
-        let snapshot = shared.snapshot();
-        let max_idle = snapshot.config.timeouts.pool_idle;
-        for backend in snapshot.backends() {
-            backend.transport.prune(max_idle);
-        }
-    }
 }
 
 /// One worker's share of the TLS listeners.

@@ -1,10 +1,11 @@
 //! The one body type every listener and the forwarder speak.
 //!
 //! A body is a hyper `Incoming` (HTTP/1.1, HTTP/2, upstream responses), a channel fed by an HTTP/3 stream
-//! reader, a complete buffer (synthetic responses, bodies kept for a retry) or nothing. Around that it may
-//! carry:
-//! - an in-flight guard, so that a backend counts as busy until its response body has been delivered or
-//!   dropped, and is charged with a failure if that body fails;
+//! reader, a complete buffer (synthetic responses, bodies kept for a retry), any other body boxed (a
+//! backend's HTTP/1.1 response read from its connection) or nothing. Around that it may carry:
+//! - an [`Observer`], told if the body fails and dropped with it: the in-flight guard that keeps a backend
+//!   busy until its response has been delivered and charges it with a failed body, or the flag that marks
+//!   a client's upload as failed;
 //! - an idle timeout: while the reader waits for the next frame longer than that, the body fails with the
 //!   given error (a stalled client upload, a stalled backend response). Time the reader spends not asking
 //!   (backpressure from the other side) never counts;
@@ -13,6 +14,8 @@
 
 use std::future::Future as _;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,19 +25,40 @@ use http_body::{Body as _, Frame, SizeHint};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, Sleep};
 
+pub use crate::error::BoxError;
 use crate::error::ProxyError;
-use crate::routing::InFlight;
 use crate::trace::Finish;
-use crate::upstream::h1::ResponseBody;
 
-/// Boxed error carried by body frames.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Told when a body fails; dropped with the body, whether it was read to the end or not.
+pub trait Observer: Send + Sync {
+    /// The body failed with `error`.
+    fn failed(&self, error: &(dyn std::error::Error + 'static));
+}
+
+/// Set once the body it observes has failed, for whoever must tell that failure from others.
+#[derive(Debug, Clone, Default)]
+pub struct FailureFlag(Arc<AtomicBool>);
+
+impl FailureFlag {
+    /// True once the observed body failed.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Observer for FailureFlag {
+    fn failed(&self, _: &(dyn std::error::Error + 'static)) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Any body of bytes, boxed.
+type Boxed = Pin<Box<dyn http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync>>;
 
 /// A streaming HTTP body.
 pub struct Body {
     kind: Kind,
-    /// Released when the body is dropped, whether it was read to the end or not.
-    guard: Option<InFlight>,
+    observer: Option<Box<dyn Observer>>,
     /// Counts the bytes that pass; records them when the body is dropped.
     meter: Option<Meter>,
     idle: Option<Box<Idle>>,
@@ -137,8 +161,7 @@ enum Kind {
         trailers: Option<HeaderMap>,
     },
     Incoming(hyper::body::Incoming),
-    /// A backend's HTTP/1.1 response body, read from its connection.
-    Upstream(ResponseBody),
+    Boxed(Boxed),
     Channel {
         rx: mpsc::Receiver<Item>,
         remaining: Option<u64>,
@@ -151,7 +174,7 @@ impl Body {
     fn of(kind: Kind) -> Self {
         Self {
             kind,
-            guard: None,
+            observer: None,
             meter: None,
             idle: None,
             sent: None,
@@ -201,10 +224,15 @@ impl Body {
         self
     }
 
-    /// Keeps `guard` alive for as long as this body exists, and charges its backend with a failure if the
-    /// body fails.
-    pub fn with_guard(mut self, guard: InFlight) -> Self {
-        self.guard = Some(guard);
+    /// Any other body, boxed.
+    pub fn boxed(body: impl http_body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static) -> Self {
+        Self::of(Kind::Boxed(Box::pin(body)))
+    }
+
+    /// Tells `observer` if this body fails, and keeps it for as long as the body exists.
+    pub fn with_observer(mut self, observer: impl Observer + 'static) -> Self {
+        debug_assert!(self.observer.is_none(), "a body has one observer");
+        self.observer = Some(Box::new(observer));
         self
     }
 
@@ -314,7 +342,7 @@ impl Kind {
                 None => trailers.take().map(|t| Ok(Frame::trailers(t))),
             }),
             Kind::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
-            Kind::Upstream(body) => body.poll_frame(cx).map_err(Into::into),
+            Kind::Boxed(body) => body.as_mut().poll_frame(cx),
             Kind::Channel { rx, remaining, ended } => {
                 if *ended {
                     return Poll::Ready(None);
@@ -361,12 +389,6 @@ impl From<hyper::body::Incoming> for Body {
     }
 }
 
-impl From<ResponseBody> for Body {
-    fn from(body: ResponseBody) -> Self {
-        Self::of(Kind::Upstream(body))
-    }
-}
-
 impl Body {
     fn signal_sent(&mut self) {
         if let Some(sent) = self.sent.take() {
@@ -402,8 +424,8 @@ impl http_body::Body for Body {
             }
             Poll::Ready(None) => this.signal_sent(),
             Poll::Ready(Some(Err(error))) => {
-                if let Some(guard) = &this.guard {
-                    guard.body_failed(error.as_ref());
+                if let Some(observer) = &this.observer {
+                    observer.failed(error.as_ref());
                 }
             }
             Poll::Pending => {}
@@ -443,7 +465,7 @@ impl Kind {
             Kind::Empty => true,
             Kind::Full { data, trailers } => data.is_none() && trailers.is_none(),
             Kind::Incoming(incoming) => incoming.is_end_stream(),
-            Kind::Upstream(body) => body.is_end_stream(),
+            Kind::Boxed(body) => body.is_end_stream(),
             Kind::Channel { ended, .. } => *ended,
         }
     }
@@ -453,7 +475,7 @@ impl Kind {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::Full { data, .. } => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Kind::Incoming(incoming) => incoming.size_hint(),
-            Kind::Upstream(body) => body.exact_length().map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Boxed(body) => body.size_hint(),
             Kind::Channel {
                 remaining: Some(left), ..
             } => SizeHint::with_exact(*left),

@@ -1,27 +1,38 @@
 //! DNS discovery: a backend whose URL names a host (not an IP address) stands for every address that name
 //! resolves to, each an endpoint of the pool with its own health, metrics and connections (a Kubernetes
-//! headless Service, a round-robin DNS name). Names are resolved before the first snapshot is built, again
-//! every `discovery.dns_refresh`, and soon after a connect error; when the addresses change, the snapshot
-//! is rebuilt with the same configuration, so endpoints that stay keep their state and only the ones added
-//! or removed change.
+//! headless Service, a round-robin DNS name). This module resolves; names are resolved before the first
+//! snapshot is built, when a reload adds some, and by the control thread's refresh (`control::discovery`).
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::TokioResolver;
-use tokio::time::Instant;
 
-use crate::config::{Config, DiscoveryConfig, IpFamily};
-use crate::routing::{dns_name, Resolved};
-use crate::runtime::{Shared, Shutdown};
+use crate::config::{BackendConfig, Config, DiscoveryConfig, IpFamily};
 
-/// The shortest time between two resolutions asked for by connect errors.
-const NUDGE_INTERVAL: Duration = Duration::from_secs(1);
+/// The addresses DNS discovery found, by host and port.
+pub type Resolved = HashMap<(String, u16), Vec<SocketAddr>>;
+
+/// The DNS name and port of a backend whose URL names its host (not an IP address).
+pub fn dns_name(backend: &BackendConfig) -> Option<(String, u16)> {
+    let host = backend.authority.host();
+    if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+        return None;
+    }
+    let default_port = if backend.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    Some((
+        host.to_ascii_lowercase(),
+        backend.authority.port_u16().unwrap_or(default_port),
+    ))
+}
 
 /// Resolves backend names with the configured (or the system's) DNS servers.
 pub struct Resolver {
@@ -78,7 +89,7 @@ impl Resolver {
 }
 
 /// The DNS names (with ports) the backends of `config` use.
-fn names(config: &Config) -> BTreeSet<(String, u16)> {
+pub fn names(config: &Config) -> BTreeSet<(String, u16)> {
     config
         .upstreams
         .iter()
@@ -142,40 +153,4 @@ async fn resolve(config: &Config, previous: &Resolved, only_new: bool) -> Resolv
         resolved.insert((host, port), addresses);
     }
     resolved
-}
-
-/// Resolves the names of the running configuration again every `dns_refresh` (as the configuration says
-/// now: a reload that shortens it applies at once), after a reload adds or removes names, and soon after a
-/// connect error; installs a new snapshot when an address set changed.
-pub async fn run(shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut changes = shared.subscribe();
-    let mut last_refresh = Instant::now();
-    let mut nudged = false;
-    loop {
-        let snapshot = Arc::clone(&changes.borrow_and_update());
-        let config = &snapshot.config;
-        let known = shared.resolved();
-        let wanted = names(config);
-        let renamed = known.keys().cloned().collect::<BTreeSet<_>>() != wanted;
-        if renamed || nudged || Instant::now() >= last_refresh + config.discovery.dns_refresh {
-            nudged = false;
-            last_refresh = Instant::now();
-            let resolved = resolve_all(config, &known).await;
-            if resolved != *known {
-                if let Err(error) = shared.rediscover(resolved) {
-                    tracing::error!("endpoints found by DNS not applied: {error}");
-                }
-            }
-        }
-        let next_refresh = last_refresh + config.discovery.dns_refresh;
-        tokio::select! {
-            () = shutdown.begun() => break,
-            () = tokio::time::sleep_until(next_refresh) => {}
-            () = shared.discovery_nudged() => {
-                tokio::time::sleep(NUDGE_INTERVAL).await;
-                nudged = true;
-            }
-            changed = changes.changed() => if changed.is_err() { break },
-        }
-    }
 }

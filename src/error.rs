@@ -2,6 +2,37 @@
 
 use http::StatusCode;
 
+/// Boxed error carried by body frames and upstream failures.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The circuit-breaker limit that refused a request, as the error, the metric label and the config name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitLimit {
+    MaxRequests,
+    MaxConnections,
+    MaxPending,
+}
+
+impl CircuitLimit {
+    /// Every limit, in the order metrics register them.
+    pub const ALL: [Self; 3] = [Self::MaxRequests, Self::MaxConnections, Self::MaxPending];
+
+    /// The setting's name under `circuit_breaker`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxRequests => "max_requests",
+            Self::MaxConnections => "max_connections",
+            Self::MaxPending => "max_pending",
+        }
+    }
+}
+
+impl std::fmt::Display for CircuitLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Where an error came from: decides the status code, the metric label and whether a retry is safe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -48,7 +79,7 @@ pub enum ProxyError {
         after: std::time::Duration,
     },
     #[error("circuit breaker open for {backend}: {limit} reached")]
-    CircuitOpen { backend: String, limit: &'static str },
+    CircuitOpen { backend: String, limit: CircuitLimit },
     /// The proxy itself ran out of something a connection needs (file descriptors, local ports, memory):
     /// no fault of the backend, so never counted against it.
     #[error("no connection to {backend}: the proxy is out of resources ({cause})")]

@@ -230,7 +230,7 @@ fn run_proxy(path: &Path, found_by: &str, watch: bool) -> ExitCode {
             let digest = config.digest.clone();
             let running = app::start(config, certs).await?;
             tracing::info!(config = %path.display(), found_by, digest, "quic-proxy started");
-            let watcher = watch.then(|| quic_proxy::watch::spawn(path, Arc::clone(running.shared())));
+            let watcher = watch.then(|| quic_proxy::control::watch::spawn(path, Arc::clone(running.shared())));
             signals.wait(running.shared()).await;
             drop(watcher);
             let timeout = running.shared().snapshot().config.server.drain_timeout;

@@ -23,7 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use quic_proxy::app::Running;
 use quic_proxy::balancer::Backend;
 use quic_proxy::config::{BackendConfig, CheckKind, HealthCheckConfig, StatusRange};
-use quic_proxy::health::active::Prober;
+use quic_proxy::control::probe::Prober;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 

@@ -86,7 +86,7 @@ pub fn state(shared: &Shared) -> Value {
     let connections: serde_json::Map<String, Value> = shared
         .connections_open()
         .into_iter()
-        .map(|(protocol, open)| (protocol.to_owned(), json!(open)))
+        .map(|(protocol, open)| (protocol.label().to_owned(), json!(open)))
         .collect();
     let events: Vec<Value> = shared
         .events()

@@ -15,11 +15,11 @@ use http::Uri;
 
 use crate::config::{BackendConfig, BackendTls, CircuitBreaker, HealthCheckConfig, UpstreamProtocol};
 use crate::events::Events;
-use crate::health::BackendHealth;
-use crate::metrics::BackendMetrics;
+use crate::health::window::Window;
+use crate::health::{BackendHealth, Transition};
 use crate::upstream::Transport;
 
-use super::window::Window;
+use super::metrics::BackendMetrics;
 
 /// Weights are scaled by this factor so that slow start can ramp them in small steps.
 pub const WEIGHT_SCALE: u64 = 100;
@@ -217,6 +217,35 @@ impl Backend {
     /// Takes the backend out of rotation (`true`) or puts it back; returns the previous setting.
     pub fn set_drained(&self, drained: bool) -> bool {
         self.drained.swap(drained, Ordering::Relaxed)
+    }
+
+    /// Tells of a health transition, once: a log line, the console's timeline, the metrics, and for a timed
+    /// ejection the timer that puts the backend back on probation when its period is over.
+    pub fn announce(self: &Arc<Self>, transition: Transition) {
+        let (from, to) = if transition.healthy {
+            ("unhealthy", "healthy")
+        } else {
+            ("healthy", "unhealthy")
+        };
+        let separator = if transition.after == 0 { ":" } else { "" };
+        let what = format!("{from} -> {to}{separator} {}", transition.describe());
+        if transition.healthy {
+            tracing::info!("backend={} upstream={} {what}", self.name, self.upstream);
+        } else {
+            tracing::warn!("backend={} upstream={} {what}", self.name, self.upstream);
+        }
+        self.events
+            .record("health", Some(&self.upstream), Some(&self.name), what);
+        self.metrics.record_transition(transition.healthy, transition.source);
+        if let Some((period, epoch)) = transition.reactivate_after {
+            let backend = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(period).await;
+                if let Some(transition) = backend.health.reactivate(epoch) {
+                    backend.announce(transition);
+                }
+            });
+        }
     }
 
     /// Healthy and not drained: the balancer may pick it.

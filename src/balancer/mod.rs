@@ -6,12 +6,13 @@
 mod backend;
 mod least_connections;
 pub mod maglev;
+mod metrics;
 mod random;
 mod round_robin;
 mod weighted;
-pub mod window;
 
 pub use backend::{Backend, BackendKey, Settings, WEIGHT_SCALE};
+pub use metrics::BackendMetrics;
 
 use std::sync::Arc;
 
@@ -64,3 +65,6 @@ impl Balancer {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod backend_tests;

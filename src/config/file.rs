@@ -39,28 +39,27 @@ pub(super) struct FileConfig {
 
 /// How backends named by DNS are found: every address a name resolves to is an endpoint of its pool.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct DiscoveryConfig {
     /// Names are resolved again this often (and soon after a connect error).
-    #[serde(default = "default_dns_refresh", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub dns_refresh: Duration,
     /// DNS servers to ask (`10.0.0.10`, `127.0.0.1:5353`) instead of those in /etc/resolv.conf.
-    #[serde(default, deserialize_with = "units::nameservers")]
+    #[serde(deserialize_with = "units::nameservers")]
     pub nameservers: Vec<SocketAddr>,
     /// How long one resolution may take.
-    #[serde(default = "default_dns_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub timeout: Duration,
     /// Which address families become endpoints.
-    #[serde(default)]
     pub ip_family: IpFamily,
 }
 
 impl Default for DiscoveryConfig {
     fn default() -> Self {
         Self {
-            dns_refresh: default_dns_refresh(),
+            dns_refresh: Duration::from_secs(30),
             nameservers: Vec::new(),
-            timeout: default_dns_timeout(),
+            timeout: Duration::from_secs(2),
             ip_family: IpFamily::default(),
         }
     }
@@ -82,67 +81,63 @@ pub enum IpFamily {
 
 /// Listeners and connection handling.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// QUIC (UDP) and HTTPS (TCP) listen address.
-    #[serde(default = "default_address", deserialize_with = "units::listen_addr")]
+    #[serde(deserialize_with = "units::listen_addr")]
     pub address: SocketAddr,
     /// Plain HTTP/1.1 listen address.
-    #[serde(default = "default_fallback_address", deserialize_with = "units::listen_addr")]
+    #[serde(deserialize_with = "units::listen_addr")]
     pub fallback_address: SocketAddr,
     /// Certificate and key for HTTPS and QUIC; without it only the plain HTTP/1.1 listener runs.
     pub tls: Option<TlsConfig>,
     /// Peers whose X-Forwarded-For is extended instead of replaced.
-    #[serde(default)]
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run on after SIGTERM.
-    #[serde(default = "default_drain_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub drain_timeout: Duration,
     /// How long a client may take to send a complete request head.
-    #[serde(default = "default_header_read_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub header_read_timeout: Duration,
     /// Largest request head accepted; larger ones get 431.
-    #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub max_header_bytes: u64,
     /// Most header fields in an HTTP/1.1 request head; more get 431.
-    #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     /// Longest silence while a client sends a request body; then 408 (or the stream is reset).
-    #[serde(default = "default_body_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub client_body_timeout: Duration,
     /// Worker threads, each with its own listeners, QUIC endpoint and upstream connections; default: one
     /// per core.
     pub workers: Option<usize>,
     /// Let other processes listen on the same addresses (SO_REUSEPORT), to run several instances on one
     /// host; otherwise an address already in use stops start-up.
-    #[serde(default)]
     pub reuse_port: bool,
     /// TCP client connections open at once (HTTP/1.1 and HTTPS together); beyond it new ones are closed
     /// as soon as they are accepted.
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// An HTTP/2 client connection that moves no byte for this long is closed (GOAWAY; requests in flight
     /// finish). HTTP/1.1 keep-alive connections wait at most `header_read_timeout` for their next request.
-    #[serde(default = "default_server_idle_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            address: default_address(),
-            fallback_address: default_fallback_address(),
+            address: SocketAddr::from(([0u16; 8], 443)),
+            fallback_address: SocketAddr::from(([0u16; 8], 80)),
             tls: None,
             trusted_proxies: Vec::new(),
-            drain_timeout: default_drain_timeout(),
-            header_read_timeout: default_header_read_timeout(),
-            max_header_bytes: default_max_header_bytes(),
-            max_headers: default_max_headers(),
-            client_body_timeout: default_body_timeout(),
+            drain_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+            client_body_timeout: Duration::from_secs(60),
             workers: None,
             reuse_port: false,
-            max_connections: default_max_connections(),
-            idle_timeout: default_server_idle_timeout(),
+            max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -157,45 +152,39 @@ pub struct TlsConfig {
 
 /// The QUIC transport and its HTTP/3 limits.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct QuicConfig {
     /// Concurrent request streams a client may open per connection.
-    #[serde(default = "default_max_streams")]
     pub max_concurrent_streams: u32,
     /// A connection with no traffic for this long is closed.
-    #[serde(default = "default_idle_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub idle_timeout: Duration,
     /// Flow-control window per stream.
-    #[serde(default = "default_stream_window", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub stream_receive_window: u64,
     /// Flow-control window per connection, over all streams.
-    #[serde(default = "default_connection_window", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub receive_window: u64,
     /// Largest request header section (QPACK-decoded); larger ones get 431.
-    #[serde(default = "default_max_header_bytes", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub max_header_bytes: u64,
     /// Connections open at once; new ones are refused beyond it.
-    #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// UDP socket receive buffer asked of the kernel.
-    #[serde(default = "default_socket_buffer", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub socket_receive_buffer: u64,
     /// UDP socket send buffer asked of the kernel.
-    #[serde(default = "default_socket_buffer", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub socket_send_buffer: u64,
     /// Address validation: `auto` sends Retry once unvalidated handshakes exceed `retry_threshold`.
-    #[serde(default)]
     pub retry: RetryMode,
-    #[serde(default = "default_retry_threshold")]
     pub retry_threshold: usize,
     /// Hex secret (at least 32 bytes) for stateless reset and Retry tokens; share it between instances
     /// behind one address. Random per process when absent.
     pub stateless_reset_key: Option<String>,
     /// Length of the connection IDs this server issues (4 to 20 bytes).
-    #[serde(default = "default_cid_length")]
     pub connection_id_length: usize,
     /// Accept 0-RTT requests (safe methods only; others get 425).
-    #[serde(default)]
     pub early_data: bool,
     /// The port advertised in Alt-Svc; the bound UDP port when absent (set it behind port forwarding).
     pub alt_svc_port: Option<u16>,
@@ -206,18 +195,18 @@ pub struct QuicConfig {
 impl Default for QuicConfig {
     fn default() -> Self {
         Self {
-            max_concurrent_streams: default_max_streams(),
-            idle_timeout: default_idle_timeout(),
-            stream_receive_window: default_stream_window(),
-            receive_window: default_connection_window(),
-            max_header_bytes: default_max_header_bytes(),
-            max_connections: default_max_connections(),
-            socket_receive_buffer: default_socket_buffer(),
-            socket_send_buffer: default_socket_buffer(),
+            max_concurrent_streams: 100,
+            idle_timeout: Duration::from_secs(30),
+            stream_receive_window: 1 << 20,
+            receive_window: 8 << 20,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+            socket_receive_buffer: 4 << 20,
+            socket_send_buffer: 4 << 20,
             retry: RetryMode::default(),
-            retry_threshold: default_retry_threshold(),
+            retry_threshold: 128,
             stateless_reset_key: None,
-            connection_id_length: default_cid_length(),
+            connection_id_length: 8,
             early_data: false,
             alt_svc_port: None,
             stateless_reset_key_file: None,
@@ -266,7 +255,7 @@ pub enum UpstreamProtocol {
 
 /// How the proxy talks TLS to a backend.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackendTls {
     /// The name sent (SNI) and verified; default: the URL's host.
     pub server_name: Option<String>,
@@ -276,15 +265,13 @@ pub struct BackendTls {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     /// Accept any certificate. Only ever for testing; the proxy warns at start-up.
-    #[serde(default)]
     pub insecure_skip_verify: bool,
 }
 
 /// How an upstream picks a backend, and what it does when backends fail or are overloaded.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BalancerConfig {
-    #[serde(default)]
     pub algorithm: Algorithm,
     /// `algorithm: hash`: what in a request picks its backend.
     pub hash_on: Option<HashOn>,
@@ -292,33 +279,27 @@ pub struct BalancerConfig {
     /// there while that backend is usable.
     pub sticky_cookie: Option<StickyCookie>,
     /// What to do when no backend is healthy.
-    #[serde(default)]
     pub when_all_unhealthy: AllUnhealthy,
     /// Panic threshold: while fewer than this share (in percent) of the backends are healthy, balance over
     /// all of them, so that the few healthy ones are not crushed by the whole load. 0 turns it off.
-    #[serde(default)]
     pub min_healthy_percent: u8,
     /// A recovered backend's weight ramps from 10% to 100% over this window.
-    #[serde(default, deserialize_with = "units::optional_duration")]
+    #[serde(deserialize_with = "units::optional_duration")]
     pub slow_start: Option<Duration>,
     /// Further attempts on other backends when one fails before answering.
-    #[serde(default = "default_retries")]
     pub retries: u32,
     /// Request bodies up to this size are kept so they can be sent again; larger ones are not retried.
-    #[serde(default = "default_retry_buffer", deserialize_with = "units::size")]
+    #[serde(deserialize_with = "units::size")]
     pub retry_buffer: u64,
     /// Response statuses retried on another backend, for idempotent requests (failures before an answer
     /// always are).
-    #[serde(default)]
     pub retry_on_statuses: Vec<u16>,
     /// A retry waits a random time up to this long, doubled for each further retry, up to `retry_backoff_max`.
-    #[serde(default = "default_retry_backoff", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub retry_backoff: Duration,
-    #[serde(default = "default_retry_backoff_max", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub retry_backoff_max: Duration,
-    #[serde(default)]
     pub retry_budget: RetryBudget,
-    #[serde(default)]
     pub circuit_breaker: CircuitBreaker,
 }
 
@@ -331,11 +312,11 @@ impl Default for BalancerConfig {
             when_all_unhealthy: AllUnhealthy::default(),
             min_healthy_percent: 0,
             slow_start: None,
-            retries: default_retries(),
-            retry_buffer: default_retry_buffer(),
+            retries: 2,
+            retry_buffer: 64 * 1024,
             retry_on_statuses: Vec::new(),
-            retry_backoff: default_retry_backoff(),
-            retry_backoff_max: default_retry_backoff_max(),
+            retry_backoff: Duration::from_millis(25),
+            retry_backoff_max: Duration::from_millis(250),
             retry_budget: RetryBudget::default(),
             circuit_breaker: CircuitBreaker::default(),
         }
@@ -404,33 +385,39 @@ impl<'de> Deserialize<'de> for HashOn {
 
 /// The affinity cookie the proxy sets.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StickyCookie {
-    #[serde(default = "default_sticky_name")]
     pub name: String,
     /// How long the browser keeps it; without it, until the browser closes.
-    #[serde(default, deserialize_with = "units::optional_duration")]
+    #[serde(deserialize_with = "units::optional_duration")]
     pub max_age: Option<Duration>,
-    #[serde(default = "default_cookie_path")]
     pub path: String,
+}
+
+impl Default for StickyCookie {
+    fn default() -> Self {
+        Self {
+            name: "quic_proxy_backend".to_owned(),
+            max_age: None,
+            path: "/".to_owned(),
+        }
+    }
 }
 
 /// At most `ratio` of an upstream's requests (over the last 10 seconds) may be retries, plus
 /// `min_per_second`, so that a failing upstream is never hit by a retry storm.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryBudget {
-    #[serde(default = "default_retry_ratio")]
     pub ratio: f64,
-    #[serde(default = "default_retry_floor")]
     pub min_per_second: u32,
 }
 
 impl Default for RetryBudget {
     fn default() -> Self {
         Self {
-            ratio: default_retry_ratio(),
-            min_per_second: default_retry_floor(),
+            ratio: 0.2,
+            min_per_second: 10,
         }
     }
 }
@@ -438,17 +425,14 @@ impl Default for RetryBudget {
 /// Per-backend overload limits; over them a request is refused at once with 503, never queued behind
 /// others. 0 means no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CircuitBreaker {
     /// Open connections to the backend, over every worker.
-    #[serde(default)]
     pub max_connections: u32,
     /// Requests waiting for a connection while `max_connections` are open; 0 with `max_connections` set
     /// means none wait.
-    #[serde(default)]
     pub max_pending: u32,
     /// Requests in flight to the backend.
-    #[serde(default)]
     pub max_requests: u32,
 }
 
@@ -465,36 +449,48 @@ pub enum AllUnhealthy {
 
 /// Health checking of an upstream's backends: active probes and passive observation of traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct HealthCheckConfig {
     /// Active probes on or off.
-    #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default, rename = "type")]
+    #[serde(rename = "type")]
     pub kind: CheckKind,
-    #[serde(default = "default_interval", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub interval: Duration,
-    #[serde(default = "default_check_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub timeout: Duration,
-    #[serde(default = "default_check_path")]
     pub path: String,
     /// `type: grpc`: the service asked about; empty asks about the server as a whole.
-    #[serde(default)]
     pub grpc_service: String,
-    #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: u32,
-    #[serde(default = "default_healthy_threshold")]
     pub healthy_threshold: u32,
     /// Statuses that count as healthy: codes (`204`) or ranges (`"200-399"`).
-    #[serde(default = "default_expected_statuses")]
     pub expected_statuses: Vec<StatusRange>,
     /// A substring the probe's response body must contain.
     pub expect_body: Option<String>,
     /// The state before the first probe.
-    #[serde(default)]
     pub initial_state: InitialState,
-    #[serde(default)]
     pub passive: PassiveConfig,
+}
+
+impl Default for HealthCheckConfig {
+    /// A `health_check` section that says nothing else: probes on.
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            kind: CheckKind::default(),
+            interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            path: "/health".to_owned(),
+            grpc_service: String::new(),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            expected_statuses: vec![StatusRange { low: 200, high: 399 }],
+            expect_body: None,
+            initial_state: InitialState::default(),
+            passive: PassiveConfig::default(),
+        }
+    }
 }
 
 impl HealthCheckConfig {
@@ -502,17 +498,7 @@ impl HealthCheckConfig {
     pub fn disabled() -> Self {
         Self {
             enabled: false,
-            kind: CheckKind::default(),
-            interval: default_interval(),
-            timeout: default_check_timeout(),
-            path: default_check_path(),
-            grpc_service: String::new(),
-            unhealthy_threshold: default_unhealthy_threshold(),
-            healthy_threshold: default_healthy_threshold(),
-            expected_statuses: default_expected_statuses(),
-            expect_body: None,
-            initial_state: InitialState::default(),
-            passive: PassiveConfig::default(),
+            ..Self::default()
         }
     }
 }
@@ -583,25 +569,21 @@ impl<'de> Deserialize<'de> for StatusRange {
 
 /// Passive checks and outlier detection: real traffic's failures and latencies eject a backend.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PassiveConfig {
-    #[serde(default = "yes")]
     pub enabled: bool,
     /// Consecutive failed requests that eject a backend.
-    #[serde(default = "default_passive_threshold")]
     pub unhealthy_threshold: u32,
     /// Response statuses that count as failures (connect errors and timeouts always do).
-    #[serde(default = "default_failure_statuses")]
     pub failure_statuses: Vec<u16>,
     /// Without active probes, an ejected backend returns on probation after this long (doubling on
     /// repeated ejections, up to `max_ejection`).
-    #[serde(default = "default_reactivation", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub reactivation: Duration,
-    #[serde(default = "default_max_ejection", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub max_ejection: Duration,
     /// Never more than this share (in percent) of an upstream's backends ejected by traffic at once; one
     /// ejection is always allowed.
-    #[serde(default = "default_max_ejection_percent")]
     pub max_ejection_percent: u8,
     /// Ejection by failure rate over a sliding period.
     pub failure_rate: Option<FailureRate>,
@@ -613,11 +595,11 @@ impl Default for PassiveConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            unhealthy_threshold: default_passive_threshold(),
-            failure_statuses: default_failure_statuses(),
-            reactivation: default_reactivation(),
-            max_ejection: default_max_ejection(),
-            max_ejection_percent: default_max_ejection_percent(),
+            unhealthy_threshold: 5,
+            failure_statuses: vec![502, 503, 504],
+            reactivation: Duration::from_secs(30),
+            max_ejection: Duration::from_secs(300),
+            max_ejection_percent: 50,
             failure_rate: None,
             latency: None,
         }
@@ -627,14 +609,22 @@ impl Default for PassiveConfig {
 /// Eject a backend when, over the last `period`, at least `minimum_requests` were answered and more than
 /// `percentage` of them failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct FailureRate {
-    #[serde(default = "default_outlier_percentage")]
     pub percentage: u8,
-    #[serde(default = "default_outlier_minimum")]
     pub minimum_requests: u32,
-    #[serde(default = "default_outlier_period", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub period: Duration,
+}
+
+impl Default for FailureRate {
+    fn default() -> Self {
+        Self {
+            percentage: 50,
+            minimum_requests: default_outlier_minimum(),
+            period: default_outlier_period(),
+        }
+    }
 }
 
 /// Eject a backend whose `quantile` latency over the last `period` (with at least `minimum_requests`), or
@@ -657,7 +647,7 @@ pub struct LatencyOutlier {
 
 /// The admin API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     /// Bearer token required by the state-changing endpoints (drain, undrain, reload); without it they are
     /// refused.
@@ -665,7 +655,6 @@ pub struct AdminConfig {
     /// A file holding the token (a mounted secret), instead of writing it in the config.
     pub token_file: Option<PathBuf>,
     /// The web console at `/` on the admin listener.
-    #[serde(default = "yes")]
     pub console: bool,
 }
 
@@ -699,32 +688,32 @@ pub(super) struct FileRoute {
 
 /// Upstream connection timeouts.
 #[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Timeouts {
-    #[serde(default = "default_connect_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub connect: Duration,
-    #[serde(default = "default_response_header_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub response_header: Duration,
-    #[serde(default = "default_pool_idle_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub pool_idle: Duration,
     /// Longest silence while a backend sends a response body; then both sides are aborted and the backend
     /// is charged with a failure.
-    #[serde(default = "default_body_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub response_body: Duration,
     /// A gRPC call's deadline (`grpc-timeout`) extends `response_header` and `response_body` for that call,
     /// up to this long, so that a backend is given the time its client allows.
-    #[serde(default = "default_grpc_deadline_max", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub grpc_deadline_max: Duration,
 }
 
 impl Default for Timeouts {
     fn default() -> Self {
         Self {
-            connect: default_connect_timeout(),
-            response_header: default_response_header_timeout(),
-            pool_idle: default_pool_idle_timeout(),
-            response_body: default_body_timeout(),
-            grpc_deadline_max: default_grpc_deadline_max(),
+            connect: Duration::from_secs(5),
+            response_header: Duration::from_secs(60),
+            pool_idle: Duration::from_secs(90),
+            response_body: Duration::from_secs(60),
+            grpc_deadline_max: Duration::from_secs(300),
         }
     }
 }
@@ -742,19 +731,16 @@ impl Timeouts {
 
 /// Metrics and logging.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Telemetry {
-    #[serde(default)]
     pub metrics: MetricsConfig,
-    #[serde(default)]
     pub logging: LoggingConfig,
-    #[serde(default)]
     pub tracing: TracingConfig,
 }
 
 /// Distributed tracing: a span per request and per upstream attempt, exported over OTLP.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TracingConfig {
     /// On when the section names an endpoint, unless set to false.
     pub enabled: Option<bool>,
@@ -763,20 +749,15 @@ pub struct TracingConfig {
     /// The same, for a Jaeger collector (Jaeger takes OTLP).
     pub jaeger_endpoint: Option<String>,
     /// `grpc` or `http` (OTLP/HTTP with protobuf bodies, to `<endpoint>/v1/traces`).
-    #[serde(default)]
     pub protocol: OtlpProtocol,
     /// Share of new traces recorded; a request that carries a `traceparent` follows its sampled flag.
-    #[serde(default = "default_sampling_ratio")]
     pub sampling_ratio: f64,
-    #[serde(default = "default_service_name")]
     pub service_name: String,
     /// Further resource attributes, like `deployment.environment: production`.
-    #[serde(default)]
     pub resource_attributes: BTreeMap<String, String>,
     /// Finished spans waiting for export; beyond this, spans are dropped (and counted).
-    #[serde(default = "default_trace_queue")]
     pub queue_size: usize,
-    #[serde(default = "default_export_timeout", deserialize_with = "units::duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub export_timeout: Duration,
 }
 
@@ -787,11 +768,11 @@ impl Default for TracingConfig {
             otlp_endpoint: None,
             jaeger_endpoint: None,
             protocol: OtlpProtocol::default(),
-            sampling_ratio: default_sampling_ratio(),
-            service_name: default_service_name(),
+            sampling_ratio: 1.0,
+            service_name: "quic-proxy".to_owned(),
             resource_attributes: BTreeMap::new(),
-            queue_size: default_trace_queue(),
-            export_timeout: default_export_timeout(),
+            queue_size: 2048,
+            export_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -807,11 +788,10 @@ pub enum OtlpProtocol {
 
 /// The admin listener: `/metrics`, `/health`, `/ready`, `/live`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    #[serde(default = "yes")]
     pub enabled: bool,
-    #[serde(default = "default_metrics_address", deserialize_with = "units::listen_addr")]
+    #[serde(deserialize_with = "units::listen_addr")]
     pub address: SocketAddr,
 }
 
@@ -819,25 +799,23 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
             enabled: true,
-            address: default_metrics_address(),
+            address: SocketAddr::from(([0u16; 8], 9090)),
         }
     }
 }
 
 /// Log level and line format.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoggingConfig {
-    #[serde(default = "default_log_level")]
     pub level: String,
-    #[serde(default)]
     pub format: LogFormat,
 }
 
 impl Default for LoggingConfig {
     fn default() -> Self {
         Self {
-            level: default_log_level(),
+            level: "info".to_owned(),
             format: LogFormat::default(),
         }
     }
@@ -852,135 +830,11 @@ pub enum LogFormat {
     Text,
 }
 
-fn yes() -> bool {
-    true
-}
-fn default_address() -> SocketAddr {
-    SocketAddr::from(([0u16; 8], 443))
-}
-fn default_fallback_address() -> SocketAddr {
-    SocketAddr::from(([0u16; 8], 80))
-}
-fn default_metrics_address() -> SocketAddr {
-    SocketAddr::from(([0u16; 8], 9090))
-}
-fn default_max_streams() -> u32 {
-    100
-}
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_stream_window() -> u64 {
-    1 << 20
-}
-fn default_connection_window() -> u64 {
-    8 << 20
-}
-fn default_max_connections() -> usize {
-    10_000
-}
-fn default_socket_buffer() -> u64 {
-    4 << 20
-}
-fn default_retry_threshold() -> usize {
-    128
-}
-fn default_cid_length() -> usize {
-    8
-}
-fn default_server_idle_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-
-fn default_drain_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_header_bytes() -> u64 {
-    64 * 1024
-}
-fn default_sampling_ratio() -> f64 {
-    1.0
-}
-fn default_service_name() -> String {
-    "quic-proxy".to_owned()
-}
-fn default_trace_queue() -> usize {
-    2048
-}
-fn default_export_timeout() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_max_headers() -> usize {
-    100
-}
-fn default_body_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_grpc_deadline_max() -> Duration {
-    Duration::from_secs(300)
-}
 fn default_weight() -> u32 {
     1
 }
-fn default_interval() -> Duration {
-    Duration::from_secs(10)
-}
-fn default_check_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_check_path() -> String {
-    "/health".to_owned()
-}
-fn default_unhealthy_threshold() -> u32 {
-    3
-}
-fn default_healthy_threshold() -> u32 {
-    2
-}
 fn default_route_path() -> String {
     "/*".to_owned()
-}
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(5)
-}
-fn default_response_header_timeout() -> Duration {
-    Duration::from_secs(60)
-}
-fn default_pool_idle_timeout() -> Duration {
-    Duration::from_secs(90)
-}
-fn default_log_level() -> String {
-    "info".to_owned()
-}
-fn default_retries() -> u32 {
-    2
-}
-fn default_retry_buffer() -> u64 {
-    64 * 1024
-}
-fn default_retry_backoff() -> Duration {
-    Duration::from_millis(25)
-}
-fn default_retry_backoff_max() -> Duration {
-    Duration::from_millis(250)
-}
-fn default_retry_ratio() -> f64 {
-    0.2
-}
-fn default_retry_floor() -> u32 {
-    10
-}
-fn default_sticky_name() -> String {
-    "quic_proxy_backend".to_owned()
-}
-fn default_cookie_path() -> String {
-    "/".to_owned()
-}
-fn default_outlier_percentage() -> u8 {
-    50
 }
 fn default_outlier_minimum() -> u32 {
     20
@@ -990,28 +844,4 @@ fn default_outlier_period() -> Duration {
 }
 fn default_latency_quantile() -> f64 {
     0.99
-}
-fn default_max_ejection_percent() -> u8 {
-    50
-}
-fn default_dns_refresh() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_dns_timeout() -> Duration {
-    Duration::from_secs(2)
-}
-fn default_expected_statuses() -> Vec<StatusRange> {
-    vec![StatusRange { low: 200, high: 399 }]
-}
-fn default_passive_threshold() -> u32 {
-    5
-}
-fn default_failure_statuses() -> Vec<u16> {
-    vec![502, 503, 504]
-}
-fn default_reactivation() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_max_ejection() -> Duration {
-    Duration::from_secs(300)
 }

@@ -26,6 +26,10 @@ use file::{FileBackend, FileConfig, FileRoute};
 /// The name of the pool built from the top-level `backends` list.
 pub const DEFAULT_UPSTREAM: &str = "default";
 
+/// The longest period a traffic rule (failure rate, latency) may cover: what each backend's traffic window
+/// keeps.
+pub const LONGEST_TRAFFIC_PERIOD: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A configuration that passed every check.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -705,12 +709,12 @@ fn check_health(key: &str, health: &HealthCheckConfig) -> Result<(), Invalid> {
         ));
     }
     let period = |field: &str, period: std::time::Duration| {
-        if period < std::time::Duration::from_secs(1) || period > crate::balancer::window::LONGEST {
+        if period < std::time::Duration::from_secs(1) || period > LONGEST_TRAFFIC_PERIOD {
             return Err((
                 format!("{key}.passive.{field}.period"),
                 format!(
                     "must be between 1s and {:?} (the traffic window kept per backend)",
-                    crate::balancer::window::LONGEST
+                    LONGEST_TRAFFIC_PERIOD
                 ),
             ));
         }

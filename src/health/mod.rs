@@ -1,21 +1,21 @@
-//! Backend health: a pure state machine per backend (`state`), fed by active probes (`active`), by the
-//! outcomes of real traffic (`passive`) and by the outlier detectors that watch failure rates and latencies
-//! (`outlier`). The request path reads only atomics; every transition is one event: a log line, metrics,
-//! and (for timed ejections) a timer that brings the backend back.
+//! Backend health, pure and below everything that acts on it: the state machine per backend (`state`), the
+//! verdict of one request's outcome (`passive`), a backend's recent traffic (`window`) and the outlier
+//! rules' verdicts on it (`outlier`). Probes, the outlier sweep and the request path feed observations in;
+//! each observation returns at most one [`Transition`], which the backend announces once (a log line,
+//! metrics, an event, and for a timed ejection the timer that ends it). The request path reads only atomics.
 
-pub mod active;
 pub mod outlier;
 pub mod passive;
 pub mod state;
+pub mod window;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
 use crate::config::HealthCheckConfig;
-use crate::metrics;
 
 pub use state::{Policy, Source, Transition};
 
@@ -86,7 +86,7 @@ impl BackendHealth {
     pub fn ejected_by(&self) -> Option<Source> {
         match self.ejected_by.load(Ordering::Relaxed) {
             0 => None,
-            n => TRAFFIC.get(usize::from(n) - 1).copied(),
+            n => Source::TRAFFIC.get(usize::from(n) - 1).copied(),
         }
     }
 
@@ -184,7 +184,10 @@ impl BackendHealth {
         if let Some(transition) = transition {
             detail.down = (!transition.healthy).then(|| (transition.source, transition.describe()));
             let ejected_by = match &detail.down {
-                Some((source, _)) => TRAFFIC.iter().position(|s| s == source).map_or(0, |i| i as u8 + 1),
+                Some((source, _)) => Source::TRAFFIC
+                    .iter()
+                    .position(|s| s == source)
+                    .map_or(0, |i| i as u8 + 1),
                 None => 0,
             };
             self.ejected_by.store(ejected_by, Ordering::Relaxed);
@@ -195,41 +198,6 @@ impl BackendHealth {
             let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
             self.recovered_at_ms.store(now + 1, Ordering::Relaxed);
         }
-    }
-}
-
-/// The detectors that eject on real traffic.
-const TRAFFIC: [Source; 3] = [Source::Traffic, Source::FailureRate, Source::Latency];
-
-/// Logs a transition, records its metrics and event, and schedules the end of a timed ejection.
-pub fn announce(backend: &Arc<crate::balancer::Backend>, transition: Transition) {
-    let (from, to) = if transition.healthy {
-        ("unhealthy", "healthy")
-    } else {
-        ("healthy", "unhealthy")
-    };
-    let separator = if transition.after == 0 { ":" } else { "" };
-    let what = format!("{from} -> {to}{separator} {}", transition.describe());
-    if transition.healthy {
-        tracing::info!("backend={} upstream={} {what}", backend.name, backend.upstream);
-    } else {
-        tracing::warn!("backend={} upstream={} {what}", backend.name, backend.upstream);
-    }
-    backend
-        .events
-        .record("health", Some(&backend.upstream), Some(&backend.name), what);
-    metrics::record_health_transition(&backend.upstream, &backend.name, transition.healthy);
-    if !transition.healthy && transition.source.is_traffic() {
-        metrics::record_ejection(&backend.upstream, &backend.name, transition.source.reason());
-    }
-    if let Some((period, epoch)) = transition.reactivate_after {
-        let backend = Arc::clone(backend);
-        tokio::spawn(async move {
-            tokio::time::sleep(period).await;
-            if let Some(transition) = backend.health.reactivate(epoch) {
-                announce(&backend, transition);
-            }
-        });
     }
 }
 

@@ -1,105 +1,16 @@
-//! Outlier detection: backends that answer, but badly. Every second, each backend's traffic window is
-//! checked against its upstream's rules: a failure rate above `percentage` over `period` (with at least
-//! `minimum_requests`), or a latency quantile above `unhealthy_latency`. Consecutive slow responses are
-//! caught on the request path instead ([`slow_response`]), as soon as they happen. A verdict ejects through
-//! the same state machine, transitions, logs and metrics as consecutive failures, within the upstream's
-//! `max_ejection_percent`.
+//! Outlier detection's verdicts, pure: a backend's traffic window against its upstream's rules, a failure
+//! rate above `percentage` over `period` (with at least `minimum_requests`), or a latency quantile above
+//! `unhealthy_latency`. The control thread sweeps every backend with them once a second; a verdict ejects
+//! through the same state machine, transitions, logs and metrics as consecutive failures.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::MissedTickBehavior;
-
-use crate::balancer::window::Counts;
-use crate::balancer::Backend;
+use super::window::Counts;
 use crate::config::{FailureRate, LatencyOutlier};
-use crate::routing::Upstream;
-use crate::runtime::{Shared, Shutdown};
 
-use super::Source;
-
-/// How often windows are checked.
-const SWEEP: Duration = Duration::from_secs(1);
-
-/// Checks every upstream with outlier rules once a second until shutdown.
-pub async fn run(shared: Arc<Shared>, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(SWEEP);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.begun() => break,
-            _ = tick.tick() => {}
-        }
-        for upstream in shared.snapshot().upstreams() {
-            sweep(upstream);
-        }
-    }
-}
-
-/// Checks each healthy backend of `upstream` against its failure-rate and latency rules.
-pub fn sweep(upstream: &Upstream) {
-    let passive = &upstream.health_check.passive;
-    if !passive.enabled || (passive.failure_rate.is_none() && passive.latency.is_none()) {
-        return;
-    }
-    for backend in &upstream.backends {
-        if !backend.health.is_healthy() || backend.is_drained() {
-            continue;
-        }
-        // Only traffic since the backend last came back counts: what ejected it must not eject it again.
-        let since = backend.health.since_recovery();
-        let counts = |period: Duration| match covered(period, since) {
-            0 => None,
-            seconds => Some(backend.window.counts(seconds)),
-        };
-        let verdict = passive
-            .failure_rate
-            .as_ref()
-            .and_then(|rule| failure_rate(&counts(rule.period)?, rule).map(|cause| (Source::FailureRate, cause)))
-            .or_else(|| {
-                let rule = passive.latency.as_ref()?;
-                latency(&counts(rule.period)?, rule).map(|cause| (Source::Latency, cause))
-            });
-        if let Some((source, cause)) = verdict {
-            eject(upstream, backend, source, &cause);
-        }
-    }
-}
-
-/// Counts a response's latency for the `consecutive` rule; ejects the backend when that many in a row were
-/// slower than `unhealthy_latency`.
-pub fn slow_response(upstream: &Upstream, backend: &Arc<Backend>, latency: Duration) {
-    let Some(rule) = upstream
-        .health_check
-        .passive
-        .latency
-        .as_ref()
-        .filter(|r| r.consecutive > 0)
-    else {
-        return;
-    };
-    let streak = backend.record_slowness(latency > rule.unhealthy_latency);
-    if streak >= rule.consecutive && backend.health.is_healthy() {
-        let cause = format!(
-            "{streak} responses in a row slower than {:?} (the last took {latency:.1?})",
-            rule.unhealthy_latency
-        );
-        eject(upstream, backend, Source::Latency, &cause);
-        backend.record_slowness(false);
-    }
-}
-
-fn eject(upstream: &Upstream, backend: &Arc<Backend>, source: Source, cause: &str) {
-    if !upstream.may_eject(backend, source) {
-        return;
-    }
-    if let Some(transition) = backend.health.record_outlier(source, cause) {
-        super::announce(backend, transition);
-    }
-}
-
-/// Whole seconds of `period` that passed since the backend's recovery (all of it when it never failed).
-fn covered(period: Duration, since_recovery: Option<Duration>) -> u64 {
+/// Whole seconds of `period` that passed since the backend's recovery (all of it when it never failed):
+/// only traffic since it last came back counts, so what ejected it cannot eject it again.
+pub fn covered(period: Duration, since_recovery: Option<Duration>) -> u64 {
     let period = period.as_secs();
     since_recovery.map_or(period, |since| since.as_secs().min(period))
 }
@@ -143,7 +54,7 @@ pub fn latency(counts: &Counts, rule: &LatencyOutlier) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::window::Window;
+    use crate::health::window::Window;
 
     fn rate(percentage: u8, minimum_requests: u32) -> FailureRate {
         FailureRate {

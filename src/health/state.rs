@@ -26,6 +26,9 @@ pub enum Source {
 }
 
 impl Source {
+    /// The detectors that eject on real traffic.
+    pub const TRAFFIC: [Self; 3] = [Self::Traffic, Self::FailureRate, Self::Latency];
+
     /// As logs name it.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,6 +1,21 @@
-//! The protocol-independent proxy: routing, upstream pools, header rewriting and forwarding.
+//! The routing core, shared by every listener: one request in, one response out.
+//!
+//! - `core.rs`: the outer layer (access log, metrics, the server span, errors turned into answers);
+//! - `forward.rs`: the inner layer (route, rewrite, forward with retries, relay the response);
+//! - `checks.rs`: what is refused before routing, the same for every protocol;
+//! - `headers.rs`: hop-by-hop removal and the forwarding fields;
+//! - `retry.rs`: backoff, idempotency, the body kept for a retry;
+//! - `answer.rs`: the proxy's own answers, plain text or gRPC;
+//! - `metrics.rs`: the request path's metric handles.
 
-mod handler;
+mod answer;
+mod checks;
+mod core;
+mod forward;
 mod headers;
+mod metrics;
+mod retry;
 
-pub use handler::{error_response, protocol_label, ClientInfo, Core, Refused};
+pub use answer::error_response;
+pub use checks::{length_refusal, Refused};
+pub use core::{ClientInfo, Core};

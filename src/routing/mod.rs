@@ -2,7 +2,10 @@
 //! validated configuration. A snapshot is immutable; a reload builds a new one and swaps it in, carrying
 //! backends over by identity so that their state survives.
 
+mod affinity;
 mod budget;
+mod metrics;
+mod outcome;
 mod router;
 mod upstream;
 
@@ -11,6 +14,7 @@ use std::sync::Arc;
 
 use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, ConfigError};
+use crate::discovery::Resolved;
 use crate::events::Events;
 
 fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
@@ -22,8 +26,10 @@ fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
     }
 }
 
+pub use affinity::Affinity;
+pub use outcome::{InFlight, Observation};
 pub use router::{Destination, Router};
-pub use upstream::{dns_name, Affinity, InFlight, Resolved, Upstream};
+pub use upstream::Upstream;
 
 /// One configuration, built into routes and pools.
 #[derive(Debug)]

@@ -6,7 +6,8 @@ use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, HostMatch, PathMatch};
 use crate::events::Events;
 
-use super::upstream::{Resolved, Upstream};
+use super::upstream::Upstream;
+use crate::discovery::Resolved;
 
 /// Routes requests to upstream pools.
 #[derive(Debug)]

@@ -4,10 +4,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
-use super::upstream::{Affinity, Resolved, Upstream};
+use super::{Affinity, Observation, Upstream};
 use crate::balancer::Backend;
 use crate::config::Config;
-use crate::error::ProxyError;
+use crate::discovery::Resolved;
+use crate::error::{CircuitLimit, ProxyError};
 use crate::health::Source;
 
 /// An upstream of `count` backends `b0`, `b1`, ... on distinct ports, with `balancer` and `passive` as the
@@ -51,7 +52,15 @@ fn pick(upstream: &Upstream, affinity: &Affinity) -> String {
 
 /// Ejects `backend` as consecutive failed requests would (the passive threshold is 1 in these tests).
 fn eject(upstream: &Upstream, backend: &Arc<Backend>) {
-    upstream.record_outcome(backend, Err("status 502".to_owned()));
+    let status = Ok(http::StatusCode::BAD_GATEWAY);
+    let latency = std::time::Duration::ZERO;
+    upstream.observe(
+        backend,
+        Observation::Attempt {
+            result: status,
+            latency,
+        },
+    );
     assert!(!backend.health.is_healthy(), "{} not ejected", backend.name);
 }
 
@@ -203,24 +212,28 @@ async fn below_the_panic_threshold_every_backend_takes_traffic() {
 #[test]
 fn a_full_backend_is_skipped_and_when_all_are_full_the_refusal_names_the_limit() {
     let upstream = upstream(2, "{algorithm: round_robin, circuit_breaker: {max_requests: 1}}", "{}");
-    let first = upstream.begin(&upstream.backends[0]).unwrap_or_else(|e| panic!("{e}"));
+    let first = upstream
+        .begin(&upstream.backends[0], None)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(upstream.backends[0].circuit_open());
     for _ in 0..10 {
         assert_eq!(pick(&upstream, &Affinity::default()), "b1", "b0 is full");
     }
     assert!(
         matches!(
-            upstream.begin(&upstream.backends[0]),
+            upstream.begin(&upstream.backends[0], None),
             Err(ProxyError::CircuitOpen {
-                limit: "max_requests",
+                limit: CircuitLimit::MaxRequests,
                 ..
             })
         ),
         "a second request on b0"
     );
-    let second = upstream.begin(&upstream.backends[1]).unwrap_or_else(|e| panic!("{e}"));
+    let second = upstream
+        .begin(&upstream.backends[1], None)
+        .unwrap_or_else(|e| panic!("{e}"));
     match upstream.pick(&Affinity::default(), &[]) {
-        Err(ProxyError::CircuitOpen { limit, .. }) => assert_eq!(limit, "max_requests"),
+        Err(ProxyError::CircuitOpen { limit, .. }) => assert_eq!(limit, CircuitLimit::MaxRequests),
         other => panic!("expected a circuit breaker refusal, got {other:?}"),
     }
     assert!(
@@ -236,7 +249,15 @@ fn a_full_backend_is_skipped_and_when_all_are_full_the_refusal_names_the_limit()
 async fn ejections_stop_at_max_ejection_percent_but_one_is_always_allowed() {
     let upstream = upstream(4, "{}", "{unhealthy_threshold: 1, max_ejection_percent: 50}");
     for backend in &upstream.backends {
-        upstream.record_outcome(backend, Err("status 502".to_owned()));
+        let status = Ok(http::StatusCode::BAD_GATEWAY);
+        let latency = std::time::Duration::ZERO;
+        upstream.observe(
+            backend,
+            Observation::Attempt {
+                result: status,
+                latency,
+            },
+        );
     }
     let out = upstream.backends.iter().filter(|b| !b.health.is_healthy()).count();
     assert_eq!(out, 2, "half of 4");
@@ -245,7 +266,15 @@ async fn ejections_stop_at_max_ejection_percent_but_one_is_always_allowed() {
 
     let pair = self::upstream(2, "{}", "{unhealthy_threshold: 1, max_ejection_percent: 10}");
     eject(&pair, &pair.backends[0]);
-    pair.record_outcome(&pair.backends[1], Err("status 502".to_owned()));
+    let status = Ok(http::StatusCode::BAD_GATEWAY);
+    let latency = std::time::Duration::ZERO;
+    pair.observe(
+        &pair.backends[1],
+        Observation::Attempt {
+            result: status,
+            latency,
+        },
+    );
     assert!(
         pair.backends[1].health.is_healthy(),
         "10% of 2 allows the first ejection only"
@@ -256,8 +285,8 @@ async fn ejections_stop_at_max_ejection_percent_but_one_is_always_allowed() {
 fn a_request_guard_counts_while_alive_on_any_thread_or_task() {
     let upstream = upstream(1, "{}", "{}");
     let backend = &upstream.backends[0];
-    let guard = upstream.begin(backend).unwrap_or_else(|e| panic!("{e}"));
-    let second = upstream.begin(backend).unwrap_or_else(|e| panic!("{e}"));
+    let guard = upstream.begin(backend, None).unwrap_or_else(|e| panic!("{e}"));
+    let second = upstream.begin(backend, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(backend.in_flight(), 2);
     assert!(Arc::ptr_eq(guard.backend(), backend));
     drop(guard);
@@ -274,7 +303,7 @@ fn a_request_guard_counts_while_alive_on_any_thread_or_task() {
         .unwrap_or_else(|e| panic!("{e}"));
     runtime.block_on(async {
         // A request cancelled mid-flight (client gone) must not leak its count.
-        let held = upstream.begin(backend).unwrap_or_else(|e| panic!("{e}"));
+        let held = upstream.begin(backend, None).unwrap_or_else(|e| panic!("{e}"));
         let task = tokio::spawn(async move {
             let _held = held;
             std::future::pending::<()>().await;

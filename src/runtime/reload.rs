@@ -7,8 +7,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::config::{Config, ConfigError};
+use crate::discovery::Resolved;
 use crate::metrics;
-use crate::routing::{Resolved, Snapshot};
+use crate::routing::Snapshot;
 use crate::tls::TlsError;
 
 use super::Shared;
@@ -99,12 +100,6 @@ impl Shared {
         if certificate_replaced {
             changes.push("certificate replaced".to_owned());
         }
-        for backend in next.backends() {
-            metrics::register_backend(&backend.upstream, &backend.name);
-        }
-        for upstream in next.upstreams() {
-            metrics::register_upstream(&upstream.name);
-        }
         let report = ReloadReport {
             generation: next.generation,
             digest: next.config.digest.clone(),
@@ -129,9 +124,6 @@ impl Shared {
         self.resolved.store(Arc::new(resolved));
         next.settle();
         let changes = changes(&previous, &next);
-        for backend in next.backends() {
-            metrics::register_backend(&backend.upstream, &backend.name);
-        }
         let summary = if changes.is_empty() {
             "addresses re-resolved, no endpoint changed".to_owned()
         } else {

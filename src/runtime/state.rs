@@ -9,9 +9,11 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{watch, Notify};
 
 use crate::config::{Config, ConfigError};
+use crate::discovery::Resolved;
 use crate::events::Events;
 use crate::metrics::{self, GaugeGuard};
-use crate::routing::{Resolved, Snapshot};
+use crate::protocol::Protocol;
+use crate::routing::Snapshot;
 use crate::tls::CertStore;
 use crate::trace::Tracer;
 
@@ -106,7 +108,7 @@ impl Shared {
     }
 
     /// Counts an open client connection of `protocol` until the returned guard is dropped.
-    pub fn connection_open(&self, protocol: &'static str) -> ConnectionGuard<'_> {
+    pub fn connection_open(&self, protocol: Protocol) -> ConnectionGuard<'_> {
         let counter = self.connections.of(protocol);
         counter.fetch_add(1, Ordering::Relaxed);
         ConnectionGuard {
@@ -116,8 +118,8 @@ impl Shared {
     }
 
     /// Client connections open now, by protocol.
-    pub fn connections_open(&self) -> [(&'static str, usize); 3] {
-        PROTOCOLS.map(|protocol| (protocol, self.connections.of(protocol).load(Ordering::Relaxed)))
+    pub fn connections_open(&self) -> [(Protocol, usize); 3] {
+        Protocol::CONNECTIONS.map(|protocol| (protocol, self.connections.of(protocol).load(Ordering::Relaxed)))
     }
 
     /// A slot under `server.max_connections` for a TCP connection just accepted, or `None`: the caller
@@ -127,7 +129,7 @@ impl Shared {
         let limit = self.snapshot().config.server.max_connections;
         let admitted = super::Counted::within(&self.tcp_open, limit);
         if admitted.is_none() {
-            crate::metrics::record_tcp_refused();
+            metrics::record_tcp_refused();
             if self.tcp_refusals.allow() {
                 tracing::warn!(%peer, limit, "TCP connection refused: server.max_connections reached");
             }
@@ -195,15 +197,13 @@ impl Shared {
     }
 }
 
-const PROTOCOLS: [&str; 3] = ["h3", "h2", "http/1.1"];
-
-/// Open client connections by protocol.
+/// Open client connections by protocol, in the order of [`Protocol::CONNECTIONS`].
 #[derive(Debug, Default)]
 struct Connections([AtomicUsize; 3]);
 
 impl Connections {
-    fn of(&self, protocol: &str) -> &AtomicUsize {
-        let index = PROTOCOLS.iter().position(|p| *p == protocol).unwrap_or(2);
+    fn of(&self, protocol: Protocol) -> &AtomicUsize {
+        let index = Protocol::CONNECTIONS.iter().position(|p| *p == protocol).unwrap_or(2);
         &self.0[index]
     }
 }

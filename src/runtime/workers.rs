@@ -2,21 +2,11 @@
 //! upstream connections, so a request is served start to finish on one thread with no cross-thread
 //! wake-ups. What workers share is read-mostly: the configuration snapshot and atomics.
 
-use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-
-thread_local! {
-    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-/// The index of the worker thread running the caller, if it runs on one.
-pub fn current() -> Option<usize> {
-    INDEX.get()
-}
 
 /// A running worker thread.
 #[derive(Debug)]
@@ -37,7 +27,7 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("quic-proxy-worker-{index}"))
             .spawn(move || {
-                INDEX.set(Some(index));
+                crate::upstream::worker::enter(index);
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(runtime) => runtime.block_on(serve()),
                     Err(error) => tracing::error!(worker = index, "cannot start the worker's runtime: {error}"),

@@ -3,12 +3,15 @@
 //! - both Content-Length and Transfer-Encoding: hyper drops Content-Length and keeps the connection open,
 //!   but another hop may frame the body differently (request smuggling);
 //! - a head over the size limit: hyper checks its limit only between reads, so it can overshoot by one read;
-//! - a Content-Length hyper cannot represent (2^64-2 and up): hyper answers 431, but it is a bad request.
+//! - a Content-Length the one wire grammar refuses (`crate::wire::content_length`: a sign, a list, a
+//!   repeated field, more than 19 digits): hyper reads some of these its own way and answers others itself;
+//! - chunked framing the one chunked decoder refuses (`crate::wire::chunked`): the stream can no longer be
+//!   followed, so every later request on the connection is refused.
 //!
 //! A head is held back until it is complete, then judged and handed to hyper whole, so the watch and hyper
-//! always agree on where a head ends (the same line-ending rules as httparse) and a head can be neutralised
-//! before hyper parses it: an unrepresentable Content-Length is rewritten to `0` (padded to the same length)
-//! and the request flagged. Body bytes are passed on as they come, never held.
+//! always agree on where a head ends (`crate::wire::head_end`, httparse's line endings) and a head can be
+//! neutralised before hyper parses it: a refused Content-Length is rewritten to `0` (padded to the same
+//! length) and the request flagged. Body bytes are passed on as they come, never held.
 //!
 //! The core answers a flagged request (400 or 431) and closes the connection.
 
@@ -21,6 +24,8 @@ use std::task::{Context, Poll};
 use hyper::rt::{Read, ReadBufCursor, Write};
 
 use crate::error::ProxyError;
+use crate::proxy::length_refusal;
+use crate::wire::{self, chunked, LengthError};
 
 /// Why a request head was flagged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,15 +34,17 @@ pub enum FramingViolation {
     ConflictingLength,
     /// The head is larger than the limit.
     HeadTooLarge,
-    /// A Content-Length too large to represent.
-    InvalidLength,
+    /// A Content-Length the wire grammar refuses.
+    InvalidLength(LengthError),
+    /// The previous request's chunked body could not be followed.
+    MalformedChunk,
 }
 
 /// Shared between the watcher and the connection's service: the first flagged head and why.
 #[derive(Debug)]
 pub struct Verdicts {
     first_flagged: AtomicU64,
-    /// The first flagged head's violation, as `FramingViolation as u8`.
+    /// The first flagged head's violation, as [`FramingViolation::code`].
     violation: AtomicU8,
     answered: AtomicU64,
 }
@@ -48,7 +55,29 @@ impl FramingViolation {
         match self {
             Self::ConflictingLength => ProxyError::BadRequest("both Content-Length and Transfer-Encoding"),
             Self::HeadTooLarge => ProxyError::HeadTooLarge,
-            Self::InvalidLength => ProxyError::BadRequest("invalid Content-Length"),
+            Self::InvalidLength(error) => ProxyError::BadRequest(length_refusal(error)),
+            Self::MalformedChunk => ProxyError::BadRequest("malformed chunked framing earlier on this connection"),
+        }
+    }
+
+    /// The violation as one byte, for [`Verdicts`].
+    fn code(self) -> u8 {
+        match self {
+            Self::ConflictingLength => 0,
+            Self::HeadTooLarge => 1,
+            Self::InvalidLength(LengthError::Invalid) => 2,
+            Self::InvalidLength(LengthError::Repeated) => 3,
+            Self::MalformedChunk => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            1 => Self::HeadTooLarge,
+            2 => Self::InvalidLength(LengthError::Invalid),
+            3 => Self::InvalidLength(LengthError::Repeated),
+            4 => Self::MalformedChunk,
+            _ => Self::ConflictingLength,
         }
     }
 }
@@ -64,7 +93,7 @@ impl Verdicts {
 
     fn flag(&self, index: u64, violation: FramingViolation) {
         if self.first_flagged.fetch_min(index, Ordering::Relaxed) > index {
-            self.violation.store(violation as u8, Ordering::Relaxed);
+            self.violation.store(violation.code(), Ordering::Relaxed);
         }
     }
 
@@ -72,11 +101,8 @@ impl Verdicts {
     /// The connection closes after a flagged request, so every later request inherits the verdict.
     pub fn next_request(&self) -> Option<FramingViolation> {
         let index = self.answered.fetch_add(1, Ordering::Relaxed);
-        (index >= self.first_flagged.load(Ordering::Relaxed)).then(|| match self.violation.load(Ordering::Relaxed) {
-            v if v == FramingViolation::HeadTooLarge as u8 => FramingViolation::HeadTooLarge,
-            v if v == FramingViolation::InvalidLength as u8 => FramingViolation::InvalidLength,
-            _ => FramingViolation::ConflictingLength,
-        })
+        (index >= self.first_flagged.load(Ordering::Relaxed))
+            .then(|| FramingViolation::from_code(self.violation.load(Ordering::Relaxed)))
     }
 }
 
@@ -208,27 +234,14 @@ impl<T: Write + Unpin> Write for FramingWatch<T> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     /// Collecting a request head.
     Head,
     /// A body of known length.
     Fixed(u64),
-    /// A chunk-size line.
-    ChunkSize {
-        size: u64,
-        digits: bool,
-        in_extension: bool,
-    },
-    /// Chunk data, then its CRLF.
-    ChunkData(u64),
-    ChunkEnd {
-        seen_cr: bool,
-    },
-    /// Trailer lines after the last chunk; `line_empty` while the current line has no content.
-    Trailers {
-        line_empty: bool,
-    },
+    /// A chunked body, followed by the one chunked decoder.
+    Chunked(chunked::Decoder),
     /// Nothing more to track: the connection ends, switches protocol, or hyper will refuse it.
     Done,
 }
@@ -247,7 +260,7 @@ impl Tracker {
     fn feed(&mut self, mut data: &[u8], emit: &mut impl FnMut(&[u8])) -> Option<(u64, FramingViolation)> {
         let mut flagged = None;
         while !data.is_empty() {
-            let passed = match self.phase {
+            let passed = match &mut self.phase {
                 Phase::Done => data.len(),
                 Phase::Head => {
                     let consumed = self.feed_head(data, &mut flagged, emit);
@@ -255,31 +268,28 @@ impl Tracker {
                     continue;
                 }
                 Phase::Fixed(left) => {
-                    let take = left.min(data.len() as u64);
-                    self.phase = if take == left {
+                    let take = (*left).min(data.len() as u64);
+                    self.phase = if take == *left {
                         Phase::Head
                     } else {
-                        Phase::Fixed(left - take)
+                        Phase::Fixed(*left - take)
                     };
                     take as usize
                 }
-                Phase::ChunkData(left) => {
-                    let take = left.min(data.len() as u64);
-                    self.phase = if take == left {
-                        Phase::ChunkEnd { seen_cr: false }
-                    } else {
-                        Phase::ChunkData(left - take)
-                    };
-                    take as usize
-                }
-                _ => {
-                    let mut taken = 0;
-                    while taken < data.len() && self.phase.is_framing_byte() {
-                        self.phase = self.step(data[taken]);
-                        taken += 1;
+                Phase::Chunked(decoder) => match decoder.step(data) {
+                    Ok(chunked::Step::Framing(read) | chunked::Step::Data(read) | chunked::Step::Trailers(read)) => {
+                        if decoder.is_done() {
+                            self.phase = Phase::Head;
+                        }
+                        read
                     }
-                    taken
-                }
+                    // hyper decides about this request's body; every later one on the connection is refused.
+                    Err(_) => {
+                        flagged.get_or_insert((self.heads.saturating_sub(1), FramingViolation::MalformedChunk));
+                        self.phase = Phase::Done;
+                        data.len()
+                    }
+                },
             };
             emit(&data[..passed]);
             data = &data[passed..];
@@ -291,55 +301,6 @@ impl Tracker {
     fn release_held(&mut self, emit: &mut impl FnMut(&[u8])) {
         emit(&self.head);
         self.head.clear();
-    }
-
-    /// One byte of chunked framing outside chunk data.
-    fn step(&self, byte: u8) -> Phase {
-        match self.phase {
-            Phase::ChunkSize {
-                size,
-                digits,
-                in_extension,
-            } => match byte {
-                b'\n' if !digits => Phase::Done,
-                b'\n' if size == 0 => Phase::Trailers { line_empty: true },
-                b'\n' => Phase::ChunkData(size),
-                b'\r' => self.phase,
-                _ if in_extension => self.phase,
-                b';' | b' ' | b'\t' => Phase::ChunkSize {
-                    size,
-                    digits,
-                    in_extension: true,
-                },
-                _ => match (byte as char).to_digit(16) {
-                    Some(digit) => match size.checked_mul(16) {
-                        Some(shifted) => Phase::ChunkSize {
-                            size: shifted + u64::from(digit),
-                            digits: true,
-                            in_extension,
-                        },
-                        None => Phase::Done,
-                    },
-                    None => Phase::Done,
-                },
-            },
-            Phase::ChunkEnd { seen_cr } => match byte {
-                b'\r' if !seen_cr => Phase::ChunkEnd { seen_cr: true },
-                b'\n' => Phase::ChunkSize {
-                    size: 0,
-                    digits: false,
-                    in_extension: false,
-                },
-                _ => Phase::Done,
-            },
-            Phase::Trailers { line_empty } => match byte {
-                b'\n' if line_empty => Phase::Head,
-                b'\n' => Phase::Trailers { line_empty: true },
-                b'\r' => self.phase,
-                _ => Phase::Trailers { line_empty: false },
-            },
-            other => other,
-        }
     }
 
     /// Holds head bytes until the blank line; then judges the head and hands it on whole. Returns bytes
@@ -361,7 +322,7 @@ impl Tracker {
         let before = self.head.len();
         self.head.extend_from_slice(data);
         let search_from = before.saturating_sub(2);
-        let end = find_head_end(&self.head[search_from..]).map(|e| e + search_from);
+        let end = wire::head_end(&self.head[search_from..]).map(|e| e + search_from);
         let index = self.heads;
         if end.unwrap_or(self.head.len()) > self.max_head {
             // hyper refuses it too; the flag makes sure of the status even when hyper's check overshoots.
@@ -375,18 +336,14 @@ impl Tracker {
         };
         let consumed = end - before;
         self.heads += 1;
-        let (framing, violation) = classify(&mut self.head[..end]);
+        let (framing, violation) = classify(&mut self.head[..end], self.max_head);
         if let Some(violation) = violation {
             flagged.get_or_insert((index, violation));
         }
         self.phase = match framing {
             Framing::Length(0) => Phase::Head,
             Framing::Length(length) => Phase::Fixed(length),
-            Framing::Chunked => Phase::ChunkSize {
-                size: 0,
-                digits: false,
-                in_extension: false,
-            },
+            Framing::Chunked => Phase::Chunked(chunked::Decoder::new(self.max_head)),
             Framing::Untracked => Phase::Done,
         };
         emit(&self.head[..end]);
@@ -401,36 +358,17 @@ impl Tracker {
 /// A head buffer larger than this is not kept for the connection's next head.
 const KEPT_HEAD_CAPACITY: usize = 8 * 1024;
 
-/// End of the head (just past the blank line), with the line endings httparse accepts: a line ends with
-/// CRLF or a bare LF, and the blank line is CRLF or LF, so `\n\n`, `\n\r\n`, `\r\n\n` and `\r\n\r\n` all end a
-/// head.
-fn find_head_end(bytes: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(offset) = bytes[from..].iter().position(|&b| b == b'\n') {
-        let newline = from + offset;
-        match bytes.get(newline + 1..) {
-            Some([b'\n', ..]) => return Some(newline + 2),
-            Some([b'\r', b'\n', ..]) => return Some(newline + 3),
-            _ => from = newline + 1,
-        }
-    }
-    None
-}
-
 enum Framing {
     Length(u64),
     Chunked,
-    /// CONNECT, or heads hyper will refuse: stop tracking.
+    /// An upgrade request, a transfer coding other than chunked, or a head hyper will refuse: stop tracking.
     Untracked,
 }
 
-/// The largest Content-Length hyper represents; above it hyper answers 431 instead of 400.
-const MAX_LENGTH: u64 = u64::MAX - 2;
-
-/// How a head frames its body, and what is wrong with it. A Content-Length too large to represent is
-/// rewritten in place to `0` (padded with spaces, which hyper trims), so that hyper passes the request to
-/// the core, which refuses it.
-fn classify(head: &mut [u8]) -> (Framing, Option<FramingViolation>) {
+/// How a head frames its body, and what is wrong with it. A Content-Length the wire grammar refuses is
+/// rewritten in place to `0` (padded with spaces, which hyper trims), so that hyper neither reads a body by
+/// its own reading of the value nor answers the request itself: the core refuses it.
+fn classify(head: &mut [u8], max_head: usize) -> (Framing, Option<FramingViolation>) {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut more_headers;
     let mut request = httparse::Request::new(&mut headers);
@@ -438,7 +376,7 @@ fn classify(head: &mut [u8]) -> (Framing, Option<FramingViolation>) {
         Err(httparse::Error::TooManyHeaders) => {
             // Rare: more fields than fit on the stack; every line is at most one field.
             let lines = head.iter().filter(|&&b| b == b'\n').count();
-            more_headers = vec![httparse::EMPTY_HEADER; lines];
+            more_headers = vec![httparse::EMPTY_HEADER; lines.min(max_head)];
             request = httparse::Request::new(&mut more_headers);
             request.parse(head)
         }
@@ -447,61 +385,48 @@ fn classify(head: &mut [u8]) -> (Framing, Option<FramingViolation>) {
     if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
         return (Framing::Untracked, None);
     }
-    let mut length = None;
-    let mut unrepresentable = Vec::new();
+    // After an upgrade request the bytes may be tunnel data, which must flow at once and which hyper no
+    // longer parses; tracking stops, and the core closes the connection if the upgrade is declined. CONNECT
+    // is never tunnelled (the core answers 405), so the next request is judged like any other.
+    let mut tunnel = false;
+    let mut lengths = Vec::new();
     let mut chunked = None;
-    // After CONNECT or an upgrade request the bytes may be tunnel data, which must flow at once and which
-    // hyper no longer parses; tracking stops, and the core closes the connection if the upgrade is declined.
-    let mut tunnel = request.method == Some("CONNECT");
     for header in request.headers.iter() {
         if header.name.eq_ignore_ascii_case("upgrade") {
             tunnel = true;
         }
         if header.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(header.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            if value.is_some_and(|v| v > MAX_LENGTH) {
-                let start = header.value.as_ptr() as usize - head.as_ptr() as usize;
-                unrepresentable.push(start..start + header.value.len());
-            }
-            length = value.or(Some(u64::MAX));
+            let start = header.value.as_ptr() as usize - head.as_ptr() as usize;
+            lengths.push(start..start + header.value.len());
         } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = header.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         }
     }
-    let conflicting = length.is_some() && chunked.is_some();
+    let length = wire::content_length(lengths.iter().filter_map(|range| head.get(range.clone())));
+    if !lengths.is_empty() && chunked.is_some() {
+        return (Framing::Untracked, Some(FramingViolation::ConflictingLength));
+    }
+    let length = match length {
+        Ok(length) => length,
+        Err(error) => {
+            for range in lengths {
+                if let Some(value) = head.get_mut(range) {
+                    value.fill(b' ');
+                    value[0] = b'0';
+                }
+            }
+            return (Framing::Length(0), Some(FramingViolation::InvalidLength(error)));
+        }
+    };
     let framing = match (length, chunked) {
-        _ if tunnel || conflicting => Framing::Untracked,
+        _ if tunnel => Framing::Untracked,
         (_, Some(true)) => Framing::Chunked,
-        (_, Some(false)) | (Some(u64::MAX), None) => Framing::Untracked,
+        (_, Some(false)) => Framing::Untracked,
         (Some(length), None) => Framing::Length(length),
         (None, None) => Framing::Length(0),
     };
-    if conflicting {
-        return (framing, Some(FramingViolation::ConflictingLength));
-    }
-    if unrepresentable.is_empty() {
-        return (framing, None);
-    }
-    for range in unrepresentable {
-        if let Some(value) = head.get_mut(range) {
-            value.fill(b' ');
-            value[0] = b'0';
-        }
-    }
-    (Framing::Length(0), Some(FramingViolation::InvalidLength))
-}
-
-impl Phase {
-    /// True in the phases that read chunked framing a byte at a time.
-    fn is_framing_byte(self) -> bool {
-        matches!(
-            self,
-            Phase::ChunkSize { .. } | Phase::ChunkEnd { .. } | Phase::Trailers { .. }
-        )
-    }
+    (framing, None)
 }
 
 #[cfg(test)]
@@ -630,7 +555,7 @@ mod tests {
             let mut headers = [httparse::EMPTY_HEADER; 16];
             let parsed = httparse::Request::new(&mut headers).parse(&bytes);
             proptest::prop_assert_eq!(parsed, Ok(httparse::Status::Complete(head.len())));
-            proptest::prop_assert_eq!(find_head_end(&bytes), Some(head.len()));
+            proptest::prop_assert_eq!(wire::head_end(&bytes), Some(head.len()));
         }
 
         #[test]
@@ -690,10 +615,10 @@ mod tests {
         for (ending, end) in [(&b"\n\n"[..], 2), (b"\n\r\n", 3), (b"\r\n\n", 3), (b"\r\n\r\n", 4)] {
             let mut head = b"GET / HTTP/1.1\r\nHost: x".to_vec();
             head.extend_from_slice(ending);
-            assert_eq!(find_head_end(&head), Some(head.len()), "{ending:?}");
+            assert_eq!(wire::head_end(&head), Some(head.len()), "{ending:?}");
             assert_eq!(head.len(), 23 + end);
         }
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r"), None);
+        assert_eq!(wire::head_end(b"GET / HTTP/1.1\r\nHost: x\r\n\r"), None);
     }
 
     #[test]
@@ -714,16 +639,51 @@ mod tests {
     }
 
     #[test]
-    fn an_unrepresentable_content_length_is_neutralised_and_flagged() {
-        for value in ["18446744073709551615", "18446744073709551614", "018446744073709551615"] {
+    fn a_refused_content_length_is_neutralised_and_flagged() {
+        let invalid = FramingViolation::InvalidLength(LengthError::Invalid);
+        for value in [
+            "18446744073709551615",
+            "99999999999999999999",
+            "+5",
+            "0x5",
+            "5, 5",
+            "5,6",
+            "-1",
+        ] {
             let head = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {value}\r\n\r\n");
             let (out, flagged) = tracker().pass(head.as_bytes(), 7);
-            assert_eq!(flagged, Some((0, FramingViolation::InvalidLength)), "{value}");
+            assert_eq!(flagged, Some((0, invalid)), "{value}");
             let expected = head.replace(value, &format!("0{}", " ".repeat(value.len() - 1)));
             assert_eq!(String::from_utf8_lossy(&out), expected);
         }
-        let fine = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 18446744073709551613\r\n\r\n";
+        let repeated = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n";
+        let (out, flagged) = tracker().pass(repeated.as_bytes(), 9);
+        assert_eq!(
+            flagged,
+            Some((0, FramingViolation::InvalidLength(LengthError::Repeated)))
+        );
+        assert_eq!(String::from_utf8_lossy(&out), repeated.replace(": 5", ": 0"));
+        let fine = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999999999999999\r\n\r\n";
         assert_eq!(tracker().pass(fine.as_bytes(), 5).1, None);
+    }
+
+    #[test]
+    fn every_head_after_connect_is_judged() {
+        let mut stream = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".to_vec();
+        stream.extend_from_slice(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(flagged_bytewise(&stream), Some((1, CONFLICT)));
+    }
+
+    #[test]
+    fn malformed_chunked_framing_refuses_every_later_request() {
+        let mut stream = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        stream.extend_from_slice(b"5\nhello\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut t = tracker();
+        assert_eq!(t.feed_all(&stream), Some((0, FramingViolation::MalformedChunk)));
+        assert_eq!(t.phase, Phase::Done);
+        assert_eq!(flagged_bytewise(&stream), Some((0, FramingViolation::MalformedChunk)));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::config::Config;
+use crate::protocol::Protocol;
 use crate::proxy::{ClientInfo, Core, Refused};
 use crate::runtime::{accept_loop, Shutdown};
 
@@ -120,7 +121,7 @@ where
         .max_buf_size(settings.max_header_bytes);
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {
-        let _open = shared.connection_open("http/1.1");
+        let _open = shared.connection_open(Protocol::Http11);
         let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
         if let Err(error) = result {
             tracing::debug!(peer = %client.peer, "HTTP/1.1 connection ended: {error}");

@@ -2,10 +2,8 @@
 //! core's response back. They run on worker threads, on sockets the runtime layer bound.
 
 pub mod framing;
-mod h3_transport;
 pub mod http1;
 pub mod quic;
-mod quic_fields;
 pub mod tls;
 
 use std::future::Future;

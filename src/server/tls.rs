@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 
 use http::HeaderValue;
 
+use crate::protocol::Protocol;
 use crate::proxy::{ClientInfo, Core};
 use crate::runtime::{accept_loop, Shutdown};
 
@@ -86,7 +87,7 @@ async fn serve_h2<I>(
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
-    let _open = shared.connection_open("h2");
+    let _open = shared.connection_open(Protocol::H2);
     tokio::pin!(connection);
     // Shutdown and a connection silent for `idle_timeout` both end it the same way: GOAWAY, then the
     // requests in flight finish (a silent request is bounded by its own timeouts).

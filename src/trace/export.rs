@@ -2,7 +2,7 @@
 //! `TraceService/Export` call) or HTTP (a protobuf POST to `/v1/traces`). It runs on the control thread and
 //! follows reloads: a changed tracing section gets a new queue and exporter, and the old one flushes and ends.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
@@ -22,9 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{OtlpProtocol, Tracing};
 use crate::metrics;
-use crate::runtime::Shared;
 
-use super::{SpanData, Value};
+use super::{SpanData, Tracer, Value};
 
 /// Spans sent in one export call at most.
 const MAX_BATCH: usize = 512;
@@ -46,33 +45,30 @@ struct ExporterState {
 }
 
 impl Exporters {
-    /// Installs the tracer `config` asks for in `shared` (or none), if it differs from the current one.
-    /// Must run on a tokio runtime: a new exporter is a task.
-    pub fn apply(&self, shared: &Shared, config: Option<&Tracing>) {
+    /// The tracer `config` asks for (or none) when it differs from the current one, its exporter started;
+    /// `None` when nothing changed. Must run on a tokio runtime: a new exporter is a task.
+    pub fn apply(&self, config: Option<&Tracing>) -> Option<Option<Arc<Tracer>>> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.current.as_ref() == config {
-            return;
+            return None;
         }
-        match config {
-            Some(config) => {
-                let (tracer, spans) = super::tracer(config);
-                shared.set_tracer(Some(tracer));
-                state.running.push(tokio::spawn(export(spans, config.clone())));
-                tracing::info!(endpoint = %config.endpoint, sampling_ratio = config.sampling_ratio, "tracing on");
-            }
-            None => {
-                shared.set_tracer(None);
-                tracing::info!("tracing off");
-            }
+        let tracer = config.map(|config| {
+            let (tracer, spans) = super::tracer(config);
+            state.running.push(tokio::spawn(export(spans, config.clone())));
+            tracing::info!(endpoint = %config.endpoint, sampling_ratio = config.sampling_ratio, "tracing on");
+            tracer
+        });
+        if tracer.is_none() {
+            tracing::info!("tracing off");
         }
         state.running.retain(|task| !task.is_finished());
         state.current = config.cloned();
+        Some(tracer)
     }
 
-    /// Stops tracing and waits (at most `timeout`) for the exporters to send what they hold: the spans of
-    /// the last requests, drained at shutdown, go out too.
-    pub async fn flush(&self, shared: &Shared, timeout: Duration) {
-        shared.set_tracer(None);
+    /// Waits (at most `timeout`) for the exporters to send what they hold, once the tracer is gone: the
+    /// spans of the last requests, drained at shutdown, go out too.
+    pub async fn flush(&self, timeout: Duration) {
         let running = std::mem::take(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner).running);
         let all = futures_util::future::join_all(running);
         if tokio::time::timeout(timeout, all).await.is_err() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::config::CircuitBreaker;
+use crate::error::CircuitLimit;
 
 /// A backend's connection limits and counts.
 #[derive(Debug, Default)]
@@ -33,11 +34,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The setting, as the metric and the error name it.
-    pub fn limit(self) -> &'static str {
+    /// The setting that refused.
+    pub fn limit(self) -> CircuitLimit {
         match self {
-            Refusal::Pending => "max_pending",
-            Refusal::Connections => "max_connections",
+            Refusal::Pending => CircuitLimit::MaxPending,
+            Refusal::Connections => CircuitLimit::MaxConnections,
         }
     }
 }

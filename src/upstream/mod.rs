@@ -6,6 +6,7 @@ mod connect;
 pub mod h1;
 mod h2;
 pub mod limits;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,6 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::config::{BackendConfig, Timeouts, UpstreamProtocol};
 use crate::error::ProxyError;
-use crate::runtime::workers;
 
 pub use connect::{any_certificate, Address, Stream};
 pub use h1::Upgraded;
@@ -170,7 +170,7 @@ impl Transport {
     /// The calling worker's pools; the last set belongs to every thread that is no worker.
     fn pools(&self) -> &WorkerPools {
         let control = self.pools.len() - 1;
-        &self.pools[workers::current().map_or(control, |index| index.min(control))]
+        &self.pools[worker::current().map_or(control, |index| index.min(control))]
     }
 
     /// Closes idle connections older than `max_idle` (called from the control thread now and then).
@@ -225,7 +225,7 @@ impl Transport {
     /// connection can give up its own, else after waiting (see [`Limits::acquire`]). Connections of the
     /// control thread (health probes) are not limited.
     async fn slot(&self, backend: &str, timeouts: &Timeouts) -> Result<Option<Slot>, ProxyError> {
-        if workers::current().is_none() {
+        if worker::current().is_none() {
             return Ok(None);
         }
         if let Some(slot) = self.limits.try_acquire() {
@@ -256,7 +256,7 @@ impl Transport {
         if let Some(conn) = pool.checkout(timeouts.pool_idle) {
             return Ok(conn);
         }
-        if workers::current().is_none() {
+        if worker::current().is_none() {
             return self.connect(backend, timeouts, true, None).await.map(h1::Conn::new);
         }
         let found = match self.limits.try_acquire() {
@@ -316,8 +316,13 @@ impl Transport {
             .await;
             let waited = sent_at.map_or_else(|| started.elapsed(), |at| at.elapsed());
             match result {
-                Ok(h1::Answer::Response(response)) => break Sent::new(Ok(Answer::Response(response)), waited),
-                Ok(h1::Answer::Upgraded(response, io)) => break Sent::new(Ok(Answer::Upgraded(response, io)), waited),
+                Ok(h1::Answer::Response(response)) => {
+                    break Sent::new(Ok(Answer::Response(response.map(response_body))), waited)
+                }
+                Ok(h1::Answer::Upgraded(response, io)) => {
+                    let response = response.map(|()| Body::empty());
+                    break Sent::new(Ok(Answer::Upgraded(response, io)), waited);
+                }
                 // A pooled connection the backend closed just as it was taken: the request never reached it,
                 // so it goes once more, on a new connection, if it can be sent again.
                 Err(h1::Failure::Closed { responded: false } | h1::Failure::Io { responded: false, .. })
@@ -408,6 +413,15 @@ impl Transport {
             }),
         };
         Sent::new(result, sent_at.elapsed())
+    }
+}
+
+/// A backend's HTTP/1.1 response body as the proxy's body: nothing when it ended with the head.
+fn response_body(body: h1::ResponseBody) -> Body {
+    if http_body::Body::is_end_stream(&body) {
+        Body::empty()
+    } else {
+        Body::boxed(body)
     }
 }
 

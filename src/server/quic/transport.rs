@@ -7,7 +7,7 @@
 //!
 //! Request streams also carry the proxy's own rules:
 //! - their first HEADERS frame passes a tee that checks the encoded field section for what h3 lets through
-//!   (`quic_fields`); a malformed stream's verdict is noted by id for the request task, with a future that
+//!   (`fields.rs`); a malformed stream's verdict is noted by id for the request task, with a future that
 //!   completes when the client stops the stream (so the task can give up at once);
 //! - a request stream dropped before its head arrived (the header read timeout) is stopped and reset with
 //!   H3_REQUEST_INCOMPLETE; one whose request task dropped it before its response finished is reset, never
@@ -29,7 +29,7 @@ use futures_util::stream::{self, BoxStream, StreamExt as _};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn::VarInt;
 
-use super::quic_fields::{self, Malformed};
+use super::fields::{self, Malformed};
 
 /// HTTP/3 error codes this transport sends (RFC 9114 8.1).
 const H3_INTERNAL_ERROR: u64 = 0x102;
@@ -525,7 +525,7 @@ impl Tee {
                 return Some(consumed);
             }
             if kind == HEADERS {
-                if let Err(malformed) = quic_fields::check_request(&frame[..length]) {
+                if let Err(malformed) = fields::check_request(&frame[..length]) {
                     self.notes.record(id, malformed);
                 }
                 self.finish();

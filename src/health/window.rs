@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::config::LONGEST_TRAFFIC_PERIOD;
+
 /// Seconds kept: the longest period summarised, plus the second still filling.
-pub const SLOTS: usize = 31;
-/// The longest period a summary covers.
-pub const LONGEST: Duration = Duration::from_secs(SLOTS as u64 - 1);
+pub const SLOTS: usize = LONGEST_TRAFFIC_PERIOD.as_secs() as usize + 1;
 /// Latency buckets: bucket `i` holds latencies below `FIRST_BOUND * 2^(i/2)`, the last one everything above.
 const BUCKETS: usize = 40;
 const FIRST_BOUND: Duration = Duration::from_micros(100);
@@ -105,6 +105,21 @@ impl Counts {
 impl Window {
     /// Counts one request answered (or failed) after `latency`.
     pub fn record(&self, latency: Duration, failed: bool) {
+        let slot = self.current();
+        slot.requests.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            slot.failures.fetch_add(1, Ordering::Relaxed);
+        }
+        slot.latency[bucket_of(latency)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request already counted as failed after all: its response body failed after the head came.
+    pub fn record_late_failure(&self) {
+        self.current().failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The slot of the current second, emptied first if it last counted an older one.
+    fn current(&self) -> &Slot {
         let second = self.start.elapsed().as_secs() + 1;
         let slot = &self.slots[(second % SLOTS as u64) as usize];
         if slot.second.load(Ordering::Relaxed) != second && slot.second.swap(second, Ordering::Relaxed) != second {
@@ -114,11 +129,7 @@ impl Window {
                 bucket.store(0, Ordering::Relaxed);
             }
         }
-        slot.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            slot.failures.fetch_add(1, Ordering::Relaxed);
-        }
-        slot.latency[bucket_of(latency)].fetch_add(1, Ordering::Relaxed);
+        slot
     }
 
     /// The last `seconds` complete seconds (at most [`SLOTS`] - 1; the current second is still filling).

@@ -18,7 +18,6 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::Backend;
 use crate::body::Body;
 use crate::config::{CheckKind, HealthCheckConfig, Timeouts};
-use crate::metrics;
 use crate::runtime::{Shared, Shutdown};
 use crate::upstream::{Address, Answer};
 
@@ -143,9 +142,9 @@ impl Prober {
             Ok(outcome) => outcome,
             Err(_) => Err(format!("timed out after {:?}", config.timeout)),
         };
-        metrics::record_health_check(&backend.upstream, &backend.name, outcome.is_ok());
+        backend.metrics.record_check(outcome.is_ok());
         if let Some(transition) = backend.health.record_probe(outcome, started.elapsed()) {
-            super::announce(backend, transition);
+            backend.announce(transition);
         }
     }
 

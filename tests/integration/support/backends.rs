@@ -2,11 +2,7 @@
 //! hyper servers on loopback ports chosen by the OS that speak HTTP/1.1, HTTP/2 with prior knowledge (h2c),
 //! or either over rustls by ALPN, optionally requiring a client certificate. Each records what only the
 //! backend can see: the SNI of every ClientHello, failed handshakes, accepted TCP connections, and for
-//! every request its connection, HTTP version, client certificate, head, body checksum and trailers.
-//! Included with `#[path = "common/backends.rs"] mod backends;`.
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+//! every request its HTTP version, client certificate, head, body checksum and trailers.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -129,8 +125,6 @@ impl TestCa {
 
 /// How a backend speaks.
 pub enum Wire {
-    /// Clear-text HTTP/1.1.
-    Http1,
     /// Clear-text HTTP/2 with prior knowledge.
     H2c,
     /// TLS with `identity`, the ALPN protocols it offers (HTTP/2 when `h2` is negotiated, else HTTP/1.1),
@@ -156,8 +150,6 @@ impl Wire {
 /// One request as the backend received it.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    /// Which accepted TCP connection it came on (0 for the first).
-    pub connection: usize,
     pub tls: bool,
     /// The SNI of the connection's handshake.
     pub sni: Option<String>,
@@ -250,15 +242,15 @@ impl TestBackend {
                 alpn,
                 client_ca,
             } => Some(tls_acceptor(&state, identity, &alpn, client_ca)),
-            Wire::Http1 | Wire::H2c => None,
+            Wire::H2c => None,
         };
         let serving = Arc::clone(&state);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let index = serving.connections.fetch_add(1, Ordering::SeqCst);
+                serving.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(&serving);
                 let acceptor = acceptor.clone();
-                tokio::spawn(serve_connection(state, tcp, index, acceptor, h2c));
+                tokio::spawn(serve_connection(state, tcp, acceptor, h2c));
             }
         });
         Self {
@@ -369,22 +361,14 @@ fn tls_acceptor(
 /// What every request on one connection shares.
 #[derive(Clone)]
 struct ConnectionInfo {
-    index: usize,
     tls: bool,
     sni: Option<String>,
     client_cert: Option<CertificateDer<'static>>,
 }
 
-async fn serve_connection(
-    state: Arc<State>,
-    tcp: TcpStream,
-    index: usize,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    h2c: bool,
-) {
+async fn serve_connection(state: Arc<State>, tcp: TcpStream, acceptor: Option<tokio_rustls::TlsAcceptor>, h2c: bool) {
     let Some(acceptor) = acceptor else {
         let info = ConnectionInfo {
-            index,
             tls: false,
             sni: None,
             client_cert: None,
@@ -401,7 +385,6 @@ async fn serve_connection(
     };
     let session = tls.get_ref().1;
     let info = ConnectionInfo {
-        index,
         tls: true,
         sni: session.server_name().map(str::to_owned),
         client_cert: session.peer_certificates().and_then(|chain| chain.first()).cloned(),
@@ -464,7 +447,6 @@ async fn respond(state: Arc<State>, info: ConnectionInfo, request: Request<Incom
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().unwrap_or_default().to_owned();
     state.record().requests.push(Seen {
-        connection: info.index,
         tls: info.tls,
         sni: info.sni.clone(),
         client_cert: info.client_cert.clone(),

@@ -5,22 +5,16 @@
 //! test checks what the backend observed (SNI, client certificate, HTTP version, connections) as well as
 //! what the client got.
 
-#[path = "common/backends.rs"]
-mod backends;
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backends::*;
+use crate::support::backends::*;
+use crate::support::http3::*;
+use crate::support::*;
 use bytes::Buf as _;
-use common::*;
-use h3_client::*;
 use http::{HeaderMap, Request, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};

@@ -1,12 +1,10 @@
 //! The HTTP/1.1 listener end to end: balancing, routing, header rewriting and upstream failures, with
 //! real demo backends and a proxy started from a YAML config, all on OS-assigned loopback ports.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

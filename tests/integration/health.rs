@@ -4,15 +4,13 @@
 //! Probes run on short intervals; tests wait for the state they need with bounded polls (under the test
 //! guard) and never assert how long anything took.
 
-mod common;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use http::header::{AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::uri::{Authority, Scheme};
 use http::{Request, StatusCode};

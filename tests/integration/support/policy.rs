@@ -2,11 +2,6 @@
 //! test sets at run time and that counts what only it can see (requests by path, requests in flight,
 //! accepted and open TCP connections), the admin API and metrics as JSON and text, clients that connect from
 //! a chosen loopback address, and bounded polling with a report of the last state seen.
-//!
-//! Included with `#[path = "common/policy.rs"] mod policy;` next to `mod common;`, whose client it uses.
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -27,7 +22,7 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 
-use crate::common::{send_with_authorization, HttpClient, Reply};
+use super::{send_with_authorization, HttpClient, Reply};
 
 /// Longest a held request waits for its release, so that a failed test never leaves one behind.
 const HOLD_LIMIT: Duration = Duration::from_secs(60);
@@ -52,8 +47,6 @@ struct State {
     holding: watch::Sender<bool>,
     answered: AtomicU64,
     received: Mutex<Vec<Received>>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
     held: AtomicUsize,
     accepted: AtomicUsize,
     open: AtomicUsize,
@@ -109,8 +102,6 @@ impl PolicyBackend {
             holding,
             answered: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
-            in_flight: AtomicUsize::new(0),
-            max_in_flight: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
             open: AtomicUsize::new(0),
@@ -200,16 +191,6 @@ impl PolicyBackend {
         self.received().iter().filter(|r| r.method == method).count()
     }
 
-    /// Requests being answered now.
-    pub fn in_flight(&self) -> usize {
-        self.state.in_flight.load(Ordering::SeqCst)
-    }
-
-    /// The most requests ever answered at once.
-    pub fn max_in_flight(&self) -> usize {
-        self.state.max_in_flight.load(Ordering::SeqCst)
-    }
-
     /// Requests waiting for [`PolicyBackend::release`] now.
     pub fn held(&self) -> usize {
         self.state.held.load(Ordering::SeqCst)
@@ -252,7 +233,6 @@ async fn respond(state: &State, request: Request<Incoming>) -> Response<Full<Byt
         let status = state.health_status.load(Ordering::SeqCst);
         return answer(state, StatusCode::from_u16(status).unwrap_or(StatusCode::OK));
     }
-    let _in_flight = Count::enter(&state.in_flight, &state.max_in_flight);
     state
         .received
         .lock()

@@ -1,15 +1,13 @@
 //! Failover under load: a backend killed with SIGKILL while GETs keep flowing costs the clients nothing,
 //! because failed attempts are retried on the other backends and passive checks eject the dead one.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::support::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper_util::client::legacy::Client;

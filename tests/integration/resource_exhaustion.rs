@@ -2,11 +2,9 @@
 //! 503 to requests it cannot connect upstream for, logs why, and keeps the backend's health record clean,
 //! so that once descriptors are free again the same backend answers at once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

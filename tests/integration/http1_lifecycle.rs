@@ -1,12 +1,10 @@
 //! Connections over time: keep-alive, protocol upgrades, large streamed bodies and graceful shutdown.
 
-mod common;
-
 use std::io;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::{stream, StreamExt as _};
 use http::header::HOST;
 use http::{Request, StatusCode};

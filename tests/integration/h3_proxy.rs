@@ -5,19 +5,15 @@
 //! uppercase field names, unknown or repeated pseudo-headers and pseudo-headers after regular fields
 //! never reach the wire.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::http3::*;
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use h3::error::StreamError;
-use h3_client::*;
 use http::header::{HeaderName, HeaderValue};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};

@@ -1,11 +1,9 @@
 //! Malformed and hostile HTTP/1.1 requests, written as raw bytes: each must be refused with the right
 //! status, on a connection the proxy then closes, without reaching a backend.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;

@@ -8,20 +8,14 @@
 //! did not happen, and no assertion is about how long anything took. Every upstream has a name of its own,
 //! because metrics are process-wide.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-#[path = "common/policy.rs"]
-mod policy;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::*;
-use h3_client::{quic_addr, start_tls_proxy, H3Client, TestCerts};
+use crate::support::http3::{quic_addr, start_tls_proxy, H3Client, TestCerts};
+use crate::support::policy::*;
+use crate::support::*;
 use http::{Method, StatusCode};
-use policy::*;
 use quic_proxy::app::Running;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;

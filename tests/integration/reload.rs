@@ -7,10 +7,6 @@
 //! In-process proxies are started from a real file, so every reload reads the file the way the binary
 //! does; the tests of the binary itself run it as a child process and read its JSON log lines.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,9 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use crate::support::http3::*;
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
-use h3_client::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;

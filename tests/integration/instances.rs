@@ -8,17 +8,13 @@
 //! the instances see it is the relay's, which does not change, and the relay counts what the instances
 //! send and can hold the client's packets back while A is replaced by B.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::*;
-use h3_client::*;
+use crate::support::http3::*;
+use crate::support::*;
 use http::StatusCode;
 use quinn::{ConnectionError, IdleTimeout, TransportConfig};
 use tempfile::TempDir;

@@ -5,20 +5,16 @@
 //! Every client here trusts both the old and the new certificate, so a handshake succeeds either way
 //! and the assertions on the presented certificate are what tell the two apart.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::http3::*;
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::FutureExt as _;
-use h3_client::*;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;

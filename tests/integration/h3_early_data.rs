@@ -8,16 +8,12 @@
 //! client's packets back, the proxy never receives the client's Finished and stays before the end of its
 //! handshake for as long as the test wants.
 
-mod common;
-#[path = "common/h3.rs"]
-mod h3_client;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::support::http3::*;
+use crate::support::*;
 use bytes::Bytes;
-use common::*;
-use h3_client::*;
 use http::{Request, StatusCode};
 use quic_proxy::app::Running;
 use quinn::crypto::rustls::QuicClientConfig;

@@ -1,8 +1,5 @@
 //! HTTP/3 fixtures: a self-signed certificate per test, a proxy started with it, and an h3 client over
-//! quinn that trusts exactly that certificate. Included with `#[path = "common/h3.rs"] mod h3_client;`.
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+//! quinn that trusts exactly that certificate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -299,7 +296,7 @@ impl H3Reply {
     /// Every value of `name` in the demo backend's description of the request headers.
     pub fn seen_header(&self, name: &str) -> Option<Vec<String>> {
         // Every test binary that includes this file also has `mod common` at its root.
-        crate::common::seen_header_values(&self.json(), name)
+        super::seen_header_values(&self.json(), name)
     }
 }
 

@@ -1,8 +1,13 @@
-//! Fixtures for the HTTP/1.1 integration tests: demo backends and a proxy on OS-assigned ports, an
-//! HTTP client, and raw-socket helpers for requests no well-behaved client would send.
+//! The integration tests' shared support: demo backends and a proxy on OS-assigned ports, an HTTP client,
+//! raw-socket helpers for requests no well-behaved client would send, and the proxy as a child process.
+//!
+//! - `http3.rs`: a certificate per test, a TLS proxy, and an HTTP/3 client that trusts exactly it;
+//! - `backends.rs`: backends over HTTP/1.1, h2c and TLS from a test CA, recording what only they see;
+//! - `policy.rs`: a backend the traffic-policy tests steer, and the admin API and metrics read back.
 
-// Each test binary compiles this module and uses a different subset of it.
-#![allow(dead_code)]
+pub mod backends;
+pub mod http3;
+pub mod policy;
 
 use std::future::Future;
 use std::io;

@@ -3,7 +3,8 @@
 //! a coding or where a message ends. Disagreement between two parsers of one stream is what request
 //! smuggling is made of; here there is one parser per rule.
 //!
-//! - where a head ends ([`head_end`]), with the line endings httparse accepts;
+//! - where a head ends ([`head_end`]), with the line endings httparse accepts, and a backend's response head
+//!   read into a status and fields ([`response_head`]);
 //! - Content-Length ([`content_length`]): one value, digits only, at most [`MAX_LENGTH_DIGITS`] of them;
 //! - Transfer-Encoding ([`transfer_coding`]): exactly `chunked`, or a coding the proxy does not decode;
 //! - chunked framing ([`chunked::Decoder`]), shared by the framing watch on client connections and the
@@ -11,6 +12,9 @@
 //! - tokens and field values ([`is_token`], [`is_field_value`]).
 
 pub mod chunked;
+mod head;
+
+pub use head::{response_head, ResponseHead, MAX_RESPONSE_FIELDS};
 
 /// Where a head ends: just past its empty line. A line ends with CRLF or a bare LF (RFC 9112 2.2, as
 /// httparse reads them), so `\n\n`, `\n\r\n`, `\r\n\n` and `\r\n\r\n` all end a head.

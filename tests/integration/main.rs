@@ -7,6 +7,7 @@ mod support;
 
 mod cert_reload;
 mod cli;
+mod content_length;
 mod h3_early_data;
 mod h3_proxy;
 mod health;
@@ -18,4 +19,5 @@ mod instances;
 mod reload;
 mod resource_exhaustion;
 mod traffic_policy;
+mod upload_aborts;
 mod upstream_protocols;

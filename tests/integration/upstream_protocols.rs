@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::support::backends::*;
@@ -19,12 +18,10 @@ use http::{HeaderMap, Request, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use quic_proxy::app::Running;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tokio::net::TcpStream;
 
 /// Bulk-transfer tests move tens of MiB through unoptimised builds of rustls, hyper, quinn and h3.
 const BULK_GUARD: Duration = Duration::from_secs(120);
@@ -86,24 +83,6 @@ fn upstreams(list: &[(&str, Vec<String>)]) -> String {
 async fn tls_proxy(certs: &TestCerts, workers: usize, rest: &str) -> Running {
     let workers = format!("workers: {workers}");
     start_tls_proxy(&render_config(&[certs.server_line().as_str(), workers.as_str()], rest)).await
-}
-
-/// An HTTP/2 connection to the proxy's HTTPS listener; returns the sender and the `:authority` to use.
-async fn h2_connect(running: &Running, certs: &TestCerts) -> (SendRequest<TestBody>, String) {
-    let addr = running.https_addr.expect("HTTPS listens");
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(certs.client_config(&[b"h2"])));
-    let tcp = TcpStream::connect(addr).await.expect("connect to the HTTPS listener");
-    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
-    let tls = connector
-        .connect(name, tcp)
-        .await
-        .expect("TLS handshake with the proxy");
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .expect("HTTP/2 handshake with the proxy");
-    tokio::spawn(connection);
-    (sender, format!("{SERVER_NAME}:{}", addr.port()))
 }
 
 async fn h2_get(sender: &mut SendRequest<TestBody>, authority: &str, path: &str) -> Reply {

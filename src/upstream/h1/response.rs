@@ -17,24 +17,15 @@ use super::failure::Failure;
 use super::pool::{Conn, Pool};
 use crate::error::BoxError;
 use crate::upstream::connect::Stream;
-use crate::wire::{self, chunked};
+use crate::wire::{self, chunked, ResponseHead};
 
 /// The largest response head (and trailer section) read from a backend.
 const MAX_HEAD: usize = 64 * 1024;
-/// Response header fields read from a backend at most.
-const MAX_FIELDS: usize = 256;
 /// How much is read from a backend at a time.
 const READ_CHUNK: usize = 16 * 1024;
 
-/// A response head as read.
-pub(super) struct Head {
-    pub status: StatusCode,
-    pub version: Version,
-    pub headers: HeaderMap,
-}
-
 /// Reads until a complete response head is in the connection's buffer, then parses and removes it.
-pub(super) fn poll_head(cx: &mut Context<'_>, conn: &mut Conn) -> Poll<Result<Head, Failure>> {
+pub(super) fn poll_head(cx: &mut Context<'_>, conn: &mut Conn) -> Poll<Result<ResponseHead, Failure>> {
     loop {
         if let Some(head) = parse_head(&mut conn.buffer)? {
             return Poll::Ready(Ok(head));
@@ -61,37 +52,15 @@ fn read_into<R: AsyncRead + ?Sized>(
 }
 
 /// A complete response head from the front of `buffer` (removed from it), or `None` while it is partial.
-fn parse_head(buffer: &mut BytesMut) -> Result<Option<Head>, Failure> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut response = httparse::Response::new(&mut fields);
-    let length = match response.parse(buffer) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Failure::Protocol("too many response header fields")),
-        Err(_) => return Err(Failure::Protocol("malformed response head")),
-    };
-    let status = response
-        .code
-        .and_then(|code| StatusCode::from_u16(code).ok())
-        .ok_or(Failure::Protocol("invalid response status"))?;
-    let version = match response.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::with_capacity(response.headers.len());
-    for field in response.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| Failure::Protocol("invalid response header name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| Failure::Protocol("invalid response header value"))?;
-        headers.append(name, value);
+fn parse_head(buffer: &mut BytesMut) -> Result<Option<ResponseHead>, Failure> {
+    match wire::response_head(buffer) {
+        Ok(Some((head, length))) => {
+            buffer.advance(length);
+            Ok(Some(head))
+        }
+        Ok(None) => Ok(None),
+        Err(malformed) => Err(Failure::Protocol(malformed)),
     }
-    buffer.advance(length);
-    Ok(Some(Head {
-        status,
-        version,
-        headers,
-    }))
 }
 
 /// How a response body is delimited.

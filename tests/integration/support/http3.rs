@@ -1,5 +1,5 @@
-//! HTTP/3 fixtures: a self-signed certificate per test, a proxy started with it, and an h3 client over
-//! quinn that trusts exactly that certificate.
+//! TLS fixtures: a self-signed certificate per test, a proxy started with it, an h3 client over quinn and
+//! an HTTP/2 client over rustls that trust exactly that certificate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 use h3::error::{ConnectionError, StreamError};
 use http::{HeaderMap, Request, StatusCode};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use quic_proxy::app::{self, Running};
 use quic_proxy::tls::CertStore;
 use quic_proxy::Config;
@@ -15,7 +17,10 @@ use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 use tempfile::TempDir;
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
+
+use super::TestBody;
 
 /// The name the generated certificate is issued for and that clients send as SNI and `:authority`.
 pub const SERVER_NAME: &str = "localhost";
@@ -96,6 +101,24 @@ pub async fn start_tls_proxy(yaml: &str) -> Running {
 /// The UDP address of a proxy's QUIC listener.
 pub fn quic_addr(running: &Running) -> SocketAddr {
     running.quic_addr.expect("TLS is configured, so QUIC listens")
+}
+
+/// An HTTP/2 connection to the proxy's HTTPS listener; returns the sender and the `:authority` to use.
+pub async fn h2_connect(running: &Running, certs: &TestCerts) -> (SendRequest<TestBody>, String) {
+    let addr = running.https_addr.expect("HTTPS listens");
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(certs.client_config(&[b"h2"])));
+    let tcp = TcpStream::connect(addr).await.expect("connect to the HTTPS listener");
+    let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).expect("server name");
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake with the proxy");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("HTTP/2 handshake with the proxy");
+    tokio::spawn(connection);
+    (sender, format!("{SERVER_NAME}:{}", addr.port()))
 }
 
 /// A QUIC connection (handshake complete, ALPN h3) from a fresh client endpoint.

@@ -1,8 +1,10 @@
 """Fixtures for the adversarial suite: the real quic-proxy binary, started per test with the config the test
-needs, in front of raw Python backends that record what reached them (or the proxy's own demo backends).
+needs, in front of raw Python backends that record what reached them (or the proxy's own demo backends, the
+shared demo_backend fixture).
 
 Every process binds port 0 and the fixtures read the bound addresses from the proxy's JSON log lines, so
-tests share nothing and can run in any order, repeatedly and in parallel with other suites.
+tests share nothing and can run in any order, repeatedly and in parallel with other suites. proxy_bin,
+cert_pair and demo_backend are the shared quic_proxy_testing package's fixtures (tests/support).
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import DemoBackend, Proxy, interop, proxy_config, start_demo_backend, start_proxy
+from harness import Proxy, proxy_config
+from quic_proxy_testing import ProxyLauncher
 from rawbackend import RawBackend
+
+pytest_plugins = ["quic_proxy_testing.plugin"]
 
 # The proxy drains for up to drain_timeout (3 s in these configs) on SIGTERM; a debug build on a busy machine
 # gets some slack beyond that before teardown calls it hung.
 EXIT_TIMEOUT = 15.0
-
-# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
-proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
 
 
 @pytest.fixture
@@ -38,45 +40,17 @@ def raw_backend():
 
 
 @pytest.fixture
-def demo_backend(proxy_bin: Path, tmp_path: Path):
-    """Starts the proxy's demo backends; all are stopped at teardown."""
-    started: list[DemoBackend] = []
-
-    def start(name: str) -> DemoBackend:
-        backend = start_demo_backend(proxy_bin, name, tmp_path)
-        started.append(backend)
-        return backend
-
-    yield start
-    for backend in started:
-        backend.process.stop()
-
-
-@pytest.fixture
 def proxy_factory(proxy_bin: Path, cert_pair: tuple[Path, Path], tmp_path: Path):
     """Starts quic-proxy in front of the given backends with `overrides` laid over the base config. At
-    teardown each proxy still running gets SIGTERM and must exit 0 without being killed."""
-    started: list[Proxy] = []
+    teardown each proxy still running gets SIGTERM and must exit 0 without being killed, and none may have
+    panicked; a proxy the test stopped or killed itself is judged by that test."""
+    with ProxyLauncher(proxy_bin, tmp_path, stop_timeout=EXIT_TIMEOUT, judge_early_exit=False) as launcher:
 
-    def start(backends, overrides: dict | None = None) -> Proxy:
-        pairs = [(b.name, b.url) for b in backends]
-        config = proxy_config(*cert_pair, pairs, overrides)
-        proxy = start_proxy(proxy_bin, config, tmp_path, name=f"quic-proxy-{len(started)}")
-        started.append(proxy)
-        return proxy
+        def start(backends, overrides: dict | None = None) -> Proxy:
+            pairs = [(b.name, b.url) for b in backends]
+            return launcher.start(proxy_config(*cert_pair, pairs, overrides), cls=Proxy)
 
-    yield start
-    problems = []
-    for proxy in started:
-        was_running = proxy.running()
-        status, killed = proxy.process.stop(EXIT_TIMEOUT)
-        if killed:
-            problems.append(f"the proxy ignored SIGTERM for {EXIT_TIMEOUT}s; log tail:\n{proxy.tail()}")
-        elif was_running and status != 0:
-            problems.append(f"the proxy exited {status} on SIGTERM; log tail:\n{proxy.tail()}")
-        if proxy.panics():
-            problems.append("the proxy panicked:\n" + "\n".join(proxy.panics()))
-    assert not problems, "\n\n".join(problems)
+        yield start
 
 
 @pytest.fixture

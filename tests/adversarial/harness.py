@@ -1,36 +1,20 @@
 """The proxy under attack: its config, its process, and what its admin listener and /proc say about it.
 
-Process handling and the start-up log parsing are the interop suite's (tests/interop/conftest.py); they are
-loaded under another module name so that suite's conftest never meets this one in a pytest session.
+Starting, stopping and reading the proxy's log are the shared quic_proxy_testing package's (tests/support);
+this adds what attacks need on top: the base config, (host, port) addresses and the checks after an attack.
 """
 
 from __future__ import annotations
 
 import copy
-import http.client
-import importlib.util
 import json
-import re
-import signal
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import h1raw
 from h3raw import H3Client
-
-ROOT = Path(__file__).resolve().parents[2]
-
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process, binary = interop.Process, interop.binary
-
-PANIC = "panicked at"
+from quic_proxy_testing import RunningProxy, poll_until
+from quic_proxy_testing import start_proxy as start_any_proxy
 
 
 def merge(base: dict, overrides: dict) -> dict:
@@ -71,14 +55,26 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@dataclass
-class Proxy:
-    process: Process
-    http: tuple[str, int]
-    https: tuple[str, int]
-    quic: tuple[str, int]
-    admin: tuple[str, int]
-    config: dict
+class Proxy(RunningProxy):
+    """The proxy with every listener; addresses as (host, port), as the raw clients take them."""
+
+    request_timeout = 5.0
+
+    @property
+    def http(self) -> tuple[str, int]:
+        return _address(self.http_address)
+
+    @property
+    def https(self) -> tuple[str, int]:
+        return _address(self.https_address)
+
+    @property
+    def quic(self) -> tuple[str, int]:
+        return _address(self.quic_address)
+
+    @property
+    def admin(self) -> tuple[str, int]:
+        return _address(self.admin_address)
 
     @property
     def pid(self) -> int:
@@ -86,14 +82,9 @@ class Proxy:
 
     # --- admin listener ---------------------------------------------------------------------------------
 
-    def admin_get(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        connection = http.client.HTTPConnection(*self.admin, timeout=timeout)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read().decode("utf-8", "replace")
-        finally:
-            connection.close()
+    def admin_get(self, path: str, timeout: float | None = None) -> tuple[int, str]:
+        answer = self.admin_request("GET", path, timeout=timeout)
+        return answer.status, answer.text
 
     def backends_state(self) -> dict[str, dict]:
         status, body = self.admin_get("/api/backends")
@@ -102,34 +93,19 @@ class Proxy:
 
     def wait_backends(self, predicate: Callable[[dict[str, dict]], bool], timeout: float) -> dict[str, dict]:
         """Polls /api/backends until `predicate` holds; returns the last state either way."""
-        deadline = time.monotonic() + timeout
-        while True:
+        state: dict[str, dict] = {}
+
+        def holds() -> bool:
+            nonlocal state
             state = self.backends_state()
-            if predicate(state) or time.monotonic() >= deadline:
-                return state
-            time.sleep(0.1)
+            return predicate(state)
 
-    def metrics(self) -> list[tuple[str, dict[str, str], float]]:
-        status, body = self.admin_get("/metrics")
-        assert status == 200, body
-        samples = []
-        for line in body.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)", line)
-            if match is None:
-                continue
-            labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', match.group(3) or ""))
-            samples.append((match.group(1), labels, float(match.group(4))))
-        return samples
+        poll_until(holds, timeout, interval=0.1)
+        return state
 
-    def metric(self, name: str, **labels: str) -> float:
-        """The sum of every sample of `name` whose labels include `labels`."""
-        return sum(
-            value
-            for sample, sample_labels, value in self.metrics()
-            if sample == name and all(sample_labels.get(k) == v for k, v in labels.items())
-        )
+    def metrics(self):
+        """/metrics as (name, labels, value) samples."""
+        return self.metric_samples()
 
     # --- the process ------------------------------------------------------------------------------------
 
@@ -138,21 +114,6 @@ class Proxy:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
         raise AssertionError("no VmRSS in /proc status")
-
-    def panics(self) -> list[str]:
-        return [line for line in self.process.stderr().splitlines() if PANIC in line]
-
-    def sigterm(self) -> None:
-        self.process.popen.send_signal(signal.SIGTERM)
-
-    def wait_exit(self, timeout: float) -> int | None:
-        try:
-            return self.process.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def running(self) -> bool:
-        return self.process.popen.poll() is None
 
     # --- health -----------------------------------------------------------------------------------------
 
@@ -168,64 +129,8 @@ class Proxy:
                 assert stream.status == 200, f"HTTP/3 GET {path}: {stream.describe()} {client.describe_close()}"
         assert not self.panics(), "the proxy panicked:\n" + "\n".join(self.panics())
 
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.process.stderr().splitlines()[-lines:])
-
 
 def start_proxy(proxy_bin: Path, config: dict, workdir: Path, name: str = "quic-proxy") -> Proxy:
-    path = workdir / f"{name}.yaml"
-    # JSON is YAML: the config is written as JSON so nothing here needs a YAML library.
-    path.write_text(json.dumps(config, indent=1) + "\n")
-    process = Process(name, [str(proxy_bin), "--config", str(path)], cwd=workdir)
-    try:
-        proxy = Proxy(
-            process=process,
-            http=_address(process.wait_for_message("HTTP/1.1 listener bound")["address"]),
-            https=_address(process.wait_for_message("HTTPS listener bound (h2, http/1.1)")["address"]),
-            quic=_address(process.wait_for_message("QUIC listener bound (h3)")["address"]),
-            admin=_address(
-                process.wait_for(
-                    lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-                )["address"]
-            ),
-            config=config,
-        )
-        process.wait_for_message("quic-proxy started")
-    except BaseException:
-        process.stop()
-        raise
-    return proxy
+    """A proxy of its own (see the proxy_factory fixture for the usual way); the caller stops it."""
+    return start_any_proxy(proxy_bin, config, workdir, name=name, cls=Proxy)
 
-
-@dataclass
-class DemoBackend:
-    """The proxy's own demo backend (`quic-proxy backend`)."""
-
-    name: str
-    address: str
-    process: Process
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-
-def start_demo_backend(proxy_bin: Path, name: str, workdir: Path) -> DemoBackend:
-    process = Process(name, [str(proxy_bin), "backend", "--listen", "127.0.0.1:0", "--name", name], cwd=workdir)
-    try:
-        event = process.wait_for_message("demo backend listening")
-    except BaseException:
-        process.stop()
-        raise
-    return DemoBackend(name, event["address"], process)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    """Polls `predicate` until it holds or `timeout` passes; the result of the last look."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            return predicate()
-        time.sleep(interval)

@@ -11,7 +11,8 @@ import pytest
 
 import h1raw
 from clients import PROTOCOLS, get
-from harness import merge, wait_until
+from harness import merge
+from quic_proxy_testing import poll_until
 from rawbackend import Exchange, response
 
 RESPONSE_BODY_TIMEOUT = 2.0
@@ -78,7 +79,7 @@ def test_a_backend_that_stalls_mid_body_is_aborted_within_response_body_timeout(
     assert state["bad"]["in_flight"] == 0, f"the stalled response still counts as in flight: {state['stall']}"
     assert state["bad"]["consecutive_failures"] >= 1, f"the stall was not charged to the backend: {state['stall']}"
     # Aborting both ends means the backend connection is closed too, not left to the backend's patience.
-    wait_until(lambda: bool(recorder.closed_at), 5)
+    poll_until(lambda: bool(recorder.closed_at), 5)
     assert recorder.closed_at and recorder.closed_at[0] is not None, "the proxy kept the backend connection open"
     proxy.assert_serving()
 

@@ -13,8 +13,8 @@ from hpack import Encoder
 
 import h1raw
 from h2raw import CONTINUATION, END_HEADERS, END_STREAM, GOAWAY, HEADERS, RST_STREAM, RawH2, raw_frame
-from harness import wait_until
 from h3raw import H3_REQUEST_CANCELLED, H3Client, headers_frame, request_fields
+from quic_proxy_testing import poll_until
 from rawbackend import Exchange, describe_reply
 
 HOLD_LIMIT = 10.0
@@ -47,7 +47,7 @@ def assert_cancelled_upstream(proxy, backend, replies: SlowReplies) -> None:
     state = proxy.wait_backends(lambda s: s["raw"]["in_flight"] == 0, 5)
     assert state["raw"]["in_flight"] == 0, f"reset requests still in flight upstream: {state['raw']}"
     forwarded = len(backend.seen())
-    wait_until(lambda: replies.cancelled >= forwarded, 5)
+    poll_until(lambda: replies.cancelled >= forwarded, 5)
     assert replies.cancelled >= forwarded, (
         f"{forwarded} reset requests reached the backend, only {replies.cancelled} were cancelled there"
     )
@@ -67,7 +67,7 @@ def test_http3_rapid_reset_cancels_the_upstream_requests(raw_backend, proxy_fact
     with H3Client.connect(proxy.quic) as client:
         for start in range(0, total, batch):
             # A batch may only start once the proxy has handed back the slots of the batch before.
-            returned = wait_until(lambda: client.stream_credit() >= start + batch or client.terminated is not None, 10)
+            returned = poll_until(lambda: client.stream_credit() >= start + batch or client.terminated is not None, 10)
             assert returned and client.terminated is None, (
                 f"after {start} reset requests the proxy allows only {client.stream_credit()} streams in all "
                 f"({client.describe_close()}); {len(backend.seen())} reached the backend, {replies.cancelled} "
@@ -170,7 +170,7 @@ def test_many_short_connections_leave_nothing_behind(raw_backend, proxy_factory)
         gauges = [v for name, _, v in proxy.metrics() if name == "connections_open"]
         return all(v == 0 for v in gauges)
 
-    settled = wait_until(drained, 10, interval=0.2)
+    settled = poll_until(drained, 10, interval=0.2)
     open_now = [(labels, v) for name, labels, v in proxy.metrics() if name == "connections_open"]
     assert settled, f"connections still counted open: {open_now}"
     grown = proxy.rss_kib() - baseline

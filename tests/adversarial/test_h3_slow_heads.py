@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import wait_until
 from h3raw import H3_REQUEST_INCOMPLETE, HEADERS, H3Client, encode_fields, request_fields, varint
+from quic_proxy_testing import poll_until
 
 HEADER_READ_TIMEOUT = 1.0
 CONNECTIONS = 5
@@ -69,7 +69,7 @@ def test_streams_that_never_finish_their_headers_are_cut_and_their_memory_freed(
                     f"{len(opened)} stalled streams grew the proxy by {grown} KiB"
                 )
 
-            cut = wait_until(lambda: all(is_cut(c, s) for c, s in opened), CUT_WITHIN)
+            cut = poll_until(lambda: all(is_cut(c, s) for c, s in opened), CUT_WITHIN)
             uncut = [(c.address, s, c.streams[s].describe()) for c, s in opened if not is_cut(c, s)]
             assert cut, (
                 f"batch {batch}: {len(uncut)} of {len(opened)} streams still open {CUT_WITHIN}s after sending "

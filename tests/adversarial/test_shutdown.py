@@ -8,8 +8,8 @@ import threading
 import time
 
 import h1raw
-from harness import wait_until
 from h3raw import H3Client
+from quic_proxy_testing import poll_until
 from rawbackend import Exchange, describe_reply
 
 DRAIN_TIMEOUT = 10.0
@@ -44,7 +44,7 @@ def test_the_admin_listener_serves_through_the_drain(raw_backend, proxy_factory)
 
         proxy.sigterm()
         try:
-            became_unready = wait_until(lambda: proxy.admin_get("/ready", timeout=2)[0] == 503, 5)
+            became_unready = poll_until(lambda: proxy.admin_get("/ready", timeout=2)[0] == 503, 5)
         except OSError as error:
             raise AssertionError(f"the admin listener stopped answering once the drain began: {error!r}") from error
         assert became_unready, f"/ready during the drain: {proxy.admin_get('/ready')}"

@@ -12,7 +12,7 @@ import pytest
 import h1raw
 from h2raw import H2Client
 from h3raw import H3Client
-from harness import wait_until
+from quic_proxy_testing import poll_until
 from rawbackend import Exchange
 
 RESPONSE_BYTES = 512 * 1024 * 1024
@@ -60,7 +60,7 @@ def assert_backpressure(proxy, firehose: Firehose, baseline: int, who: str) -> N
     deadline = time.monotonic() + 8
     while time.monotonic() < deadline and firehose.sent != last:
         last = firehose.sent
-        wait_until(lambda: firehose.sent != last, 1.0)
+        poll_until(lambda: firehose.sent != last, 1.0)
     grown = proxy.rss_kib() - baseline
     assert firehose.sent < BACKEND_SENT_BUDGET, f"{who}: the proxy took {firehose.sent} bytes from the backend"
     assert grown < BUFFER_BUDGET_KIB, f"{who}: the proxy grew by {grown} KiB holding an unread response"
@@ -80,7 +80,7 @@ def test_a_client_that_stops_reading_gets_backpressure_not_buffering(raw_backend
     try:
         client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
         client.send(h1raw.request_bytes("GET", "/big/stream"))
-        assert wait_until(lambda: firehose.sent > 0, 5), "the backend never got the request"
+        assert poll_until(lambda: firehose.sent > 0, 5), "the backend never got the request"
         assert_backpressure(proxy, firehose, baseline, "HTTP/1.1 reader that stopped")
     finally:
         client.close()
@@ -96,7 +96,7 @@ def test_an_http2_client_that_grants_no_window_gets_backpressure(raw_backend, pr
         # The client reads frames (so TCP is not what stops the proxy) but never returns flow-control credit.
         client._on_event = lambda event: None
         client.send_headers([(":method", "GET"), (":scheme", "https"), (":authority", "localhost"), (":path", "/big/h2")], True)
-        assert wait_until(lambda: firehose.sent > 0, 5), "the backend never got the request"
+        assert poll_until(lambda: firehose.sent > 0, 5), "the backend never got the request"
         client.wait(lambda: False, 2)
         assert_backpressure(proxy, firehose, baseline, "HTTP/2 client with no window")
     finally:

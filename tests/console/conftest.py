@@ -1,22 +1,20 @@
 """Fixtures for the console tests: the real proxy with its admin listener in front of demo backends, a real
 Chromium (Debian's, driven by Playwright) looking at the console page, and traffic through the proxy.
 
-Every process binds port 0 and reports its address in a JSON log line; the process handling and that log
-parsing are the interop suite's (tests/interop/conftest.py), loaded under another module name so the two
-conftest files never meet. Each test gets its own backends, proxy and browser profile, so tests share no state
-and pass in any order and in parallel.
+Every process binds port 0 and reports its address in a JSON log line; starting and stopping them, and reading
+those lines, is the shared quic_proxy_testing package's (tests/support), whose fixtures (proxy_bin,
+demo_backend, backends, proxy_launcher) this suite uses. Each test gets its own backends, proxy and browser
+profile, so tests share no state and pass in any order and in parallel.
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import json
 import os
 import re
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,17 +24,12 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parents[2]
+import quic_proxy_testing
+from quic_proxy_testing import Answer, DemoBackend, Process, ProxyLauncher, RunningProxy
+
+pytest_plugins = ["quic_proxy_testing.plugin"]
+
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process, binary, START_TIMEOUT = interop.Process, interop.binary, interop.START_TIMEOUT
-
-# The interop suite's fixture for the binary under test.
-proxy_bin = interop.proxy_bin
 
 CHROMIUM = Path(os.environ.get("CONSOLE_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -58,70 +51,15 @@ REQUEST_TIMEOUT = 10.0
 expect.set_options(timeout=UI_TIMEOUT * 1000)
 
 
-# --- plain HTTP -------------------------------------------------------------------------------------------
+# --- waiting -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Answer:
-    status: int
-    headers: http.client.HTTPMessage
-    body: bytes
-
-    def json(self):
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", "replace")
+def wait_until(predicate: Callable[[], bool], what: str, timeout: float = UI_TIMEOUT) -> None:
+    """The shared bounded wait, with the bound of a change the page shows."""
+    quic_proxy_testing.wait_until(predicate, what, timeout, interval=0.1)
 
 
-def http_request(method: str, address: str, path: str, headers: dict | None = None) -> Answer:
-    """One request on a fresh connection; any status is an answer, only transport failures raise."""
-    host, port = address.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT)
-    try:
-        connection.request(method, path, headers=headers or {})
-        response = connection.getresponse()
-        return Answer(response.status, response.headers, response.read())
-    finally:
-        connection.close()
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = UI_TIMEOUT, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(interval)
-
-
-# --- demo backends and the proxy ---------------------------------------------------------------------------
-
-
-@dataclass
-class Backend:
-    name: str
-    address: str
-    process: Process
-
-    def fail_probes(self) -> None:
-        """Makes the backend answer its health checks 503 (and only those: traffic is still served)."""
-        answer = http_request("POST", self.address, "/control/health/503")
-        assert answer.status == 200, answer.text
-
-    def pass_probes(self) -> None:
-        answer = http_request("POST", self.address, "/control/health/200")
-        assert answer.status == 200, answer.text
-
-
-def start_backend(proxy_bin: Path, name: str, workdir: Path) -> Backend:
-    process = Process(name, [str(proxy_bin), "backend", "--listen", "127.0.0.1:0", "--name", name], cwd=workdir)
-    try:
-        address = process.wait_for_message("demo backend listening")["address"]
-    except BaseException:
-        process.stop()
-        raise
-    return Backend(name, address, process)
+# --- the proxy -----------------------------------------------------------------------------------------------
 
 
 def to_yaml(value, indent: int = 0) -> str:
@@ -146,19 +84,31 @@ def to_yaml(value, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-@dataclass
 class ConsoleProxy:
-    """quic-proxy with a plain HTTP listener and its admin listener (console, API, metrics)."""
+    """quic-proxy with a plain HTTP listener and its admin listener (console, API, metrics), started by the
+    shared launcher on the config its backends, token and console switch make (a test changes those and calls
+    write_config to change the config)."""
 
-    proxy_bin: Path
-    workdir: Path
-    backends: list[Backend]
-    token: str | None
-    config_path: Path
-    console: bool = True
-    process: Process | None = None
-    http_address: str = ""
-    admin_address: str = ""
+    def __init__(self, backends: list[DemoBackend], token: str | None, console: bool = True):
+        self.backends = list(backends)
+        self.token = token
+        self.console = console
+        self.running: RunningProxy | None = None
+
+    def start(self, launcher: ProxyLauncher) -> None:
+        self.running = launcher.start(to_yaml(self.config()) + "\n")
+
+    @property
+    def process(self) -> Process:
+        return self.running.process
+
+    @property
+    def http_address(self) -> str:
+        return self.running.http_address
+
+    @property
+    def admin_address(self) -> str:
+        return self.running.admin_address
 
     @property
     def console_url(self) -> str:
@@ -194,21 +144,10 @@ class ConsoleProxy:
 
     def write_config(self, text: str | None = None) -> None:
         """Writes the config for the current backends (or `text` as it is), replacing the file atomically."""
-        staged = self.config_path.with_suffix(".next")
-        staged.write_text(text if text is not None else to_yaml(self.config()) + "\n")
-        staged.replace(self.config_path)
-
-    def start(self) -> None:
-        self.write_config()
-        self.process = Process("quic-proxy", [str(self.proxy_bin), "--config", str(self.config_path)], cwd=self.workdir)
-        self.http_address = self.process.wait_for_message("HTTP/1.1 listener bound")["address"]
-        self.admin_address = self.process.wait_for(
-            lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-        )["address"]
-        self.process.wait_for_message("quic-proxy started")
+        self.running.rewrite(text if text is not None else to_yaml(self.config()) + "\n")
 
     def state(self) -> dict:
-        answer = http_request("GET", self.admin_address, "/api/state", {"Accept": "application/json"})
+        answer = self.admin("GET", "/api/state", {"Accept": "application/json"})
         assert answer.status == 200, f"GET /api/state answered {answer.status}: {answer.text}"
         return answer.json()
 
@@ -221,62 +160,33 @@ class ConsoleProxy:
         pytest.fail(f"{upstream}/{name} is not in /api/state")
 
     def admin(self, method: str, path: str, headers: dict | None = None) -> Answer:
-        return http_request(method, self.admin_address, path, headers)
+        return self.running.admin_request(method, path, headers)
 
 
 @pytest.fixture
-def backend_factory(proxy_bin: Path, tmp_path: Path) -> Iterator[Callable[[str], Backend]]:
-    """Starts demo backends on port 0; every one started is stopped at teardown."""
-    started: list[Backend] = []
-
-    def start(name: str) -> Backend:
-        backend = start_backend(proxy_bin, name, tmp_path)
-        started.append(backend)
-        return backend
-
-    try:
-        yield start
-    finally:
-        for backend in started:
-            backend.process.stop()
+def backend_factory(demo_backend) -> Callable[[str], DemoBackend]:
+    """Starts demo backends on port 0 (the shared demo_backend fixture); every one is stopped at teardown."""
+    return demo_backend
 
 
 @pytest.fixture
-def backends(backend_factory) -> list[Backend]:
-    return [backend_factory(f"backend{n}") for n in (1, 2, 3)]
+def proxy_factory(backend_factory, proxy_launcher: ProxyLauncher) -> Callable[..., ConsoleProxy]:
+    """Starts the proxy in front of `backends`; at teardown each must exit 0 on SIGTERM (the shared launcher).
 
-
-@pytest.fixture
-def proxy_factory(proxy_bin: Path, tmp_path: Path, backend_factory) -> Iterator[Callable[..., ConsoleProxy]]:
-    """Starts the proxy in front of `backends`; at teardown each must exit 0 on SIGTERM.
-
-    Depends on `backend_factory` so that proxies stop before the backends they hold connections to.
+    Depends on `backend_factory` first so that proxies stop before the backends they hold connections to.
     """
-    started: list[ConsoleProxy] = []
 
-    def start(backends: list[Backend], console: bool = True, token: bool = True) -> ConsoleProxy:
+    def start(backends: list[DemoBackend], console: bool = True, token: bool = True) -> ConsoleProxy:
         # A fresh random token per proxy, long enough for admin.token's rule and unlike anything else on the page.
         proxy = ConsoleProxy(
-            proxy_bin=proxy_bin,
-            workdir=tmp_path,
-            backends=list(backends),
+            backends=backends,
             token="console-test-" + secrets.token_hex(16) if token else None,
-            config_path=tmp_path / f"proxy-{len(started)}.yaml",
             console=console,
         )
-        started.append(proxy)
-        proxy.start()
+        proxy.start(proxy_launcher)
         return proxy
 
-    yield start
-    failures = []
-    for proxy in started:
-        if proxy.process is None:
-            continue
-        status, killed = proxy.process.stop()
-        if killed or status != 0:
-            failures.append(f"quic-proxy exited {status} (killed: {killed}); stderr:\n{proxy.process.stderr()}")
-    assert not failures, "\n".join(failures)
+    return start
 
 
 @pytest.fixture
@@ -284,7 +194,7 @@ def proxy(proxy_factory, backends) -> ConsoleProxy:
     return proxy_factory(backends)
 
 
-# --- traffic through the proxy -----------------------------------------------------------------------------
+# --- traffic through the proxy -------------------------------------------------------------------------------
 
 
 @dataclass
@@ -350,7 +260,7 @@ class Traffic:
         return counts
 
 
-# --- the browser --------------------------------------------------------------------------------------------
+# --- the browser ---------------------------------------------------------------------------------------------
 
 
 class PageErrors:

@@ -3,7 +3,6 @@ the /etc/quic-proxy layout that the image, the Kubernetes base and the examples 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import secrets
 import shutil
@@ -13,16 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
+from quic_proxy_testing import target_dir
 
-# The process handling (stderr read in the background, JSON log lines waited for with a bound) lives in the
-# interop fixtures; it is loaded under another module name so the conftest files never clash.
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process = interop.Process
+VENV_BIN = Path(sys.executable).parent
 
 # Bounds for one command on a busy 2-core machine: generous, but every command has one.
 QUICK = 60
@@ -56,11 +48,6 @@ def run(args: list, timeout: float = QUICK, **kwargs) -> subprocess.CompletedPro
 
 def output(done: subprocess.CompletedProcess) -> str:
     return f"{done.args}: exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
-
-
-def target_dir() -> Path:
-    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    return target if target.is_absolute() else ROOT / target
 
 
 def built(profile: str, command: str) -> Path:

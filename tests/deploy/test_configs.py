@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import CHECK_TIMEOUT, ETC, ROOT, etc_layout, output, rebased, run
+from helpers import CHECK_TIMEOUT, ETC, etc_layout, output, rebased, run
+from quic_proxy_testing import ROOT
 
 EXAMPLES = ROOT / "configs" / "examples"
 EXAMPLE_NAMES = ["minimal.yaml", "routed-production.yaml", "high-volume.yaml"]

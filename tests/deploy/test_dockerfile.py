@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from helpers import ROOT, output, run, tool
+from helpers import output, run, tool
+from quic_proxy_testing import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, Process, in_netns, netns_pids, output, run, target_dir, tool
+from helpers import in_netns, netns_pids, output, run, tool
+from quic_proxy_testing import ROOT, Process, target_dir
 
 # Debian's crun 1.8 refuses hosts with a hybrid cgroup hierarchy (v1 controllers beside a v2 mount), which
 # some CI machines have; Debian's runc runs on both.

@@ -19,8 +19,6 @@ import yaml
 from helpers import (
     CHECK_TIMEOUT,
     ETC,
-    ROOT,
-    Process,
     etc_layout,
     in_netns,
     netns_pids,
@@ -29,6 +27,7 @@ from helpers import (
     run,
     tool,
 )
+from quic_proxy_testing import ROOT, Process
 
 BASE = ROOT / "deploy" / "kubernetes"
 # Kubernetes 1.30 is the oldest release the base supports (the preStop `sleep` action); the newest is the

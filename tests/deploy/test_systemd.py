@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, output, run, tool
+from helpers import output, run, tool
+from quic_proxy_testing import ROOT
 
 UNIT = ROOT / "deploy" / "systemd" / "quic-proxy.service"
 SYSUSERS = ROOT / "deploy" / "systemd" / "quic-proxy.sysusers"

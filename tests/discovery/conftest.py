@@ -10,43 +10,30 @@ parallel with other suites.
 
 from __future__ import annotations
 
-import http.client
-import importlib.util
 import ipaddress
-import json
-import re
-import signal
-import sys
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 from nameserver import Nameserver
+from quic_proxy_testing import (
+    POLL,
+    DemoBackend,
+    ProxyLauncher,
+    RunningProxy,
+    http_request,
+    parse_metrics,
+    start_demo_backend,
+    wait_until,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Process handling and start-up log parsing are the interop suite's; loaded under another module name so that
-# suite's conftest never meets this one in a pytest session.
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process = interop.Process
-
-# The interop suite's fixture for the binary under test.
-proxy_bin = interop.proxy_bin
+pytest_plugins = ["quic_proxy_testing.plugin"]
 
 ADMIN_TOKEN = "discovery-suite-admin-token"
 # A debug build on a busy 2-core machine: generous, but every request is bounded.
 REQUEST_TIMEOUT = 30
-# The proxy drains for up to drain_timeout (2 s here) on SIGTERM.
-EXIT_TIMEOUT = 15.0
-# How often a condition is looked at again while waiting for it.
-POLL = 0.05
 # Another process may hold the group's port on one of the other addresses: the group starts again elsewhere.
 GROUP_ATTEMPTS = 20
 
@@ -57,24 +44,12 @@ def endpoint(backend: str, address: str, port: int) -> str:
     return f"{backend}@{host}:{port}"
 
 
-def wait_until(condition: Callable[[], object], what: str, timeout: float) -> object:
-    """Polls `condition` until it returns something true; fails after `timeout` seconds saying `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            pytest.fail(f"not within {timeout}s: {what}")
-        time.sleep(POLL)
-
-
 @dataclass
 class Group:
     """Demo backends on one port at several loopback addresses; each answers with `x-backend: b-ADDRESS`."""
 
     port: int
-    processes: dict[str, Process] = field(default_factory=dict)
+    backends: dict[str, DemoBackend] = field(default_factory=dict)
 
     @staticmethod
     def name(address: str) -> str:
@@ -82,67 +57,43 @@ class Group:
 
     def stop(self, address: str) -> None:
         """Stops the backend at `address`: its port there refuses connections from then on."""
-        _, killed = self.processes[address].stop()
+        _, killed = self.backends[address].stop()
         assert not killed, f"the backend at {address} ignored SIGTERM"
 
     def control(self, address: str, path: str) -> None:
         """Tells the backend at `address` how to behave (`/control/health/500`, ...), directly, not through
         the proxy."""
-        host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-        connection = http.client.HTTPConnection(host, self.port, timeout=REQUEST_TIMEOUT)
-        try:
-            connection.request("POST", path)
-            response = connection.getresponse()
-            assert response.status == 200, f"{path} at {address}: {response.status} {response.read()!r}"
-            response.read()
-        finally:
-            connection.close()
-
-
-def listening(process: Process, timeout: float) -> str | None:
-    """The address a demo backend bound, or None when it exited first (its address was taken)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for event in list(process.events):
-            if event.get("message") == "demo backend listening":
-                return event["address"]
-        if process.popen.poll() is not None:
-            return None
-        time.sleep(POLL)
-    pytest.fail(f"{process.name}: not listening within {timeout}s; stderr:\n{process.stderr()}")
+        self.backends[address].control(path, timeout=REQUEST_TIMEOUT)
 
 
 @pytest.fixture
 def demo_backends(proxy_bin: Path, tmp_path: Path):
     """Starts groups of demo backends, one per address, all on one port; all are stopped at teardown."""
-    started: list[Process] = []
+    started: list[DemoBackend] = []
 
     def start(addresses: list[str]) -> Group:
         for _ in range(GROUP_ATTEMPTS):
             group, port = Group(port=0), 0
             for address in addresses:
                 host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
-                process = Process(
-                    Group.name(address),
-                    [str(proxy_bin), "backend", "--listen", f"{host}:{port}", "--name", Group.name(address)],
-                    cwd=tmp_path,
+                backend = start_demo_backend(
+                    proxy_bin, Group.name(address), tmp_path, f"{host}:{port}", may_exit=True
                 )
-                started.append(process)
-                bound = listening(process, interop.START_TIMEOUT)
-                if bound is None:
+                if backend is None:
                     break
-                port = int(bound.rsplit(":", 1)[1])
-                group.processes[address] = process
+                started.append(backend)
+                port = backend.port
+                group.backends[address] = backend
             else:
                 group.port = port
                 return group
-            for process in group.processes.values():
-                process.stop()
+            for backend in group.backends.values():
+                backend.stop()
         pytest.fail(f"no port free on all of {addresses} in {GROUP_ATTEMPTS} attempts")
 
     yield start
-    for process in started:
-        process.stop()
+    for backend in started:
+        backend.stop()
 
 
 @dataclass
@@ -152,24 +103,16 @@ class Answer:
     body: bytes
 
 
-@dataclass
-class Proxy:
-    process: Process
-    config_path: Path
-    config: dict
-    http: str
-    admin: str
+class Proxy(RunningProxy):
+    """quic-proxy with a plain HTTP/1.1 listener and its admin listener."""
+
+    request_timeout = REQUEST_TIMEOUT
+    admin_token = ADMIN_TOKEN
 
     def get(self, path: str = "/") -> Answer:
         """A plain HTTP/1.1 GET through the proxy, on a connection of its own."""
-        host, port = self.http.rsplit(":", 1)
-        connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return Answer(response.status, response.getheader("x-backend"), response.read())
-        finally:
-            connection.close()
+        answer = http_request("GET", self.http_address, path, timeout=REQUEST_TIMEOUT)
+        return Answer(answer.status, answer.headers.get("x-backend"), answer.body)
 
     def spread(self, requests: int, path: str = "/") -> Counter:
         """Which demo backends answered `requests` GETs, by name; every one must have answered 200."""
@@ -180,21 +123,11 @@ class Proxy:
             seen[answer.backend] += 1
         return seen
 
-    def admin_request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, str]:
-        host, port = self.admin.rsplit(":", 1)
-        connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT)
-        try:
-            connection.request(method, path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read().decode("utf-8", "replace")
-        finally:
-            connection.close()
-
     def backends(self, upstream: str = "default") -> dict[str, dict]:
         """GET /api/backends: the backends (endpoints) of `upstream`, by name."""
-        status, body = self.admin_request("GET", "/api/backends")
-        assert status == 200, body
-        return {b["name"]: b for b in json.loads(body)["backends"] if b["upstream"] == upstream}
+        answer = self.admin_request("GET", "/api/backends")
+        assert answer.status == 200, answer.text
+        return {b["name"]: b for b in answer.json()["backends"] if b["upstream"] == upstream}
 
     def wait_endpoints(self, expected: set[str], timeout: float = 10.0, upstream: str = "default") -> dict:
         """Waits until `upstream` has exactly the backends `expected`; returns them as /api/backends shows."""
@@ -205,50 +138,28 @@ class Proxy:
             last = self.backends(upstream)
             return last if set(last) == expected else None
 
-        deadline = time.monotonic() + timeout
-        while True:
-            if exact() is not None:
-                return last
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{upstream} has {sorted(last)} after {timeout}s, expected {sorted(expected)}")
-            time.sleep(POLL)
+        return wait_until(
+            exact, lambda: f"{upstream} has {sorted(last)}, expected {sorted(expected)}", timeout, POLL
+        )
 
     def metrics(self) -> str:
-        status, body = self.admin_request("GET", "/metrics")
-        assert status == 200, body
-        return body
+        return self.scrape_metrics()
 
     def samples(self, metric: str, text: str | None = None) -> dict[str, float]:
         """The samples of `metric` on /metrics by their `backend` label, summed over its other labels."""
-        text = self.metrics() if text is None else text
         found: dict[str, float] = {}
-        for match in re.finditer(rf"^{metric}\{{([^}}]*)\}} (\S+)$", text, re.MULTILINE):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1)))
-            if "backend" in labels:
-                found[labels["backend"]] = found.get(labels["backend"], 0.0) + float(match.group(2))
+        for sample in parse_metrics(self.metrics() if text is None else text):
+            if sample.name == metric and "backend" in sample.labels:
+                backend = sample.labels["backend"]
+                found[backend] = found.get(backend, 0.0) + sample.value
         return found
 
     def drain(self, upstream: str, name: str) -> dict:
-        status, body = self.admin_request(
-            "POST", f"/api/backends/{upstream}/{name}/drain", {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        answer = self.admin_request(
+            "POST", f"/api/backends/{upstream}/{name}/drain", {"Authorization": f"Bearer {self.admin_token}"}
         )
-        assert status == 200, f"drain {upstream}/{name}: {status} {body}"
-        return json.loads(body)
-
-    def rewrite(self, config: dict) -> None:
-        """Replaces the config file atomically (JSON is YAML), for a reload to pick up."""
-        staged = self.config_path.with_suffix(".next")
-        staged.write_text(json.dumps(config, indent=1) + "\n")
-        staged.replace(self.config_path)
-        self.config = config
-
-    def reload_via_api(self) -> dict:
-        status, body = self.admin_request("POST", "/api/reload", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        assert status == 200, f"POST /api/reload answered {status}: {body}"
-        return json.loads(body)
-
-    def sighup(self) -> None:
-        self.process.popen.send_signal(signal.SIGHUP)
+        assert answer.status == 200, f"drain {upstream}/{name}: {answer.status} {answer.text}"
+        return answer.json()
 
 
 def proxy_config(
@@ -277,41 +188,11 @@ def nameserver():
 
 
 @pytest.fixture
-def proxy_factory(proxy_bin: Path, tmp_path: Path):
+def proxy_factory(proxy_launcher: ProxyLauncher):
     """Starts quic-proxy with a config; at teardown each proxy gets SIGTERM and must exit 0 without being
-    killed, and must never have panicked."""
-    started: list[Proxy] = []
+    killed, and must never have panicked (the shared launcher)."""
 
     def start(config: dict) -> Proxy:
-        path = tmp_path / f"quic-proxy-{len(started)}.yaml"
-        path.write_text(json.dumps(config, indent=1) + "\n")
-        process = Process(f"quic-proxy-{len(started)}", [str(proxy_bin), "--config", str(path)], cwd=tmp_path)
-        try:
-            proxy = Proxy(
-                process=process,
-                config_path=path,
-                config=config,
-                http=process.wait_for_message("HTTP/1.1 listener bound")["address"],
-                admin=process.wait_for(
-                    lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-                )["address"],
-            )
-            process.wait_for_message("quic-proxy started")
-        except BaseException:
-            process.stop()
-            raise
-        started.append(proxy)
-        return proxy
+        return proxy_launcher.start(config, cls=Proxy)
 
-    yield start
-    problems = []
-    for proxy in started:
-        status, killed = proxy.process.stop(EXIT_TIMEOUT)
-        stderr = proxy.process.stderr()
-        if killed:
-            problems.append(f"{proxy.process.name} ignored SIGTERM for {EXIT_TIMEOUT}s")
-        elif status != 0:
-            problems.append(f"{proxy.process.name} exited {status} on SIGTERM")
-        if "panicked at" in stderr:
-            problems.append(f"{proxy.process.name} panicked:\n{stderr}")
-    assert not problems, "\n".join(problems)
+    return start

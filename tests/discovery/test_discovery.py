@@ -11,7 +11,8 @@ import threading
 
 import pytest
 
-from conftest import Group, endpoint, proxy_config, wait_until
+from conftest import Group, endpoint, proxy_config
+from quic_proxy_testing import wait_until
 
 NAME = "svc.test."
 # A few refresh periods of 1 s on a busy machine.

@@ -9,41 +9,28 @@ and in parallel with other suites. Every wait is bounded.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import importlib
-import importlib.util
 import json
 import os
 import select
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 
 from echo_server import MAX_MESSAGE, EchoServer
+from quic_proxy_testing import ProxyLauncher, RunningProxy, proxy_binary, wait_until
+
+pytest_plugins = ["quic_proxy_testing.plugin"]
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-
-# Process handling is the interop suite's; loaded under another module name so that suite's conftest never
-# meets this one in a pytest session.
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process, binary = interop.Process, interop.binary
-
-# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
-proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
 
 # A debug build on a busy 2-core machine: generous, but every call and wait is bounded.
 CALL_TIMEOUT = 30.0
-EXIT_TIMEOUT = 15.0
 
 # grpcio on the client side: the suite's large messages, and no HTTP proxy from the environment.
 CHANNEL_OPTIONS = [
@@ -58,7 +45,7 @@ def h3_client_binary() -> Path:
     explicit = os.environ.get("GRPC_H3_CLIENT")
     if explicit:
         return Path(explicit)
-    return binary().parent / "examples" / "grpc_h3_client"
+    return proxy_binary().parent / "examples" / "grpc_h3_client"
 
 
 @pytest.fixture(scope="session")
@@ -107,15 +94,14 @@ def grpc_server(protos: Protos):
         server.stop()
 
 
-@dataclass
-class Proxy:
-    process: Process
-    config: dict
-    quic_port: int
-    admin: str
-    cert: Path
-    h3_client: Path
-    channels: list[grpc.Channel] = field(default_factory=list)
+class Proxy(RunningProxy):
+    """quic-proxy with TLS (h2 and HTTP/3 on one port) and its admin listener, and the clients that call it."""
+
+    def __init__(self, *args, cert: Path, h3_client: Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cert = cert
+        self.h3_client = h3_client
+        self.channels: list[grpc.Channel] = []
 
     def channel(self, *options: tuple[str, object]) -> grpc.Channel:
         """A grpcio channel to the proxy over TLS (ALPN h2), trusting only the proxy's certificate."""
@@ -188,29 +174,30 @@ class Proxy:
 
     def backends(self) -> dict[str, dict]:
         """GET /api/backends on the admin listener, by backend name."""
-        connection = http.client.HTTPConnection(self.admin, timeout=10)
-        try:
-            connection.request("GET", "/api/backends")
-            response = connection.getresponse()
-            body = response.read()
-        finally:
-            connection.close()
-        assert response.status == 200, body
-        return {b["name"]: b for b in json.loads(body)["backends"]}
+        answer = self.admin_request("GET", "/api/backends")
+        assert answer.status == 200, answer.body
+        return {b["name"]: b for b in answer.json()["backends"]}
 
     def wait_backend(self, name: str, predicate: Callable[[dict], bool], what: str, timeout: float = 15.0) -> dict:
         """Polls /api/backends until backend `name` satisfies `predicate`."""
-        deadline = time.monotonic() + timeout
-        while True:
+        backend = None
+
+        def satisfied() -> bool:
+            nonlocal backend
             backend = self.backends()[name]
-            if predicate(backend):
-                return backend
-            if time.monotonic() >= deadline:
-                pytest.fail(f"backend {name} not {what} within {timeout}s: {backend}")
-            time.sleep(0.05)
+            return predicate(backend)
+
+        wait_until(satisfied, lambda: f"backend {name} {what}: {backend}", timeout)
+        return backend
 
     def wait_state(self, name: str, state: str, timeout: float = 15.0) -> dict:
         return self.wait_backend(name, lambda b: b["state"] == state, state, timeout)
+
+    def shutdown(self, *args, **kwargs) -> list[str]:
+        """Closes the grpcio channels first, then stops the proxy as every proxy is stopped."""
+        for channel in self.channels:
+            channel.close()
+        return super().shutdown(*args, **kwargs)
 
 
 def backend_entry(server: EchoServer, tls_ca: Path | None = None) -> dict:
@@ -226,10 +213,10 @@ def backend_entry(server: EchoServer, tls_ca: Path | None = None) -> dict:
 
 
 @pytest.fixture
-def proxy_factory(proxy_bin: Path, h3_client_bin: Path, cert_pair: tuple[Path, Path], tmp_path: Path):
+def proxy_factory(h3_client_bin: Path, cert_pair: tuple[Path, Path], proxy_launcher: ProxyLauncher):
     """Starts quic-proxy with `backends` (entries as backend_entry makes them) and any other top-level sections.
-    At teardown each proxy gets SIGTERM and must exit 0 without being killed, and must never have panicked."""
-    started: list[Proxy] = []
+    At teardown each proxy's channels are closed, and it gets SIGTERM and must exit 0 without being killed, and
+    must never have panicked (the shared launcher)."""
     cert, key = cert_pair
 
     def start(backends: list[dict], **sections) -> Proxy:
@@ -247,39 +234,6 @@ def proxy_factory(proxy_bin: Path, h3_client_bin: Path, cert_pair: tuple[Path, P
             },
         }
         config.update(sections)
-        name = f"quic-proxy-{len(started)}"
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(json.dumps(config, indent=1) + "\n")
-        process = Process(name, [str(proxy_bin), "--config", str(path)], cwd=tmp_path)
-        try:
-            proxy = Proxy(
-                process=process,
-                config=config,
-                quic_port=int(process.wait_for_message("QUIC listener bound (h3)")["address"].rsplit(":", 1)[1]),
-                admin=process.wait_for(
-                    lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-                )["address"],
-                cert=cert,
-                h3_client=h3_client_bin,
-            )
-            process.wait_for_message("quic-proxy started")
-        except BaseException:
-            process.stop()
-            raise
-        started.append(proxy)
-        return proxy
+        return proxy_launcher.start(config, cls=Proxy, cert=cert, h3_client=h3_client_bin)
 
-    yield start
-    problems = []
-    for proxy in started:
-        for channel in proxy.channels:
-            channel.close()
-        status, killed = proxy.process.stop(EXIT_TIMEOUT)
-        stderr = proxy.process.stderr()
-        if killed:
-            problems.append(f"{proxy.process.name} ignored SIGTERM for {EXIT_TIMEOUT}s")
-        elif status != 0:
-            problems.append(f"{proxy.process.name} exited {status} on SIGTERM")
-        if "panicked at" in stderr:
-            problems.append(f"{proxy.process.name} panicked:\n{stderr}")
-    assert not problems, "\n".join(problems)
+    return start

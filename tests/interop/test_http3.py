@@ -13,7 +13,8 @@ import pytest
 from curl_cffi import CurlHttpVersion, CurlOpt, Session, requests
 from curl_cffi.const import CurlIpResolve
 
-from conftest import STOP_TIMEOUT, Proxy
+from conftest import Proxy
+from quic_proxy_testing import STOP_TIMEOUT
 
 # curl.h: CURLALTSVC_H1, CURLALTSVC_H2, CURLALTSVC_H3 (curl_cffi has no names for them).
 ALTSVC_H1, ALTSVC_H2, ALTSVC_H3 = 1 << 3, 1 << 4, 1 << 5

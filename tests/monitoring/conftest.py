@@ -9,14 +9,12 @@ background load keeps every rate non-zero while the dashboard queries run.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -31,21 +29,14 @@ from curl_cffi import CurlHttpVersion, CurlOpt, requests
 from curl_cffi.const import CurlIpResolve
 from ruamel.yaml import YAML
 
-ROOT = Path(__file__).resolve().parents[2]
+from quic_proxy_testing import ROOT, START_TIMEOUT, DemoBackend, ProxyLauncher, RunningProxy, start_demo_backend
+
+# proxy_bin and cert_pair are the shared package's (tests/support); backends is overridden below (session-wide).
+pytest_plugins = ["quic_proxy_testing.plugin"]
+
 MONITORING = ROOT / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "quic-proxy-dashboard.json"
 PROMETHEUS_DIR = MONITORING / "prometheus"
-
-# The process handling and the proxy's start-up log parsing already live in the interop fixtures; they are
-# loaded under another module name so the two conftest files never clash.
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process, Backend, START_TIMEOUT = interop.Process, interop.Backend, interop.START_TIMEOUT
-
-# The interop suite's fixture for the binary under test.
-proxy_bin = interop.proxy_bin
 
 JOB = "quic-proxy"  # the job name alerts.yml selects
 SCRAPE_SECONDS = 1
@@ -100,18 +91,18 @@ def http_get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 @dataclass
 class Stack:
-    proxy: "interop.Proxy"
+    proxy: RunningProxy
     dead_address: str
     # Phase name -> the proxy's /metrics right after it; insertion order is the order the phases ran.
     scrapes: dict[str, str] = field(default_factory=dict)
     # Phase name -> a moment (Unix time) by which Prometheus had scraped twice since the phase ended, so
     # queries evaluated then see the phase's events, rates included.
     moments: dict[str, float] = field(default_factory=dict)
+    # The demo backends behind the proxy, for phases that change how one behaves.
+    backends: list[DemoBackend] = field(default_factory=list)
 
     def scrape(self) -> str:
-        status, body = http_get(f"http://{self.proxy.admin_address}/metrics")
-        assert status == 200, body
-        return body.decode()
+        return self.proxy.scrape_metrics()
 
     def h1(self, method: str, path: str, **kwargs) -> requests.Response:
         return requests.request(
@@ -193,9 +184,8 @@ def phase_errors(stack: Stack) -> None:
 
 
 def phase_backend_fails_health(stack: Stack) -> None:
-    backend = stack.proxy.backends[2]
-    status, body = http_get_post(f"http://{backend.address}/control/health/503")
-    assert status == 200, body
+    backend = stack.backends[2]
+    backend.fail_probes()
     stack.wait_for_series(
         rf'^backend_health\{{[^}}]*backend="{backend.name}"[^}}]*\}} 0$', f"{backend.name} marked unhealthy"
     )
@@ -226,12 +216,6 @@ PHASES = {
     "upstream with a dead and a live backend (retries)": phase_retry,
 }
 BASELINE = "start-up (first health-check round done)"
-
-
-def http_get_post(url: str) -> tuple[int, bytes]:
-    request = urllib.request.Request(url, data=b"", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return response.status, response.read()
 
 
 class Load:
@@ -274,11 +258,10 @@ class Load:
 # --- the proxy ------------------------------------------------------------------------------------------
 
 
-def write_proxy_config(path: Path, cert: Path, key: Path, backends: list[Backend], dead: str) -> None:
+def proxy_config(cert: Path, key: Path, backends: list[DemoBackend], dead: str) -> str:
     q = json.dumps
     live = [f"  - name: {q(b.name)}\n    url: {q('http://' + b.address)}" for b in backends]
-    path.write_text(
-        f"""server:
+    return f"""server:
   address: "127.0.0.1:0"
   fallback_address: "127.0.0.1:0"
   tls:
@@ -331,7 +314,6 @@ telemetry:
     level: "info"
     format: "json"
 """
-    )
 
 
 @pytest.fixture(scope="session")
@@ -339,17 +321,6 @@ def workdir(tmp_path_factory: pytest.TempPathFactory):
     path = tmp_path_factory.mktemp("monitoring")
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def cert_pair(proxy_bin: Path, workdir: Path) -> tuple[Path, Path]:
-    out = workdir / "certs"
-    done = subprocess.run(
-        [str(proxy_bin), "cert", "generate", "--out", str(out), "--hosts", "localhost,127.0.0.1"],
-        cwd=workdir, capture_output=True, timeout=60,
-    )
-    assert done.returncode == 0, done.stderr.decode("utf-8", "replace")
-    return out / "server.crt", out / "server.key"
 
 
 @pytest.fixture(scope="session")
@@ -365,42 +336,36 @@ def dead_address():
 
 @pytest.fixture(scope="session")
 def backends(proxy_bin: Path, workdir: Path):
-    started: list[Backend] = []
+    """The three demo backends of the session's proxies."""
+    started: list[DemoBackend] = []
     try:
         for n in (1, 2, 3):
-            name = f"backend{n}"
-            process = Process(name, [str(proxy_bin), "backend", "--listen", "127.0.0.1:0", "--name", name], workdir)
-            started.append(Backend(name, "", process))
-            started[-1].address = process.wait_for_message("demo backend listening")["address"]
+            started.append(start_demo_backend(proxy_bin, f"backend{n}", workdir))
         yield started
     finally:
         for backend in started:
-            backend.process.stop()
+            backend.stop()
 
 
 @contextlib.contextmanager
 def running_proxy(
-    proxy_bin: Path, cert_pair: tuple[Path, Path], backends: list[Backend], dead_address: str, workdir: Path
-) -> Iterator["interop.Proxy"]:
+    proxy_bin: Path, cert_pair: tuple[Path, Path], backends: list[DemoBackend], dead_address: str, workdir: Path
+) -> Iterator[RunningProxy]:
     """quic-proxy with the monitoring config, started in `workdir`; it must exit 0 on SIGTERM afterwards."""
-    config = workdir / "proxy.yaml"
-    write_proxy_config(config, *cert_pair, backends, dead_address)
-    process = Process("quic-proxy", [str(proxy_bin), "--config", str(config)], workdir)
-    try:
-        yield interop.started_proxy(process, backends)
-    finally:
-        status, killed = process.stop()
-    assert not killed and status == 0, f"quic-proxy did not exit cleanly on SIGTERM; stderr:\n{process.stderr()}"
+    with ProxyLauncher(proxy_bin, workdir) as launcher:
+        yield launcher.start(
+            proxy_config(*cert_pair, backends, dead_address), name="quic-proxy", config_path=workdir / "proxy.yaml"
+        )
 
 
 @pytest.fixture(scope="session")
-def proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str, workdir: Path):
+def proxy(proxy_bin: Path, cert_pair, backends: list[DemoBackend], dead_address: str, workdir: Path):
     with running_proxy(proxy_bin, cert_pair, backends, dead_address, workdir) as running:
         yield running
 
 
 @pytest.fixture
-def fresh_proxy(proxy_bin: Path, cert_pair, backends: list[Backend], dead_address: str, tmp_path: Path):
+def fresh_proxy(proxy_bin: Path, cert_pair, backends: list[DemoBackend], dead_address: str, tmp_path: Path):
     """A proxy of its own for one test, started just now: nothing but that test has sent it traffic."""
     with running_proxy(proxy_bin, cert_pair, backends, dead_address, tmp_path) as running:
         yield running
@@ -509,11 +474,11 @@ scrape_configs:
 
 
 @pytest.fixture(scope="session")
-def live(proxy, workdir: Path, dead_address: str):
+def live(proxy, backends: list[DemoBackend], workdir: Path, dead_address: str):
     """Prometheus scraping the proxy while the traffic phases run; yields with the background load running."""
     prometheus = Prometheus(tool("prometheus"), workdir / "prometheus", proxy.admin_address)
     try:
-        stack = Stack(proxy, dead_address)
+        stack = Stack(proxy, dead_address, backends=backends)
         deadline = time.monotonic() + START_TIMEOUT
         while http_get(f"http://{proxy.admin_address}/ready")[0] != 200:
             assert time.monotonic() < deadline, "the proxy never became ready"

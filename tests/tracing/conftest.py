@@ -9,14 +9,9 @@ in parallel with other suites.
 
 from __future__ import annotations
 
-import http.client
 import http.server
-import importlib.util
 import json
-import re
-import signal
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,25 +23,13 @@ from curl_cffi import CurlHttpVersion, CurlOpt, requests
 from curl_cffi.const import CurlIpResolve
 
 from collector import Collector
+from quic_proxy_testing import ProxyLauncher, RunningProxy, wait_until
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Process handling and start-up log parsing are the interop suite's; loaded under another module name so that
-# suite's conftest never meets this one in a pytest session.
-_spec = importlib.util.spec_from_file_location("interop_fixtures", ROOT / "tests" / "interop" / "conftest.py")
-interop = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = interop  # dataclasses look their module up there
-_spec.loader.exec_module(interop)
-Process = interop.Process
-
-# The interop suite's fixtures for the binary under test and a certificate made by its own tool.
-proxy_bin, cert_pair = interop.proxy_bin, interop.cert_pair
+pytest_plugins = ["quic_proxy_testing.plugin"]
 
 ADMIN_TOKEN = "tracing-suite-admin-token"
 # A debug build on a busy 2-core machine: generous, but every request is bounded.
 REQUEST_TIMEOUT = 30
-# The proxy drains for up to drain_timeout (2 s here) on SIGTERM.
-EXIT_TIMEOUT = 15.0
 
 # What curl_cffi reports as the response's HTTP version (CURLINFO_HTTP_VERSION).
 CURL_VERSIONS = {"h1": 2, "h2": 3, "h3": 30}
@@ -74,25 +57,21 @@ class Answer:
         return values[0]
 
 
-@dataclass
-class Proxy:
-    process: Process
-    config_path: Path
-    config: dict
-    http: str
-    quic_port: int
-    admin: str
+class Proxy(RunningProxy):
+    """quic-proxy with every listener: plain HTTP/1.1, HTTPS and HTTP/3, and the admin listener."""
 
-    def url(self, protocol: str, path: str) -> str:
+    admin_token = ADMIN_TOKEN
+
+    def url_for(self, protocol: str, path: str) -> str:
         if protocol == "h1":
-            return f"http://{self.http}{path}"
+            return f"http://{self.http_address}{path}"
         # `localhost` because the certificate names it; curl is kept to IPv4 below, where the proxy listens.
-        return f"https://localhost:{self.quic_port}{path}"
+        return self.url(path)
 
     def request(self, protocol: str, path: str, headers: dict | None = None) -> Answer:
         """GET `path` over `protocol` (h1: plain HTTP/1.1, h2: HTTPS, h3: HTTP/3 only, no fallback)."""
         response = requests.get(
-            self.url(protocol, path),
+            self.url_for(protocol, path),
             headers=headers or {},
             http_version=CURL_ASKS[protocol],
             verify=False,
@@ -102,35 +81,16 @@ class Proxy:
         assert response.http_version == CURL_VERSIONS[protocol], f"{protocol} answered as {response.http_version}"
         return Answer(response.status_code, response.http_version, response.content)
 
-    def access_log(self, path: str, timeout: float = 10.0) -> dict:
-        return self.process.wait_for(
-            lambda e: e.get("target") == "access" and e.get("path") == path, f"the access log line of {path}", timeout
-        )
-
-    def admin_request(self, method: str, path: str, headers: dict | None = None) -> tuple[int, str]:
-        connection = http.client.HTTPConnection(self.admin, timeout=10)
-        try:
-            connection.request(method, path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, response.read().decode("utf-8", "replace")
-        finally:
-            connection.close()
-
-    def metric(self, name: str) -> float:
-        """The sum of the samples of counter `name` on /metrics (0 while it has none)."""
-        status, body = self.admin_request("GET", "/metrics")
-        assert status == 200, body
-        return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{[^}}]*\}})? (\S+)$", body, re.MULTILINE))
-
     def wait_metric(self, name: str, predicate: Callable[[float], bool], what: str, timeout: float = 15.0) -> float:
-        deadline = time.monotonic() + timeout
-        while True:
+        value = None
+
+        def holds() -> bool:
+            nonlocal value
             value = self.metric(name)
-            if predicate(value):
-                return value
-            if time.monotonic() >= deadline:
-                pytest.fail(f"{name} is {value} after {timeout}s, expected {what}")
-            time.sleep(0.05)
+            return predicate(value)
+
+        wait_until(holds, lambda: f"{name} is {value}, expected {what}", timeout)
+        return value
 
     def wait_tracing_on(self, endpoint: str) -> None:
         """Waits until the tracer for `endpoint` is installed: requests from then on are traced."""
@@ -138,21 +98,6 @@ class Proxy:
             lambda e: e.get("message") == "tracing on" and str(e.get("endpoint", "")).rstrip("/") == endpoint,
             f"tracing on towards {endpoint}",
         )
-
-    def rewrite(self, config: dict) -> None:
-        """Replaces the config file atomically (JSON is YAML), for a reload to pick up."""
-        staged = self.config_path.with_suffix(".next")
-        staged.write_text(json.dumps(config, indent=1) + "\n")
-        staged.replace(self.config_path)
-        self.config = config
-
-    def reload_via_api(self) -> dict:
-        status, body = self.admin_request("POST", "/api/reload", {"Authorization": f"Bearer {ADMIN_TOKEN}"})
-        assert status == 200, f"POST /api/reload answered {status}: {body}"
-        return json.loads(body)
-
-    def sighup(self) -> None:
-        self.process.popen.send_signal(signal.SIGHUP)
 
 
 def tracing(endpoint: str, protocol: str = "grpc", **settings) -> dict:
@@ -196,18 +141,14 @@ def collector(tmp_path: Path):
 
 
 @pytest.fixture
-def backend(proxy_bin: Path, tmp_path: Path):
+def backend(demo_backend):
     """Starts demo backends (`quic-proxy backend`); returns (name, url). All are stopped at teardown."""
-    started: list[Process] = []
 
     def start(name: str) -> tuple[str, str]:
-        process = Process(name, [str(proxy_bin), "backend", "--listen", "127.0.0.1:0", "--name", name], cwd=tmp_path)
-        started.append(process)
-        return name, "http://" + process.wait_for_message("demo backend listening")["address"]
+        started = demo_backend(name)
+        return started.name, started.url
 
-    yield start
-    for process in started:
-        process.stop()
+    return start
 
 
 class HeldBody:
@@ -352,47 +293,17 @@ def stuck_collector():
 
 
 @pytest.fixture
-def proxy_factory(proxy_bin: Path, cert_pair: tuple[Path, Path], tmp_path: Path):
+def proxy_factory(cert_pair: tuple[Path, Path], proxy_launcher: ProxyLauncher):
     """Starts quic-proxy in front of `backends` (name, url) with `tracing_section` as telemetry.tracing. When
     tracing is on, waits until the tracer is installed, so the test's first request is traced. At teardown each
-    proxy gets SIGTERM and must exit 0 without being killed, and must never have panicked."""
-    started: list[Proxy] = []
+    proxy gets SIGTERM and must exit 0 without being killed, and must never have panicked (the shared launcher)."""
 
     def start(backends: list[tuple[str, str]], tracing_section: dict | None, **overrides) -> Proxy:
         config = proxy_config(*cert_pair, backends, tracing_section)
         config.update(overrides)
-        path = tmp_path / f"quic-proxy-{len(started)}.yaml"
-        path.write_text(json.dumps(config, indent=1) + "\n")
-        process = Process(f"quic-proxy-{len(started)}", [str(proxy_bin), "--config", str(path)], cwd=tmp_path)
-        try:
-            proxy = Proxy(
-                process=process,
-                config_path=path,
-                config=config,
-                http=process.wait_for_message("HTTP/1.1 listener bound")["address"],
-                quic_port=int(process.wait_for_message("QUIC listener bound (h3)")["address"].rsplit(":", 1)[1]),
-                admin=process.wait_for(
-                    lambda e: str(e.get("message", "")).startswith("admin listener bound"), "the admin listener"
-                )["address"],
-            )
-            process.wait_for_message("quic-proxy started")
-        except BaseException:
-            process.stop()
-            raise
-        started.append(proxy)
+        proxy = proxy_launcher.start(config, cls=Proxy)
         if tracing_section is not None and tracing_section.get("enabled", True):
             proxy.wait_tracing_on(tracing_section.get("otlp_endpoint") or tracing_section["jaeger_endpoint"])
         return proxy
 
-    yield start
-    problems = []
-    for proxy in started:
-        status, killed = proxy.process.stop(EXIT_TIMEOUT)
-        stderr = proxy.process.stderr()
-        if killed:
-            problems.append(f"{proxy.process.name} ignored SIGTERM for {EXIT_TIMEOUT}s")
-        elif status != 0:
-            problems.append(f"{proxy.process.name} exited {status} on SIGTERM")
-        if "panicked at" in stderr:
-            problems.append(f"{proxy.process.name} panicked:\n{stderr}")
-    assert not problems, "\n".join(problems)
+    return start

@@ -410,10 +410,11 @@ fn classify(head: &mut [u8], max_head: usize) -> (Framing, Option<FramingViolati
     let length = match length {
         Ok(length) => length,
         Err(error) => {
+            // An empty value has no room for the `0`; hyper refuses a head with one itself.
             for range in lengths {
-                if let Some(value) = head.get_mut(range) {
-                    value.fill(b' ');
-                    value[0] = b'0';
+                if let Some((first, rest)) = head.get_mut(range).and_then(<[u8]>::split_first_mut) {
+                    *first = b'0';
+                    rest.fill(b' ');
                 }
             }
             return (Framing::Length(0), Some(FramingViolation::InvalidLength(error)));
@@ -585,6 +586,25 @@ mod tests {
         }
 
         #[test]
+        fn any_framing_field_value_and_any_chunked_bytes_never_panic(
+            value in proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            chunk in 1usize..32,
+        ) {
+            let value: Vec<u8> = value.into_iter().filter(|b| *b != b'\r' && *b != b'\n').collect();
+            for name in ["Content-Length", "Transfer-Encoding"] {
+                let mut stream = format!("POST / HTTP/1.1\r\nHost: x\r\n{name}:").into_bytes();
+                stream.extend_from_slice(&value);
+                stream.extend_from_slice(b"\r\n\r\n");
+                stream.extend_from_slice(&body);
+                let _ = tracker().pass(&stream, chunk);
+            }
+            let mut chunked = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            chunked.extend_from_slice(&body);
+            let _ = tracker().pass(&chunked, chunk);
+        }
+
+        #[test]
         fn valid_keep_alive_streams_are_never_flagged_however_split(
             requests in proptest::collection::vec(
                 (0u8..3, proptest::collection::vec(proptest::num::u8::ANY, 0..300), proptest::collection::vec(1usize..90, 0..4)),
@@ -663,6 +683,10 @@ mod tests {
             Some((0, FramingViolation::InvalidLength(LengthError::Repeated)))
         );
         assert_eq!(String::from_utf8_lossy(&out), repeated.replace(": 5", ": 0"));
+        let empty = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: \r\n\r\n";
+        let (out, flagged) = tracker().pass(empty.as_bytes(), 3);
+        assert_eq!(flagged, Some((0, invalid)), "an empty value");
+        assert_eq!(String::from_utf8_lossy(&out), empty);
         let fine = "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9999999999999999999\r\n\r\n";
         assert_eq!(tracker().pass(fine.as_bytes(), 5).1, None);
     }

@@ -17,6 +17,7 @@ pub mod events;
 pub mod health;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod routing;

@@ -179,7 +179,16 @@ fn check(path: &Path, found_by: &str) -> ExitCode {
         );
     }
     for route in &config.routes {
-        println!("  route host={} path={} -> {}", route.host, route.path, route.upstream);
+        let actions = route.actions.names();
+        let actions = if actions.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", actions.join(", "))
+        };
+        println!(
+            "  route host={} path={} -> {}{actions}",
+            route.host, route.path, route.target
+        );
     }
     ExitCode::SUCCESS
 }

@@ -107,6 +107,8 @@ pub fn state(shared: &Shared) -> Value {
         NotReady::Draining => "draining",
         NotReady::FirstHealthChecks => "first health checks",
     });
+    let routes: Vec<Value> = snapshot.router().routes().map(route).collect();
+    let (tcp_clients, quic_clients) = shared.clients_connected();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "generation": snapshot.generation,
@@ -116,8 +118,37 @@ pub fn state(shared: &Shared) -> Value {
         "ready": not_ready.is_none(),
         "not_ready_reason": not_ready,
         "connections": connections,
+        "clients": {"tcp": tcp_clients, "quic": quic_clients},
+        "compressing": shared.compression().open(),
         "upstreams": upstreams,
+        "routes": routes,
         "events": events,
+    })
+}
+
+/// One route: what it matches, where it goes, its actions and what they did in this configuration.
+fn route(route: &crate::routing::Route) -> Value {
+    let policy = &route.policy;
+    let mut counts = serde_json::Map::new();
+    for (action, result, count) in policy.counts() {
+        let entry = counts.entry(action).or_insert_with(|| json!({}));
+        entry[result] = json!(count);
+    }
+    let limit = policy.limiter().map(|limiter| {
+        let config = limiter.config();
+        json!({
+            "requests_per_second": config.requests_per_second,
+            "burst": config.burst,
+            "keys": limiter.keys(),
+            "evicted": limiter.evicted(),
+        })
+    });
+    json!({
+        "route": &*policy.label,
+        "target": route.target.describe(),
+        "actions": policy.actions().names(),
+        "rate_limit": limit,
+        "counts": counts,
     })
 }
 

@@ -26,6 +26,8 @@ pub(super) struct FileConfig {
     #[serde(default)]
     pub routes: Vec<FileRoute>,
     #[serde(default)]
+    pub route_defaults: FileActions,
+    #[serde(default)]
     pub quic: QuicConfig,
     #[serde(default)]
     pub admin: AdminConfig,
@@ -120,6 +122,16 @@ pub struct ServerConfig {
     /// finish). HTTP/1.1 keep-alive connections wait at most `header_read_timeout` for their next request.
     #[serde(deserialize_with = "units::duration")]
     pub idle_timeout: Duration,
+    /// Client connections one address (IPv6: one /64) may have open at once, over TCP and QUIC each;
+    /// beyond it new ones are closed on accept. 0: no limit beyond `max_connections`.
+    pub max_connections_per_client: usize,
+    /// Give every request an ID in `request_id_header` (kept when a trusted proxy sent one), passed to the
+    /// backend, logged, traced, and returned to the client.
+    pub request_id: bool,
+    #[serde(deserialize_with = "units::header_name")]
+    pub request_id_header: http::HeaderName,
+    /// Responses compressed at once (each holds an encoder); beyond it responses go out uncompressed.
+    pub max_compressed_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -138,6 +150,10 @@ impl Default for ServerConfig {
             reuse_port: false,
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(60),
+            max_connections_per_client: 1_000,
+            request_id: true,
+            request_id_header: http::HeaderName::from_static("x-request-id"),
+            max_compressed_streams: 256,
         }
     }
 }
@@ -677,13 +693,184 @@ pub(super) struct FileUpstream {
     pub health_check: Option<HealthCheckConfig>,
 }
 
+/// A route: which requests it takes (host, path), where they go (an upstream, static files, a redirect or a
+/// direct answer), and what happens on the way. The action keys are those of [`FileActions`]; serde cannot
+/// both flatten them in and refuse unknown keys, so they are repeated here.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileRoute {
     pub host: Option<String>,
     #[serde(default = "default_route_path")]
     pub path: String,
-    pub upstream: String,
+    pub upstream: Option<String>,
+    pub redirect: Option<FileRedirect>,
+    pub respond: Option<FileRespond>,
+    #[serde(rename = "static")]
+    pub static_files: Option<FileStatic>,
+    pub strip_prefix: Option<String>,
+    pub rewrite: Option<FileRewrite>,
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
+    pub compress: Option<FileCompress>,
+    pub rate_limit: Option<FileRateLimit>,
+    pub allow: Option<Vec<IpNet>>,
+    pub deny: Option<Vec<IpNet>>,
+}
+
+impl FileRoute {
+    /// The route's own actions, each falling back to `defaults` where the route says nothing.
+    pub fn actions(&self, defaults: &FileActions) -> FileActions {
+        FileActions {
+            request_headers: self
+                .request_headers
+                .clone()
+                .or_else(|| defaults.request_headers.clone()),
+            response_headers: self
+                .response_headers
+                .clone()
+                .or_else(|| defaults.response_headers.clone()),
+            compress: self.compress.clone().or_else(|| defaults.compress.clone()),
+            rate_limit: self.rate_limit.clone().or_else(|| defaults.rate_limit.clone()),
+            allow: self.allow.clone().or_else(|| defaults.allow.clone()),
+            deny: self.deny.clone().or_else(|| defaults.deny.clone()),
+        }
+    }
+}
+
+/// What a route does besides choosing a target; `route_defaults` gives every route (and requests that match
+/// none) these, unless the route sets the key itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileActions {
+    pub request_headers: Option<FileHeaderRules>,
+    pub response_headers: Option<FileHeaderRules>,
+    pub compress: Option<FileCompress>,
+    pub rate_limit: Option<FileRateLimit>,
+    pub allow: Option<Vec<IpNet>>,
+    pub deny: Option<Vec<IpNet>>,
+}
+
+/// `redirect: {to, status}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRedirect {
+    pub to: String,
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+/// `respond: {status, body, content_type, headers}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRespond {
+    #[serde(default = "default_respond_status")]
+    pub status: u16,
+    #[serde(default)]
+    pub body: String,
+    pub content_type: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// `static: {root, index, precompressed}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileStatic {
+    pub root: PathBuf,
+    #[serde(default = "default_index")]
+    pub index: Vec<String>,
+    /// Serve `file.zst`, `file.br` or `file.gz` beside `file` to clients that accept it.
+    #[serde(default = "default_true")]
+    pub precompressed: bool,
+}
+
+/// `rewrite: {regex, replacement}`: the path (without the query) rewritten before it goes on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRewrite {
+    pub regex: String,
+    pub replacement: String,
+}
+
+/// `request_headers` / `response_headers`: fields set (replacing), added, and removed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileHeaderRules {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// `compress: true` or `compress: {algorithms, min_size, types}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(super) enum FileCompress {
+    Enabled(bool),
+    Options(FileCompressOptions),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileCompressOptions {
+    pub algorithms: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "units::optional_size")]
+    pub min_size: Option<u64>,
+    pub types: Option<Vec<String>>,
+}
+
+/// `rate_limit: {requests_per_second, burst, key}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FileRateLimit {
+    pub requests_per_second: f64,
+    pub burst: Option<u32>,
+    #[serde(default)]
+    pub key: RateKey,
+}
+
+/// What a rate limit counts requests by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub enum RateKey {
+    /// The client's address (the real one, behind trusted proxies); IPv6 by /64.
+    #[default]
+    ClientAddress,
+    /// One bucket for the whole route.
+    Route,
+    /// A request header's value; requests without it count by client address.
+    Header(http::HeaderName),
+}
+
+impl<'de> Deserialize<'de> for RateKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Name(String),
+            Field(BTreeMap<String, String>),
+        }
+        let expected = "client_address, route or {header: NAME}";
+        let invalid = |what: &str| serde::de::Error::custom(format!("{what}; write {expected}"));
+        match Raw::deserialize(d).map_err(|_| invalid("not a rate limit key"))? {
+            Raw::Name(name) => match name.as_str() {
+                "client_address" => Ok(Self::ClientAddress),
+                "route" => Ok(Self::Route),
+                _ => Err(invalid(&format!("unknown rate limit key `{name}`"))),
+            },
+            Raw::Field(field) => {
+                let mut entries = field.into_iter();
+                match (entries.next(), entries.next()) {
+                    (Some((kind, name)), None) if kind == "header" => http::HeaderName::from_bytes(name.as_bytes())
+                        .map(Self::Header)
+                        .map_err(|_| invalid(&format!("`{name}` is not a header name"))),
+                    (Some((kind, _)), None) => Err(invalid(&format!("unknown rate limit key `{kind}`"))),
+                    _ => Err(invalid("one key expected")),
+                }
+            }
+        }
+    }
 }
 
 /// Upstream connection timeouts.
@@ -835,6 +1022,18 @@ fn default_weight() -> u32 {
 }
 fn default_route_path() -> String {
     "/*".to_owned()
+}
+fn default_redirect_status() -> u16 {
+    302
+}
+fn default_respond_status() -> u16 {
+    200
+}
+fn default_index() -> Vec<String> {
+    vec!["index.html".to_owned()]
+}
+fn default_true() -> bool {
+    true
 }
 fn default_outlier_minimum() -> u32 {
     20

@@ -5,6 +5,9 @@
 
 mod file;
 mod locate;
+mod problem;
+mod route;
+mod template;
 mod units;
 
 use std::fmt;
@@ -16,12 +19,18 @@ use http::Uri;
 pub use file::{
     AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CheckKind, CircuitBreaker, DiscoveryConfig,
     FailureRate, HashOn, HealthCheckConfig, InitialState, IpFamily, LatencyOutlier, LogFormat, LoggingConfig,
-    MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RetryBudget, RetryMode, ServerConfig, StatusRange,
+    MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RateKey, RetryBudget, RetryMode, ServerConfig, StatusRange,
     StickyCookie, Telemetry, Timeouts, TlsConfig, TracingConfig, UpstreamProtocol,
 };
+pub use route::{
+    Actions, Coding, Compress, HeaderRules, HostMatch, PathMatch, RateLimit, Rewrite, RouteConfig, StaticFiles, Target,
+    COMPRESSIBLE_TYPES,
+};
+pub use template::{Placeholder, Template};
 pub use units::{parse_duration, parse_listen_addr, parse_size};
 
-use file::{FileBackend, FileConfig, FileRoute};
+use file::{FileBackend, FileConfig};
+use problem::{with_suggestion, Invalid};
 
 /// The name of the pool built from the top-level `backends` list.
 pub const DEFAULT_UPSTREAM: &str = "default";
@@ -36,6 +45,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    /// What happens to requests that match no route (`route_defaults`).
+    pub route_defaults: Actions,
     /// The upstream for requests that match no route.
     pub default_upstream: Option<String>,
     pub quic: QuicConfig,
@@ -95,32 +106,6 @@ pub struct BackendConfig {
     /// For an endpoint found by DNS discovery: the address its connections go to (the URL's host still
     /// names it in Host, SNI and certificate checks).
     pub address: Option<std::net::SocketAddr>,
-}
-
-/// A route: which requests go to which upstream.
-#[derive(Debug, Clone)]
-pub struct RouteConfig {
-    pub host: HostMatch,
-    pub path: PathMatch,
-    pub upstream: String,
-}
-
-/// How a route matches the request's host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    Any,
-    /// Lowercase host, no port.
-    Exact(String),
-    /// `*.example.com`, stored as `.example.com`: matches any name ending so, not the bare domain.
-    Suffix(String),
-}
-
-/// How a route matches the request's path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    Exact(String),
-    /// `/api/*`, stored as `/api/`; `/api` itself matches too.
-    Prefix(String),
 }
 
 /// A configuration problem: the file, where in it, and what is wrong.
@@ -227,20 +212,18 @@ fn explain_serde_error(e: &serde_yaml::Error) -> String {
     }
 }
 
-/// Appends "did you mean `x`?" when one of `candidates` is close to `given`.
-fn with_suggestion(message: &str, given: &str, candidates: &[&str]) -> String {
-    let best = candidates
-        .iter()
-        .map(|c| (strsim::jaro_winkler(given, c), c))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0));
-    match best {
-        Some((_, suggestion)) => format!("{message}; did you mean `{suggestion}`?"),
-        None => message.to_owned(),
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round_robin",
+            Algorithm::Weighted => "weighted",
+            Algorithm::LeastConnections => "least_connections",
+            Algorithm::P2c => "p2c",
+            Algorithm::Random => "random",
+            Algorithm::Hash => "hash",
+        })
     }
 }
-
-type Invalid = (String, String);
 
 fn validate(raw: FileConfig) -> Result<Config, Invalid> {
     let FileConfig {
@@ -250,6 +233,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         health_check,
         upstreams: raw_upstreams,
         routes: raw_routes,
+        route_defaults: raw_route_defaults,
         quic,
         admin,
         timeouts,
@@ -317,10 +301,12 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         ));
     }
 
+    let route_defaults = route::defaults(&raw_route_defaults)?;
+    let upstream_names: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
     let routes = raw_routes
         .into_iter()
         .enumerate()
-        .map(|(index, route)| self::route(index, route, &upstreams))
+        .map(|(index, raw)| route::route(index, raw, &raw_route_defaults, &upstream_names))
         .collect::<Result<Vec<_>, _>>()?;
 
     let default_upstream = upstreams
@@ -354,6 +340,7 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         server,
         upstreams,
         routes,
+        route_defaults,
         default_upstream,
         quic,
         quic_secret,
@@ -851,100 +838,6 @@ fn is_cookie_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-fn route(index: usize, raw: FileRoute, upstreams: &[UpstreamConfig]) -> Result<RouteConfig, Invalid> {
-    let at = |field: &str| format!("routes[{index}].{field}");
-    if !upstreams.iter().any(|u| u.name == raw.upstream) {
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        return Err((
-            at("upstream"),
-            with_suggestion(
-                &format!("unknown upstream `{}`; defined: {}", raw.upstream, known.join(", ")),
-                &raw.upstream,
-                &known,
-            ),
-        ));
-    }
-    let host = match raw.host.as_deref().map(str::trim) {
-        None | Some("") | Some("*") => HostMatch::Any,
-        Some(host) => {
-            let host = host.to_ascii_lowercase();
-            if let Some(domain) = host.strip_prefix("*.") {
-                if domain.is_empty() || domain.contains('*') {
-                    return Err((
-                        at("host"),
-                        format!("`{host}` is not a valid wildcard; write *.example.com"),
-                    ));
-                }
-                HostMatch::Suffix(format!(".{domain}"))
-            } else if host.contains('*') || host.contains('/') || host.contains(':') {
-                return Err((
-                    at("host"),
-                    format!("`{host}` is not a host name; write example.com or *.example.com (no port)"),
-                ));
-            } else {
-                HostMatch::Exact(host)
-            }
-        }
-    };
-    let path = &raw.path;
-    if !path.starts_with('/') {
-        return Err((at("path"), format!("`{path}` must start with /")));
-    }
-    let path = match path.strip_suffix('*') {
-        Some(prefix) if prefix.ends_with('/') && !prefix.contains('*') => PathMatch::Prefix(prefix.to_owned()),
-        Some(_) => {
-            return Err((
-                at("path"),
-                format!("`{path}`: a wildcard is only allowed as a final /*, like /api/*"),
-            ))
-        }
-        None if path.contains('*') => {
-            return Err((
-                at("path"),
-                format!("`{path}`: a wildcard is only allowed as a final /*, like /api/*"),
-            ))
-        }
-        None => PathMatch::Exact(path.clone()),
-    };
-    Ok(RouteConfig {
-        host,
-        path,
-        upstream: raw.upstream,
-    })
-}
-
-impl fmt::Display for HostMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostMatch::Any => f.write_str("*"),
-            HostMatch::Exact(host) => f.write_str(host),
-            HostMatch::Suffix(suffix) => write!(f, "*{suffix}"),
-        }
-    }
-}
-
-impl fmt::Display for PathMatch {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PathMatch::Exact(path) => f.write_str(path),
-            PathMatch::Prefix(prefix) => write!(f, "{prefix}*"),
-        }
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Algorithm::RoundRobin => "round_robin",
-            Algorithm::Weighted => "weighted",
-            Algorithm::LeastConnections => "least_connections",
-            Algorithm::P2c => "p2c",
-            Algorithm::Random => "random",
-            Algorithm::Hash => "hash",
-        })
-    }
 }
 
 #[cfg(test)]

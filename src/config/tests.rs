@@ -354,7 +354,10 @@ fn routed_form_parses_host_and_path_matches() {
     let routes: Vec<(HostMatch, PathMatch, &str)> = config
         .routes
         .iter()
-        .map(|r| (r.host.clone(), r.path.clone(), r.upstream.as_str()))
+        .map(|r| match &r.target {
+            Target::Upstream(name) => (r.host.clone(), r.path.clone(), name.as_str()),
+            other => panic!("not an upstream: {other}"),
+        })
         .collect();
     assert_eq!(
         routes,
@@ -794,4 +797,72 @@ fn display_formats_each_part() {
         ..e
     };
     assert_eq!(e.to_string(), "conf/p.yaml: must be at least 1");
+}
+
+/// A route-actions case: the routes appended to one backend, the key and message the error names.
+fn route_error(routes: &str) -> ConfigError {
+    error(&format!("{ONE_BACKEND}routes:\n{routes}"))
+}
+
+#[test]
+fn route_actions_are_checked_where_they_are_written() {
+    let e = route_error("  - path: /a\n    respond: {body: \"{uri}\"}\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(6), "routes[0].respond.body"));
+    assert!(e.message.contains("unknown placeholder `{uri}`"), "{}", e.message);
+
+    let e = route_error("  - path: /a/*\n    upstream: default\n    rewrite: {regex: \"(\", replacement: /x}\n");
+    assert_eq!(e.key, "routes[0].rewrite.regex");
+    assert!(e.message.contains("does not compile"), "{}", e.message);
+    assert_eq!(e.line, Some(7));
+
+    let e = route_error("  - path: /s/*\n    static: {root: /no/such/root}\n");
+    assert_eq!(e.key, "routes[0].static.root");
+    assert!(e.message.contains("/no/such/root"), "{}", e.message);
+
+    let e = route_error("  - path: /p/*\n    upstream: default\n    allow: [10.0.0.0/8]\n    deny: [10.1.0.0/16]\n");
+    assert_eq!((e.line, e.key.as_str()), (Some(8), "routes[0].deny"));
+    assert!(e.message.contains("overlaps 10.0.0.0/8"), "{}", e.message);
+
+    let e = route_error("  - path: /a\n    upstream: default\n    redirect: {to: /b}\n");
+    assert_eq!(e.key, "routes[0].redirect");
+    assert!(e.message.contains("one target"), "{}", e.message);
+
+    let e = route_error("  - path: /a\n");
+    assert_eq!(e.key, "routes[0]");
+
+    let e = route_error("  - path: /a/*\n    upstream: default\n    strip_prefix: /b\n");
+    assert_eq!(e.key, "routes[0].strip_prefix");
+    assert!(e.message.contains("would never apply"), "{}", e.message);
+
+    let e = route_error("  - path: /a\n    redirect: {to: /b, status: 200}\n");
+    assert_eq!(e.key, "routes[0].redirect.status");
+
+    let e = route_error("  - path: /a\n    upstream: default\n    compress: {algorithms: [lzma]}\n");
+    assert_eq!(e.key, "routes[0].compress.algorithms");
+
+    let e = route_error("  - path: /a\n    upstream: default\n    rate_limit: {requests_per_second: 0}\n");
+    assert_eq!(e.key, "routes[0].rate_limit.requests_per_second");
+
+    let e = route_error("  - path: /a\n    upstream: default\n    request_headers: {set: {\"bad name\": x}}\n");
+    assert_eq!(e.key, "routes[0].request_headers.set");
+    assert!(e.message.contains("not a header name"), "{}", e.message);
+}
+
+#[test]
+fn route_defaults_fill_what_a_route_leaves_unset_and_errors_name_them() {
+    let config = parse(&format!(
+        "{ONE_BACKEND}route_defaults:\n  compress: true\n  deny: [192.0.2.0/24]\nroutes:\n  - path: /a/*\n    upstream: default\n    compress: false\n"
+    ));
+    assert!(
+        config.routes[0].actions.compress.is_none(),
+        "the route's own setting wins"
+    );
+    assert_eq!(config.routes[0].actions.deny.len(), 1, "the default fills in");
+    assert!(config.route_defaults.compress.is_some());
+    let e = error(&format!(
+        "{ONE_BACKEND}route_defaults:\n  allow: [10.0.0.0/8]\n  deny: [10.1.0.0/16]\n"
+    ));
+    assert_eq!(e.key, "route_defaults.deny");
+    let e = error(&format!("{ONE_BACKEND}route_defaults:\n  upstream: default\n"));
+    assert!(e.message.contains("unknown field `upstream`"), "{}", e.message);
 }

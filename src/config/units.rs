@@ -79,6 +79,20 @@ pub fn listen_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Err
     parse_listen_addr(&text).map_err(serde::de::Error::custom)
 }
 
+/// Serde adapter: a header field name.
+pub fn header_name<'de, D: Deserializer<'de>>(d: D) -> Result<http::HeaderName, D::Error> {
+    let name = String::deserialize(d)?;
+    http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| serde::de::Error::custom(format!("`{name}` is not a header name")))
+}
+
+/// Serde adapter: an optional byte size (see [`size`]).
+pub fn optional_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Size(#[serde(deserialize_with = "size")] u64);
+    Ok(Option::<Size>::deserialize(d)?.map(|Size(bytes)| bytes))
+}
+
 /// Serde adapter: a byte size, as a number or a string with a unit.
 pub fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]

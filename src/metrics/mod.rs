@@ -66,6 +66,9 @@ fn register_process_wide() {
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
+    for protocol in ["tcp", "quic"] {
+        counter!(CLIENT_CONNECTIONS_REFUSED_TOTAL, "protocol" => protocol).absolute(0);
+    }
     for protocol in Protocol::CONNECTIONS.map(Protocol::label) {
         counter!(CONNECTIONS_TOTAL, "protocol" => protocol).absolute(0);
         gauge!(CONNECTIONS_OPEN, "protocol" => protocol).set(0.0);
@@ -130,6 +133,11 @@ pub fn record_quic_retry() {
 /// Records a QUIC connection refused at the limit.
 pub fn record_quic_refused() {
     counter!(QUIC_CONNECTIONS_REFUSED_TOTAL).increment(1);
+}
+
+/// Records a connection closed because its client has `server.max_connections_per_client` open.
+pub fn record_client_refused(protocol: &'static str) {
+    counter!(CLIENT_CONNECTIONS_REFUSED_TOTAL, "protocol" => protocol).increment(1);
 }
 
 /// Records a TCP connection closed at `server.max_connections`.

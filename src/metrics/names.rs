@@ -42,6 +42,8 @@ pub const BACKEND_EJECTIONS_PREVENTED_TOTAL: &str = "backend_ejections_prevented
 pub const CIRCUIT_BREAKER_REJECTIONS_TOTAL: &str = "circuit_breaker_rejections_total";
 pub const RETRY_BUDGET_EXHAUSTED_TOTAL: &str = "retry_budget_exhausted_total";
 pub const UPSTREAM_PANIC_TOTAL: &str = "upstream_panic_requests_total";
+pub const ROUTE_ACTIONS_TOTAL: &str = "route_actions_total";
+pub const CLIENT_CONNECTIONS_REFUSED_TOTAL: &str = "client_connections_refused_total";
 pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "tracing_spans_exported_total";
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "tracing_spans_dropped_total";
 pub const TRACING_EXPORT_FAILURES_TOTAL: &str = "tracing_export_failures_total";
@@ -176,6 +178,16 @@ pub(super) fn describe() {
         UPSTREAM_PANIC_TOTAL,
         Unit::Count,
         "Requests balanced over every backend, healthy or not, because fewer than min_healthy_percent were healthy."
+    );
+    describe_counter!(
+        ROUTE_ACTIONS_TOTAL,
+        Unit::Count,
+        "What each route's actions did, by route, action (access, rate_limit, rewrite, request_headers, response_headers, compress, redirect, respond, static) and result."
+    );
+    describe_counter!(
+        CLIENT_CONNECTIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Connections closed on accept because their client address had server.max_connections_per_client open, by protocol."
     );
     describe_gauge!(
         CONFIG_LAST_RELOAD_SUCCESS,

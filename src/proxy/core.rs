@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 
 use super::answer::{error_response, grpc_error_response, is_grpc};
@@ -70,10 +71,15 @@ impl Core {
             .map(|tracer| RequestTrace::begin(tracer, request.headers()));
         let host = trace.is_some().then(|| request_host(&request)).flatten();
         let grpc = is_grpc(&request);
-        let request = request.map(|body| body.with_meter(self.metrics.request_size(protocol)));
+        let mut request = request.map(|body| body.with_meter(self.metrics.request_size(protocol)));
+        let request_id = self.request_id(&mut request, client);
         let mut outcome = Outcome::default();
         let mut failure = None;
-        let response = match self.proxy(request, client, trace.as_ref(), &mut outcome).await {
+        let id = request_id
+            .as_ref()
+            .and_then(|(_, value)| value.to_str().ok())
+            .unwrap_or_default();
+        let response = match self.proxy(request, client, id, trace.as_ref(), &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 if error.origin() != Origin::Client {
@@ -107,11 +113,13 @@ impl Core {
             protocol = protocol.label(),
             client = %client.peer.ip(),
             trace_id = trace.as_ref().map(RequestTrace::trace_id),
+            request_id = id,
         );
         let answered_by = outcome.backend.as_ref().map(|b| &b.metrics);
         self.metrics
             .record_request(&method, status, answered_by, protocol, elapsed);
         let served = Served {
+            request_id: id,
             method: &method,
             uri: &uri,
             host: host.as_deref(),
@@ -121,6 +129,10 @@ impl Core {
             failure,
         };
         let finish = trace.map(|trace| served.finish(trace, &outcome));
+        let mut response = response;
+        if let Some((name, value)) = request_id {
+            response.headers_mut().insert(name, value);
+        }
         response.map(|body| {
             let body = body.with_meter(self.metrics.response_size(protocol));
             match finish {
@@ -131,8 +143,37 @@ impl Core {
     }
 }
 
+impl Core {
+    /// The request's ID: the one a trusted proxy sent in `server.request_id_header` (if it is a short
+    /// printable token), or a new random one; set on the request so the backend gets it. `None` when
+    /// request IDs are off.
+    fn request_id(&self, request: &mut Request<Body>, client: ClientInfo) -> Option<(HeaderName, HeaderValue)> {
+        let snapshot = self.shared.snapshot();
+        let server = &snapshot.config.server;
+        if !server.request_id {
+            return None;
+        }
+        let name = server.request_id_header.clone();
+        let trusted = server.trusted_proxies.iter().any(|net| net.contains(&client.peer.ip()));
+        let sent = request.headers().get(&name).filter(|value| {
+            trusted && (1..=128).contains(&value.len()) && value.as_bytes().iter().all(u8::is_ascii_graphic)
+        });
+        let value = match sent {
+            Some(value) => value.clone(),
+            None => {
+                let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+                let value = HeaderValue::from_str(&id).ok()?;
+                request.headers_mut().insert(name.clone(), value.clone());
+                value
+            }
+        };
+        Some((name, value))
+    }
+}
+
 /// What a request came to, for its server span.
 struct Served<'a> {
+    request_id: &'a str,
     method: &'a Method,
     uri: &'a Uri,
     host: Option<&'a str>,
@@ -158,6 +199,9 @@ impl Served<'_> {
             ("client.address", self.client.peer.ip().to_string().into()),
             ("url.path", self.uri.path().into()),
         ];
+        if !self.request_id.is_empty() {
+            attributes.push(("quic_proxy.request_id", self.request_id.into()));
+        }
         if let Some(route) = route {
             attributes.push(("http.route", route.into()));
         }

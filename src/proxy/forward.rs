@@ -12,7 +12,7 @@
 
 use std::sync::Arc;
 
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::request::Parts;
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
@@ -27,37 +27,117 @@ use super::headers::{self, Forwarding};
 use super::retry::{backoff, is_idempotent, replayable, Kept};
 use crate::balancer::Backend;
 use crate::body::{Body, FailureFlag};
+use crate::config::Target;
 use crate::config::Timeouts;
 use crate::error::{Origin, ProxyError};
+use crate::policy::{self, files, Admission, Context, RoutePolicy};
 use crate::protocol::Protocol;
-use crate::routing::{Affinity, InFlight, Observation, Snapshot, Upstream};
+use crate::routing::{Affinity, InFlight, Observation, RouteTarget, Snapshot, Upstream};
 use crate::trace::{self, RequestTrace};
 use crate::upstream::{Answer, Upgraded};
 
 impl Core {
-    /// Routes and forwards one request (see the module comment).
+    /// Routes one request and runs its route's policy around the target (see the module comment).
     pub(super) async fn proxy(
         &self,
-        request: Request<Body>,
+        mut request: Request<Body>,
         client: ClientInfo,
+        request_id: &str,
         trace: Option<&RequestTrace>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, ProxyError> {
         check_request(&request)?;
         let snapshot = self.shared.snapshot();
         let host = request_host(&request);
-        let destination = snapshot
+        let route = snapshot
             .router()
             .destination(host.as_deref(), request.uri().path())
             .ok_or(ProxyError::NoRoute)?;
-        let upstream = destination.upstream;
-        upstream.record_request();
-        outcome.upstream = Some(Arc::clone(upstream));
+        let policy = &route.policy;
         if trace.is_some() {
-            outcome.route = Some(Arc::from(destination.route));
+            outcome.route = Some(Arc::clone(&policy.label));
         }
-        let mut forward = Forward::new(request, client, &snapshot, upstream, host.as_deref()).await?;
-        forward.run(self, trace, outcome).await
+        let trusted = &snapshot.config.server.trusted_proxies;
+        let client_ip = policy::client::address(client.peer.ip(), request.headers(), trusted);
+        let admitted = match policy.admit(client_ip, request.headers()) {
+            Admission::Admitted(admitted) => admitted,
+            Admission::Refused(refusal) => return Ok(*refusal),
+        };
+        let requested = matches!(route.target, RouteTarget::Static(_)).then(|| request.uri().path().to_owned());
+        if let Some(path) = policy.rewrite(request.uri().path()) {
+            *request.uri_mut() = RoutePolicy::with_path(request.uri(), &path)
+                .ok_or(ProxyError::BadRequest("the rewritten request target is invalid"))?;
+        }
+        // What placeholders stand for, and what the response actions need of the request once it is gone.
+        let texts = policy.uses_placeholders().then(|| {
+            let uri = request.uri();
+            let authority = host.as_deref().and_then(|h| h.parse::<http::uri::Authority>().ok());
+            (
+                authority.map_or_else(String::new, |a| a.host().to_owned()),
+                uri.path().to_owned(),
+                uri.query().unwrap_or_default().to_owned(),
+                client_ip.to_string(),
+            )
+        });
+        let context = texts.as_ref().map(|(host, path, query, ip)| Context {
+            host,
+            path,
+            query,
+            client_ip: ip,
+            request_id,
+            scheme: if client.tls { "https" } else { "http" },
+        });
+        let method = request.method().clone();
+        let ranged = request.headers().contains_key(header::RANGE);
+        let mut kept = HeaderMap::new();
+        if policy.actions().compress.is_some() {
+            if let Some(accept) = request.headers().get(header::ACCEPT_ENCODING) {
+                kept.insert(header::ACCEPT_ENCODING, accept.clone());
+            }
+        }
+        let response = match &route.target {
+            RouteTarget::Upstream(upstream) => {
+                upstream.record_request();
+                outcome.upstream = Some(Arc::clone(upstream));
+                if let Some(context) = &context {
+                    policy.request_headers(request.headers_mut(), context);
+                }
+                let mut forward = Forward::new(request, client, &snapshot, upstream, host.as_deref()).await?;
+                forward.run(self, trace, outcome).await?
+            }
+            RouteTarget::Static(files) => {
+                let requested = requested.as_deref().unwrap_or_default();
+                let (response, served) =
+                    files::serve(files, &method, request.uri().path(), requested, request.headers()).await;
+                policy.record_target("static", served.label());
+                response
+            }
+            RouteTarget::Answer(answer) => {
+                let context = context
+                    .as_ref()
+                    .ok_or(ProxyError::BadRequest("no context for the answer"))?;
+                match answer {
+                    Target::Redirect { to, status } => {
+                        policy.record_target("redirect", "answered");
+                        policy::redirect(to, *status, context)
+                    }
+                    Target::Respond { status, body, headers } => {
+                        policy.record_target("respond", "answered");
+                        policy::respond(*status, body, headers, context, &method)
+                    }
+                    _ => return Err(ProxyError::NoRoute),
+                }
+            }
+        };
+        let facts = policy::Request {
+            method: &method,
+            headers: &kept,
+            ranged,
+            admitted,
+            streams: self.shared.compression(),
+            max_streams: snapshot.config.server.max_compressed_streams,
+        };
+        Ok(policy.respond(response, &facts, context.as_ref()))
     }
 }
 

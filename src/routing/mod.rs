@@ -16,6 +16,7 @@ use crate::balancer::{Backend, BackendKey};
 use crate::config::{Config, ConfigError};
 use crate::discovery::Resolved;
 use crate::events::Events;
+use crate::policy::Limiter;
 
 fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
     ConfigError {
@@ -28,7 +29,7 @@ fn error_in(config: &Config, (key, message): (String, String)) -> ConfigError {
 
 pub use affinity::Affinity;
 pub use outcome::{InFlight, Observation};
-pub use router::{Destination, Router};
+pub use router::{Route, RouteTarget, Router};
 pub use upstream::Upstream;
 
 /// One configuration, built into routes and pools.
@@ -45,7 +46,7 @@ impl Snapshot {
     /// to `events`. Fails when a backend's TLS files cannot be used.
     pub fn new(config: Config, resolved: &Resolved, events: &Arc<Events>) -> Result<Self, ConfigError> {
         Ok(Self {
-            router: Router::new(&config, resolved, |_| None, events).map_err(|e| error_in(&config, e))?,
+            router: Router::new(&config, resolved, |_| None, |_| None, events).map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: 1,
         })
@@ -56,9 +57,20 @@ impl Snapshot {
     /// unchanged.
     pub fn next(&self, config: Config, resolved: &Resolved, events: &Arc<Events>) -> Result<Self, ConfigError> {
         let kept: HashMap<&BackendKey, &Arc<Backend>> = self.backends().map(|b| (b.key(), b)).collect();
+        let limiters: HashMap<&str, &Arc<Limiter>> = self
+            .router
+            .routes()
+            .filter_map(|r| Some((&*r.policy.label, r.policy.limiter()?)))
+            .collect();
         Ok(Self {
-            router: Router::new(&config, resolved, |key| kept.get(key).map(|b| Arc::clone(b)), events)
-                .map_err(|e| error_in(&config, e))?,
+            router: Router::new(
+                &config,
+                resolved,
+                |key| kept.get(key).map(|b| Arc::clone(b)),
+                |label| limiters.get(label).map(|l| Arc::clone(l)),
+                events,
+            )
+            .map_err(|e| error_in(&config, e))?,
             config: Arc::new(config),
             generation: self.generation + 1,
         })
@@ -75,7 +87,7 @@ impl Snapshot {
 
     /// Checks what only building a snapshot can (a backend's TLS files), without keeping it.
     pub fn check(config: &Config) -> Result<(), ConfigError> {
-        Router::new(config, &Resolved::default(), |_| None, &Arc::default())
+        Router::new(config, &Resolved::default(), |_| None, |_| None, &Arc::default())
             .map(drop)
             .map_err(|e| error_in(config, e))
     }

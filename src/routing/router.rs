@@ -1,46 +1,64 @@
-//! Host and path routing: the first route that matches wins; the default upstream takes the rest.
+//! Host and path routing: the first route that matches wins; the default upstream takes the rest. Each
+//! route carries its target and its policy (what it does besides choosing the target), compiled here once
+//! per snapshot.
 
 use std::sync::Arc;
 
 use crate::balancer::{Backend, BackendKey};
-use crate::config::{Config, HostMatch, PathMatch};
+use crate::config::{Config, HostMatch, PathMatch, StaticFiles, Target};
+use crate::discovery::Resolved;
 use crate::events::Events;
+use crate::policy::{Limiter, RoutePolicy};
 
 use super::upstream::Upstream;
-use crate::discovery::Resolved;
 
-/// Routes requests to upstream pools.
+/// Routes requests to their targets.
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
-    default: Option<Arc<Upstream>>,
+    /// Requests no route matches: the default upstream, with `route_defaults`.
+    default: Option<Route>,
     upstreams: Vec<Arc<Upstream>>,
 }
 
+/// One route: what it matches, where its requests end, and what happens on the way.
 #[derive(Debug)]
-struct Route {
+pub struct Route {
     host: HostMatch,
     path: PathMatch,
-    upstream: Arc<Upstream>,
-    /// `host path`, as traces name the route.
-    label: Arc<str>,
+    pub target: RouteTarget,
+    pub policy: RoutePolicy,
 }
 
-/// Where a request goes: its upstream, and the route that sent it there (as `host path`; `default` for the
-/// default upstream).
-#[derive(Debug, Clone, Copy)]
-pub struct Destination<'a> {
-    pub upstream: &'a Arc<Upstream>,
-    pub route: &'a str,
+/// Where a route's requests end.
+#[derive(Debug)]
+pub enum RouteTarget {
+    Upstream(Arc<Upstream>),
+    Static(StaticFiles),
+    /// A redirect or a direct answer, as configured.
+    Answer(Target),
+}
+
+impl RouteTarget {
+    /// As the console and the API describe it.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Upstream(upstream) => format!("upstream {}", upstream.name),
+            Self::Static(files) => format!("static {}", files.root.display()),
+            Self::Answer(answer) => answer.to_string(),
+        }
+    }
 }
 
 impl Router {
     /// Builds every upstream pool and the route table from a validated config; `existing` hands back
-    /// backends a previous snapshot already has (see `Upstream::new`).
+    /// backends a previous snapshot already has (see `Upstream::new`), and `limiter` the rate limiter a
+    /// route of that label had, so that reloads keep clients' buckets.
     pub fn new(
         config: &Config,
         resolved: &Resolved,
         existing: impl Fn(&BackendKey) -> Option<Arc<Backend>>,
+        limiter: impl Fn(&str) -> Option<Arc<Limiter>>,
         events: &Arc<Events>,
     ) -> Result<Self, (String, String)> {
         let workers = config.workers();
@@ -54,15 +72,31 @@ impl Router {
             .routes
             .iter()
             .filter_map(|r| {
+                let target = match &r.target {
+                    Target::Upstream(name) => RouteTarget::Upstream(find(name)?),
+                    Target::Static(files) => RouteTarget::Static(files.clone()),
+                    answer => RouteTarget::Answer(answer.clone()),
+                };
+                let label: Arc<str> = Arc::from(format!("{} {}", r.host, r.path));
+                let carried = limiter(&label);
                 Some(Route {
                     host: r.host.clone(),
                     path: r.path.clone(),
-                    upstream: find(&r.upstream)?,
-                    label: Arc::from(format!("{} {}", r.host, r.path)),
+                    policy: RoutePolicy::new(label, &r.actions, &r.target, carried),
+                    target,
                 })
             })
             .collect();
-        let default = config.default_upstream.as_deref().and_then(find);
+        let default = config.default_upstream.as_deref().and_then(find).map(|upstream| {
+            let label: Arc<str> = Arc::from("default");
+            let target = Target::Upstream(upstream.name.clone());
+            Route {
+                host: HostMatch::Any,
+                path: PathMatch::Prefix("/".to_owned()),
+                policy: RoutePolicy::new(Arc::clone(&label), &config.route_defaults, &target, limiter(&label)),
+                target: RouteTarget::Upstream(upstream),
+            }
+        });
         Ok(Self {
             routes,
             default,
@@ -70,27 +104,27 @@ impl Router {
         })
     }
 
-    /// The upstream for a request to `host` (as sent, port allowed) and `path`.
+    /// The upstream a request to `host` (as sent, port allowed) and `path` goes to, if it goes to one.
     pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Upstream>> {
-        self.destination(host, path).map(|d| d.upstream)
+        match &self.destination(host, path)?.target {
+            RouteTarget::Upstream(upstream) => Some(upstream),
+            _ => None,
+        }
     }
 
-    /// The upstream and route for a request to `host` (as sent, port allowed) and `path`.
-    pub fn destination(&self, host: Option<&str>, path: &str) -> Option<Destination<'_>> {
+    /// The route for a request to `host` (as sent, port allowed) and `path`: the first that matches, else
+    /// the default one.
+    pub fn destination(&self, host: Option<&str>, path: &str) -> Option<&Route> {
         let host = host.map(normalize_host);
         self.routes
             .iter()
             .find(|r| host_matches(&r.host, host.as_deref()) && path_matches(&r.path, path))
-            .map(|r| Destination {
-                upstream: &r.upstream,
-                route: &r.label,
-            })
-            .or_else(|| {
-                self.default.as_ref().map(|upstream| Destination {
-                    upstream,
-                    route: "default",
-                })
-            })
+            .or(self.default.as_ref())
+    }
+
+    /// Every route, in config order, then the default one.
+    pub fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter().chain(self.default.as_ref())
     }
 
     /// Every upstream pool, in config order.
@@ -135,7 +169,7 @@ mod tests {
 
     fn router(yaml: &str) -> Router {
         match Config::parse(Path::new("test.yaml"), yaml) {
-            Ok(config) => match Router::new(&config, &Resolved::default(), |_| None, &Arc::default()) {
+            Ok(config) => match Router::new(&config, &Resolved::default(), |_| None, |_| None, &Arc::default()) {
                 Ok(router) => router,
                 Err(e) => panic!("test router not built: {e:?}"),
             },

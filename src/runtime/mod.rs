@@ -2,13 +2,15 @@
 //! configuration snapshot that a reload swaps atomically, readiness, and shutdown. Listeners, the admin
 //! listener and the health prober depend on it; it depends on none of them.
 
+mod clients;
 mod net;
 mod reload;
 mod shutdown;
 mod state;
 pub mod workers;
 
+pub use clients::ClientSlot;
 pub use net::{accept_loop, bind_tcp, bind_tcp_group, bind_tcp_std, bind_udp, is_address_in_use, Counted};
 pub use reload::{ReloadError, ReloadReport};
 pub use shutdown::Shutdown;
-pub use state::{NotReady, Readiness, Shared};
+pub use state::{NotReady, Readiness, Shared, TcpSlot};

@@ -12,10 +12,13 @@ use crate::config::{Config, ConfigError};
 use crate::discovery::Resolved;
 use crate::events::Events;
 use crate::metrics::{self, GaugeGuard};
+use crate::policy::CompressionStreams;
 use crate::protocol::Protocol;
 use crate::routing::Snapshot;
 use crate::tls::CertStore;
 use crate::trace::Tracer;
+
+use super::clients::{ClientSlot, PerClient};
 
 /// The running proxy's shared state.
 #[derive(Debug)]
@@ -42,6 +45,18 @@ pub struct Shared {
     tcp_open: Arc<AtomicUsize>,
     /// Refusals at that limit are logged at most once a second.
     tcp_refusals: crate::logging::RateLimit,
+    /// TCP and QUIC connections open per client address: `server.max_connections_per_client`.
+    tcp_clients: PerClient,
+    quic_clients: PerClient,
+    /// Responses being compressed, over every worker: `server.max_compressed_streams`.
+    compression: CompressionStreams,
+}
+
+/// A TCP connection's places under `server.max_connections` and its client's share.
+#[derive(Debug)]
+pub struct TcpSlot {
+    _total: super::Counted,
+    _client: ClientSlot,
 }
 
 type Hook = Box<dyn Fn(&Shared, &Snapshot) + Send + Sync>;
@@ -79,6 +94,9 @@ impl Shared {
             discovery_nudge: Notify::new(),
             tcp_open: Arc::default(),
             tcp_refusals: crate::logging::RateLimit::default(),
+            tcp_clients: PerClient::default(),
+            quic_clients: PerClient::default(),
+            compression: CompressionStreams::default(),
         }))
     }
 
@@ -125,16 +143,55 @@ impl Shared {
     /// A slot under `server.max_connections` for a TCP connection just accepted, or `None`: the caller
     /// closes it at once (counted, and logged at most once a second), so that a flood of connections runs
     /// into a bound of the proxy's choosing, well before the process runs out of file descriptors.
-    pub fn admit_tcp(&self, peer: std::net::SocketAddr) -> Option<super::Counted> {
-        let limit = self.snapshot().config.server.max_connections;
-        let admitted = super::Counted::within(&self.tcp_open, limit);
-        if admitted.is_none() {
+    pub fn admit_tcp(&self, peer: std::net::SocketAddr) -> Option<TcpSlot> {
+        let snapshot = self.snapshot();
+        let server = &snapshot.config.server;
+        let limit = server.max_connections;
+        let Some(total) = super::Counted::within(&self.tcp_open, limit) else {
             metrics::record_tcp_refused();
             if self.tcp_refusals.allow() {
                 tracing::warn!(%peer, limit, "TCP connection refused: server.max_connections reached");
             }
+            return None;
+        };
+        let client = self.admit_client(&self.tcp_clients, peer, "tcp", server.max_connections_per_client)?;
+        Some(TcpSlot {
+            _total: total,
+            _client: client,
+        })
+    }
+
+    /// A QUIC connection's place in its client's share, or `None`: the caller refuses it.
+    pub fn admit_quic_client(&self, peer: std::net::SocketAddr) -> Option<ClientSlot> {
+        let limit = self.snapshot().config.server.max_connections_per_client;
+        self.admit_client(&self.quic_clients, peer, "quic", limit)
+    }
+
+    fn admit_client(
+        &self,
+        table: &PerClient,
+        peer: std::net::SocketAddr,
+        protocol: &'static str,
+        limit: usize,
+    ) -> Option<ClientSlot> {
+        let admitted = table.admit(peer.ip(), limit);
+        if admitted.is_none() {
+            metrics::record_client_refused(protocol);
+            if self.tcp_refusals.allow() {
+                tracing::warn!(%peer, limit, protocol, "connection refused: server.max_connections_per_client reached for this client");
+            }
         }
         admitted
+    }
+
+    /// Client addresses with a TCP connection open, and with a QUIC connection open.
+    pub fn clients_connected(&self) -> (usize, usize) {
+        (self.tcp_clients.clients(), self.quic_clients.clients())
+    }
+
+    /// Responses being compressed, against `server.max_compressed_streams`.
+    pub fn compression(&self) -> &CompressionStreams {
+        &self.compression
     }
 
     /// The current snapshot. A request holds the one it started with until it ends.

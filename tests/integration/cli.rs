@@ -144,8 +144,8 @@ fn check_prints_a_summary_of_a_valid_config() {
          upstreams: 2, backends: 3, routes: 2\n  \
          upstream default [round_robin]: web1 (127.0.0.1:8001, weight 1), web2 (127.0.0.1:8002, weight 2)\n  \
          upstream api [least_connections]: api1 (127.0.0.1:9001, weight 1)\n  \
-         route host=api.example.com path=/* -> api\n  \
-         route host=* path=/static/* -> default\n",
+         route host=api.example.com path=/* -> upstream api\n  \
+         route host=* path=/static/* -> upstream default\n",
         config.path.display(),
         quic_proxy::config::digest(VALID)
     );

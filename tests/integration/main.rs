@@ -18,6 +18,7 @@ mod http1_proxy;
 mod instances;
 mod reload;
 mod resource_exhaustion;
+mod route_actions;
 mod traffic_policy;
 mod upload_aborts;
 mod upstream_protocols;

@@ -218,6 +218,7 @@
       : Date.now();
     renderSummary(state);
     renderUpstreams(Array.isArray(state.upstreams) ? state.upstreams : [], now);
+    renderRoutes(Array.isArray(state.routes) ? state.routes : []);
     renderEvents(Array.isArray(state.events) ? state.events : []);
     if (state.generation !== shownGeneration) {
       shownGeneration = state.generation;
@@ -253,6 +254,51 @@
     }
     const title = "quic-proxy · " + healthy + "/" + total + " healthy";
     if (document.title !== title) document.title = title;
+  }
+
+  // --- routes ---------------------------------------------------------------------------------------------
+
+  let routesSignature = null;
+
+  function describeCounts(counts) {
+    if (!counts || typeof counts !== "object") return DASH;
+    const parts = [];
+    for (const action of Object.keys(counts)) {
+      const results = counts[action];
+      if (!results || typeof results !== "object") continue;
+      const shown = Object.keys(results)
+        .filter((result) => isNumber(results[result]) && results[result] > 0)
+        .map((result) => result + " " + results[result]);
+      if (shown.length) parts.push(action + ": " + shown.join(", "));
+    }
+    return parts.length ? parts.join(" · ") : DASH;
+  }
+
+  function renderRoutes(routes) {
+    const signature = JSON.stringify(routes);
+    if (signature === routesSignature) return;
+    routesSignature = signature;
+    const rows = [];
+    for (const route of routes) {
+      if (!route || typeof route !== "object") continue;
+      const row = el("tr");
+      row.dataset.route = isText(route.route) ? route.route : "";
+      const name = el("th", "col-route", isText(route.route) ? route.route : DASH);
+      name.scope = "row";
+      const actions = Array.isArray(route.actions) ? route.actions.filter(isText) : [];
+      let limit = "";
+      if (route.rate_limit && typeof route.rate_limit === "object" && isNumber(route.rate_limit.keys)) {
+        limit = " (rate limit: " + route.rate_limit.keys + " keys tracked)";
+      }
+      row.append(
+        name,
+        el("td", "col-target", isText(route.target) ? route.target : DASH),
+        el("td", "col-actions", (actions.length ? actions.join(", ") : "none") + limit),
+        el("td", "col-counts", describeCounts(route.counts)),
+      );
+      rows.push(row);
+    }
+    $("routes").replaceChildren(...rows);
   }
 
   // --- upstreams and backends ------------------------------------------------------------------------------

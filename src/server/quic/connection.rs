@@ -20,6 +20,8 @@ use crate::runtime::{Counted, Shutdown};
 
 /// The HTTP/3 application error code for a clean close (RFC 9114 8.1).
 const H3_NO_ERROR: u32 = 0x100;
+/// The HTTP/3 application error code for a peer generating excessive load (RFC 9114 8.1).
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
 
 /// What a connection's requests need from the configuration it was accepted under.
 #[derive(Debug, Clone, Copy)]
@@ -57,9 +59,17 @@ pub(super) async fn serve_connection(
     metrics::record_quic_handshake(handshaken.is_ok());
     drop(handshake);
     let (connection, handshake) = handshaken?;
-    let handshake = Arc::new(handshake);
     let shared = Arc::clone(core.shared());
-    let _open = (open, shared.connection_open(Protocol::H3));
+    // Counted once the handshake has proven the address, so a spoofed one cannot take another's share.
+    let Some(client) = shared.admit_quic_client(connection.remote_address()) else {
+        connection.close(
+            VarInt::from_u32(H3_EXCESSIVE_LOAD),
+            b"too many connections from this address",
+        );
+        return Ok(());
+    };
+    let handshake = Arc::new(handshake);
+    let _open = (open, client, shared.connection_open(Protocol::H3));
     let stats_source = connection.clone();
     let served = serve_h3(connection, handshake, core, settings, shutdown).await;
     metrics::record_quic_connection(&stats_source.stats());

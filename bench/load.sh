@@ -65,6 +65,8 @@ reset_parsed() {
 # Warm-ups (LOAD_WARMUP=1) only need load to have run: they are stopped 8 s after their deadline rather
 # than waited for, and that stop is no failure.
 LOAD_WARMUP=0
+# Extra request fields for oha, e.g. (-H "accept-encoding: gzip"); empty unless a table sets them.
+LOAD_HEADERS=()
 time_limit() {
   if ((LOAD_WARMUP)); then
     printf '%d' $(($1 + 8 + $2))
@@ -136,6 +138,7 @@ load_oha() {
   local args=(--no-tui -z "${seconds}s" -c "$connections" -t 5s --insecure --http-version "$version"
     --output-format json --stats-success-breakdown -o "$json")
   [[ -z $rate ]] || args+=(-q "$rate")
+  args+=("${LOAD_HEADERS[@]}")
   reset_parsed
   rm -f "$json"
   LG_COMMAND="oha ${args[*]} $url"

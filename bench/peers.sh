@@ -59,8 +59,25 @@ health_check:
     failure_rate: {percentage: 50, minimum_requests: 20, period: 10s}
     latency: {unhealthy_latency: 5s, consecutive: 1000}'
 
+# The quic-proxy-actions peer: the plain round robin, and on every request the route actions a typical
+# site has (request and response header rules, a per-client rate limit no run reaches), so the row shows
+# what they cost next to the plain one. Request IDs are on in every quic-proxy row (the default).
+ACTIONS_SECTIONS='load_balancer:
+  algorithm: "round_robin"
+route_defaults:
+  request_headers: {set: {x-env: "bench"}, add: {x-client: "{client_ip}"}, remove: [x-debug]}
+  response_headers: {set: {strict-transport-security: "max-age=31536000"}, remove: [x-powered-by]}
+  rate_limit: {requests_per_second: 10000000, burst: 10000000}'
+
+# The compression table's quic-proxy: every route compresses (zstd, br, gzip, by what the client asks for).
+COMPRESS_SECTIONS='load_balancer:
+  algorithm: "round_robin"
+route_defaults:
+  compress: true'
+
 # Starts quic-proxy under the name $1 with metrics on ($2 true) or off, and its traffic policy ($3) either
-# `plain` (round robin, defaults) or `policy` (POLICY_SECTIONS).
+# `plain` (round robin, defaults), `policy` (POLICY_SECTIONS), `actions` (ACTIONS_SECTIONS) or `compress`
+# (COMPRESS_SECTIONS).
 start_quic_proxy() {
   local name=$1 metrics=$2 policy=${3:-plain} dir="$TMP_DIR/${1// /-}" http_port tls_port metrics_port
   local backends="" extra="" sections='load_balancer:
@@ -74,7 +91,11 @@ start_quic_proxy() {
     backends+="  - name: \"backend$n\""$'\n'"    url: \"http://127.0.0.1:${BACKEND_PORTS[n - 1]}\""$'\n'
   done
   [[ -z $PROXY_WORKERS ]] || extra="  workers: $PROXY_WORKERS"
-  [[ $policy != policy ]] || sections=$POLICY_SECTIONS
+  case $policy in
+    policy) sections=$POLICY_SECTIONS ;;
+    actions) sections=$ACTIONS_SECTIONS ;;
+    compress) sections=$COMPRESS_SECTIONS ;;
+  esac
   render bench/proxy.yaml.tmpl "$dir/proxy.yaml" \
     "HTTP_PORT=$http_port" "TLS_PORT=$tls_port" "CERT_FILE=$CERT_DIR/server.crt" "KEY_FILE=$CERT_DIR/server.key" \
     "HEADER_READ_TIMEOUT=60s" "SERVER_EXTRA=$extra" "MAX_CONNECTIONS=$((MAX_CONNECTIONS * 2 + 1000))" \
@@ -192,8 +213,8 @@ start_h3bare() {
   SERVER_LOG="$TMP_DIR/$name.log"
 }
 
-# Starts peer $1 under the name $2. Peers: direct, quic-proxy, quic-proxy-nometrics, quic-proxy-policy, nginx,
-# haproxy, caddy, h3bare.
+# Starts peer $1 under the name $2. Peers: direct, quic-proxy, quic-proxy-nometrics, quic-proxy-policy,
+# quic-proxy-actions, quic-proxy-compress, nginx, haproxy, caddy, h3bare.
 start_peer() {
   local peer=$1 name=$2
   case $peer in
@@ -201,6 +222,8 @@ start_peer() {
     quic-proxy) start_quic_proxy "$name" true ;;
     quic-proxy-nometrics) start_quic_proxy "$name" false ;;
     quic-proxy-policy) start_quic_proxy "$name" true policy ;;
+    quic-proxy-actions) start_quic_proxy "$name" true actions ;;
+    quic-proxy-compress) start_quic_proxy "$name" true compress ;;
     nginx) start_nginx "$name" ;;
     haproxy) start_haproxy "$name" ;;
     caddy) start_caddy "$name" ;;

@@ -2,7 +2,7 @@
 # shellcheck shell=bash
 
 # Measured figures, keyed "<round>|<table>|<row>|<mode>|<connections>"; round is 1..N, "s" for the scale
-# pass. Tables: http1, https, h3, scale-http1, scale-https, scale-h3. Modes: full, fixed.
+# pass. Tables: http1, https, h3, compress, scale-http1, scale-https, scale-h3. Modes: full, fixed.
 declare -A R_RPS=() R_P50=() R_P99=() R_ERR=() R_CPU=() R_GEN=() R_DETAIL=() R_NOTE=() R_FAIL=()
 # Rows in the order first measured, per table; a row's peer and variant (TLS protocol or HTTP/3 client).
 declare -A TABLE_ROWS=() ROW_PEER_OF=() ROW_VARIANT_OF=() SCALE_CLIENT=()
@@ -90,6 +90,24 @@ print_table() {
       "$(fmt "$(ratio_median R_CPU "$fixed" "$r1|fixed|$CONNECTIONS")" %.2fx)" \
       "$(fmt "$(ratio_median R_CPU "$fixed" "$r2|fixed|$CONNECTIONS")" %.2fx)"
   done <<<"${TABLE_ROWS[$table]:-}"
+}
+
+# What compressing costs each peer per KiB of the uncompressed answer: CPU per request at the fixed rate, over
+# the same peer's identity row, divided by the answer's size; and the size each coding made of it.
+print_compression_cost() {
+  local row peer identity cost
+  printf '%-26s|%10s %12s %8s\n' "compression cost" "bytes" "us per KiB" ratio
+  while IFS= read -r row; do
+    [[ -n $row ]] || continue
+    peer=${ROW_PEER_OF[$row]}
+    identity="${PEER_LABEL[$peer]} identity"
+    cost=$(awk -v a="$(round_median R_CPU "compress|$row|fixed|$CONNECTIONS")" \
+      -v b="$(round_median R_CPU "compress|$identity|fixed|$CONNECTIONS")" -v kib="$((COMPRESS_BYTES / 1024))" \
+      'BEGIN { if (a == "-" || b == "-") print "-"; else printf "%.2f", (a - b) / kib }')
+    [[ $row != "$identity" ]] || cost=0
+    printf '%-26s|%10s %12s %8s\n' "$row" "${ENCODED_BYTES[$row]:--}" "$cost" \
+      "$(awk -v n="${ENCODED_BYTES[$row]:-0}" -v d="$COMPRESS_BYTES" 'BEGIN { if (n > 0) printf "%.1fx", d / n; else print "-" }')"
+  done <<<"${TABLE_ROWS[compress]:-}"
 }
 
 # Per round: req/s at full load and CPU per request in both modes, to show how much is noise.
@@ -271,6 +289,16 @@ EOF
     print_rounds h3
     printf '\nnotes:\n'
     print_notes h3 "$rounds"
+  fi
+  if [[ -n ${TABLE_ROWS[compress]:-} ]]; then
+    printf '\n=== Compression: GET /text/%s (JSON lines) over HTTP/1.1 with Accept-Encoding: <coding>, oha -c%s; fixed rate %s/s\n' "$COMPRESS_BYTES" "$CONNECTIONS" "$RATE_COMPRESS"
+    print_table compress nginx haproxy "$RATE_COMPRESS"
+    printf '\n'
+    print_rounds compress
+    printf '\n'
+    print_compression_cost
+    printf '\nnotes:\n'
+    print_notes compress "$rounds"
   fi
   local group
   for group in http1 https h3; do

@@ -40,12 +40,15 @@ WRK_THREADS=${BENCH_WRK_THREADS:-1}
 RATE_HTTP1=${BENCH_RATE_HTTP1:-15000}
 RATE_HTTPS=${BENCH_RATE_HTTPS:-5000}
 RATE_H3=${BENCH_RATE_H3:-5000}
-read -r -a GROUPS_RUN <<<"${BENCH_GROUPS-http1 https h3}"
-read -r -a HTTP1_PEERS <<<"${BENCH_HTTP1_PEERS-direct quic-proxy quic-proxy-nometrics quic-proxy-policy nginx haproxy}"
+RATE_COMPRESS=${BENCH_RATE_COMPRESS:-1000}
+COMPRESS_BYTES=${BENCH_COMPRESS_BYTES:-16384}
+read -r -a GROUPS_RUN <<<"${BENCH_GROUPS-http1 https h3 compress}"
+read -r -a HTTP1_PEERS <<<"${BENCH_HTTP1_PEERS-direct quic-proxy quic-proxy-nometrics quic-proxy-policy quic-proxy-actions nginx haproxy}"
 read -r -a HTTPS_PEERS <<<"${BENCH_HTTPS_PEERS-quic-proxy nginx haproxy}"
 read -r -a HTTPS_VERSIONS <<<"${BENCH_HTTPS_VERSIONS-2 1.1}"
 read -r -a H3_PEERS <<<"${BENCH_H3_PEERS-quic-proxy h3bare caddy}"
 read -r -a H3_CLIENTS <<<"${BENCH_H3_CLIENTS-oha h3load}"
+read -r -a COMPRESS_PEERS <<<"${BENCH_COMPRESS_PEERS-quic-proxy-compress nginx haproxy}"
 read -r -a SCALE <<<"${BENCH_SCALE-$(quick '64 1024' '64 1024 10000')}"
 read -r -a SCALE_GROUPS <<<"${BENCH_SCALE_GROUPS-http1 https h3}"
 SCALE_DURATION=${BENCH_SCALE_DURATION:-$DURATION}
@@ -71,7 +74,7 @@ validate_settings() {
   (($(to_seconds "$SCALE_DURATION") >= 1 && $(to_seconds "$SCALE_DURATION") <= 300)) || die "BENCH_SCALE_DURATION: 1s to 300s"
   (($(to_seconds "$WARMUP") <= 60)) || die "BENCH_WARMUP: at most 60s"
   [[ $ROUNDS =~ ^[1-9]$ ]] || die "BENCH_ROUNDS=$ROUNDS: expected 1 to 9"
-  for value in "$CONNECTIONS" "$WRK_THREADS" "$RATE_HTTP1" "$RATE_HTTPS" "$RATE_H3" "$IDLE_CONNECTIONS" \
+  for value in "$CONNECTIONS" "$WRK_THREADS" "$RATE_HTTP1" "$RATE_HTTPS" "$RATE_H3" "$RATE_COMPRESS" "$COMPRESS_BYTES" "$IDLE_CONNECTIONS" \
     "$STALLED_CONNECTIONS" "$STALLED_STREAMS" "${SCALE[@]}"; do
     number "$value" || die "expected a positive whole number, got '$value' (see bench/README.md for the knobs)"
   done
@@ -82,11 +85,17 @@ validate_settings() {
   [[ $MEMORY == 0 || $MEMORY == 1 ]] || die "BENCH_MEMORY=$MEMORY: expected 0 or 1"
   [[ $HEALTH_SCALE == 0 || $HEALTH_SCALE == 1 ]] || die "BENCH_HEALTH_SCALE=$HEALTH_SCALE: expected 0 or 1"
   [[ $REQUEST_PATH == /* ]] || die "BENCH_PATH=$REQUEST_PATH: must start with /"
-  for group in "${GROUPS_RUN[@]}" "${SCALE_GROUPS[@]}"; do
-    [[ $group == http1 || $group == https || $group == h3 ]] || die "unknown group '$group' (http1, https, h3)"
+  for group in "${GROUPS_RUN[@]}"; do
+    [[ " http1 https h3 compress " == *" $group "* ]] || die "BENCH_GROUPS: unknown group '$group' (http1, https, h3, compress)"
+  done
+  for group in "${SCALE_GROUPS[@]}"; do
+    [[ $group == http1 || $group == https || $group == h3 ]] || die "BENCH_SCALE_GROUPS: unknown group '$group' (http1, https, h3)"
+  done
+  for peer in "${COMPRESS_PEERS[@]}"; do
+    [[ " quic-proxy-compress nginx haproxy " == *" $peer "* ]] || die "BENCH_COMPRESS_PEERS: unknown peer '$peer'"
   done
   for peer in "${HTTP1_PEERS[@]}"; do
-    [[ " direct quic-proxy quic-proxy-nometrics quic-proxy-policy nginx haproxy " == *" $peer "* ]] || die "BENCH_HTTP1_PEERS: unknown peer '$peer'"
+    [[ " direct quic-proxy quic-proxy-nometrics quic-proxy-policy quic-proxy-actions nginx haproxy " == *" $peer "* ]] || die "BENCH_HTTP1_PEERS: unknown peer '$peer'"
   done
   for peer in "${HTTPS_PEERS[@]}"; do
     [[ " quic-proxy nginx haproxy caddy " == *" $peer "* ]] || die "BENCH_HTTPS_PEERS: unknown peer '$peer'"
@@ -124,6 +133,7 @@ uses_peer() {
   runs_group http1 && peers+="${HTTP1_PEERS[*]} "
   runs_group https && peers+="${HTTPS_PEERS[*]} "
   runs_group h3 && peers+="${H3_PEERS[*]} "
+  runs_group compress && peers+="${COMPRESS_PEERS[*]} "
   scales_group http1 && peers+="quic-proxy nginx haproxy "
   scales_group https && peers+="quic-proxy nginx haproxy "
   scales_group h3 && peers+="quic-proxy h3bare caddy "
@@ -132,7 +142,7 @@ uses_peer() {
 }
 
 uses_oha() {
-  runs_group http1 || runs_group https || { runs_group h3 && [[ " ${H3_CLIENTS[*]} " == *" oha "* ]]; }
+  runs_group http1 || runs_group https || runs_group compress || { runs_group h3 && [[ " ${H3_CLIENTS[*]} " == *" oha "* ]]; }
 }
 
 # The largest number of client connections any step opens; servers are configured for it.
@@ -278,7 +288,8 @@ measure_pair() {
 
 declare -A PEER_LABEL=(
   [direct]="backend direct" [quic-proxy]="quic-proxy" [quic-proxy-nometrics]="quic-proxy metrics off"
-  [quic-proxy-policy]="quic-proxy traffic policy"
+  [quic-proxy-policy]="quic-proxy traffic policy" [quic-proxy-actions]="quic-proxy route actions"
+  [quic-proxy-compress]="quic-proxy"
   [nginx]="nginx" [haproxy]="haproxy" [caddy]="caddy" [h3bare]="h3bare"
 )
 
@@ -349,6 +360,43 @@ round_h3() {
     warnings_of "$peer h3"
     stop_peer
   done
+}
+
+# Compression: the demo backend's /text/N (JSON lines, as compressible as a typical API answer) through each
+# peer with compression on, asked for with each coding the peer has and with none (identity), over plain
+# HTTP/1.1 with oha. The difference to the identity row is what compressing costs (bench/README.md).
+declare -A ENCODED_BYTES=()
+round_compress() {
+  local peer coding row url
+  for peer in "${COMPRESS_PEERS[@]}"; do
+    start_peer "$peer" "$peer-compress-r$ROUND"
+    describe_peer "$peer"
+    url="$SERVER_HTTP/text/$COMPRESS_BYTES"
+    for coding in identity gzip br zstd; do
+      # nginx (without extra modules) and HAProxy compress with gzip only.
+      [[ $peer == quic-proxy* || $coding == identity || $coding == gzip ]] || continue
+      name_row "$peer" "$coding"
+      row=$ROW
+      check_encoding "$row" "$url" "$coding"
+      LOAD_HEADERS=(-H "accept-encoding: $coding")
+      measure_pair compress "$row" oha-1.1 oha-1.1 "$url" "$RATE_COMPRESS"
+      LOAD_HEADERS=()
+    done
+    warnings_of "$peer compress"
+    stop_peer
+  done
+}
+
+# Checks that row $1's server answers $2 with Content-Encoding $3 (none for identity), and keeps the size.
+check_encoding() {
+  local row=$1 url=$2 coding=$3 headers got size
+  headers=$(curl -fsS --max-time 5 -H "accept-encoding: $coding" -D - -o "$TMP_DIR/encoded" "$url") ||
+    die "$row: GET $url failed"
+  got=$(awk -F': *' 'tolower($1) == "content-encoding" { gsub(/\r/, "", $2); print $2 }' <<<"$headers")
+  [[ $got == "$([[ $coding == identity ]] || echo "$coding")" ]] ||
+    die "$row: asked for $coding, got Content-Encoding '${got:-none}'"
+  size=$(stat -c %s "$TMP_DIR/encoded")
+  ENCODED_BYTES[$row]=$size
 }
 
 # Records what each peer runs as (processes, threads), once.

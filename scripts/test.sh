@@ -19,7 +19,7 @@ trap 'printf "\nmake test stages:\n"; printf "%s\n" "${stages[@]}"; echo "total:
 stage lint make --no-print-directory lint
 
 # Unit and integration tests. cargo-nextest (on the machine image) runs every test in a process of its own,
-X
+# so one slow or hanging test neither serialises nor hides the others; plain cargo test is the fallback.
 rust_tests() {
   if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --lib --bins --tests --no-fail-fast

@@ -4,6 +4,7 @@
 //! - `GET /health`: 200 `ok`, or the status set through `/control/health/{status}`.
 //! - `POST /control/health/{status}`, `POST /control/latency/{ms}`: change behaviour (`200`, `0` restore).
 //! - `/bytes/{n}`: streams `n` bytes. `/echo`: streams the request body back. `/status/{code}`: that status.
+//! - `/text/{n}`: `n` bytes of JSON lines (`text/plain`), as compressible as a typical API answer.
 //! - `?delay_ms=N` on any request: wait N ms before answering.
 //! - any other request: JSON with the backend's name, the method, path, headers, and body size and SHA-256.
 //! - `Upgrade` requests: 101, then the upgraded connection echoes what it receives.
@@ -108,6 +109,10 @@ impl DemoBackend {
                 Ok(count) => stream_bytes(count),
                 Err(_) => text(StatusCode::BAD_REQUEST, "expected /bytes/{count}\n"),
             },
+            (_, ["text", count]) => match count.parse::<u64>() {
+                Ok(count) => stream_text(count),
+                Err(_) => text(StatusCode::BAD_REQUEST, "expected /text/{count}\n"),
+            },
             (_, ["status", code]) => match code.parse::<u16>().ok().and_then(|c| StatusCode::from_u16(c).ok()) {
                 Some(status) => text(status, "as requested\n"),
                 None => text(StatusCode::BAD_REQUEST, "expected /status/{code}\n"),
@@ -203,6 +208,64 @@ fn stream_bytes(count: u64) -> Response<Body> {
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    response
+}
+
+/// `CHUNK` bytes of JSON lines with varying numbers and names, made once: the same every run, and about as
+/// compressible as real API answers (gzip takes it to roughly a fifth), unlike a run of one byte.
+fn json_lines() -> &'static Bytes {
+    static TEXT: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        const WORDS: [&str; 8] = ["alpha", "bravo", "delta", "kilo", "lima", "oscar", "sierra", "tango"];
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut text = Vec::with_capacity(CHUNK + 256);
+        let mut id = 0u64;
+        while text.len() < CHUNK {
+            id += 1;
+            let (a, b, c) = (next(), next(), next());
+            let line = format!(
+                "{{\"id\":{id},\"name\":\"{}-{}\",\"price\":{}.{:02},\"stock\":{},\"tags\":[\"{}\",\"{}\"]}}\n",
+                WORDS[(a % 8) as usize],
+                a % 10_000,
+                b % 1_000,
+                b % 100,
+                c % 500,
+                WORDS[(c % 8) as usize],
+                WORDS[(b % 8) as usize],
+            );
+            text.extend_from_slice(line.as_bytes());
+        }
+        text.truncate(CHUNK);
+        Bytes::from(text)
+    })
+}
+
+fn stream_text(count: u64) -> Response<Body> {
+    let (tx, body) = Body::channel(Some(count));
+    tokio::spawn(async move {
+        let mut left = count;
+        while left > 0 {
+            let take = left.min(CHUNK as u64) as usize;
+            if tx.data(json_lines().slice(..take)).await.is_err() {
+                return;
+            }
+            left -= take as u64;
+        }
+        tx.finish().await;
+    });
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }
 

@@ -294,10 +294,11 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
             health,
         )?);
     }
-    if upstreams.is_empty() {
+    // A proxy with routes that only answer, redirect or serve files needs no upstream at all.
+    if upstreams.is_empty() && raw_routes.is_empty() {
         return Err((
             "backends".into(),
-            "missing: define `backends` or at least one entry in `upstreams`".into(),
+            "missing: define `backends`, an entry in `upstreams`, or routes".into(),
         ));
     }
 

@@ -470,8 +470,21 @@ fn missing_backends() {
     assert_invalid(
         &e,
         "backends",
-        "missing: define `backends` or at least one entry in `upstreams`",
+        "missing: define `backends`, an entry in `upstreams`, or routes",
     );
+}
+
+#[test]
+fn a_site_of_static_files_needs_no_upstream() {
+    let root = std::env::temp_dir();
+    let config = parse(&format!(
+        "routes:\n  - path: /*\n    static:\n      root: {}\n",
+        root.display()
+    ));
+    assert!(config.upstreams.is_empty());
+    assert_eq!(config.default_upstream, None);
+    let e = error("routes:\n  - path: /api/*\n    upstream: api\n");
+    assert!(e.to_string().contains("routes[0].upstream"), "{e}");
 }
 
 #[test]

@@ -515,3 +515,74 @@ async fn a_client_has_its_share_of_connections_and_no_more() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_a_routes_rate_limit_unless_its_settings_change() {
+    guarded(async {
+        let api = start_backends(&["api1"])[0];
+        let config = |front: &str, burst: u32| {
+            render_config(
+                &[],
+                &format!(
+                    "upstreams:\n  api: {{backends: [{{name: api1, url: \"http://{api}\"}}]}}\nroutes:\n{front}  \
+                     - {{path: /login, upstream: api, rate_limit: {{requests_per_second: 0.01, burst: {burst}, key: route}}}}\n"
+                ),
+            )
+        };
+        let parse = |yaml: &str| {
+            quic_proxy::config::Config::parse(Path::new("integration-test.yaml"), yaml)
+                .unwrap_or_else(|e| panic!("config rejected: {e}"))
+        };
+        let running = start_proxy(&config("", 1)).await;
+        let client = HttpClient::new(running.fallback_addr);
+        let login = || client.get("/login");
+        assert_eq!(login().await.status, StatusCode::OK);
+        assert_eq!(login().await.status, StatusCode::TOO_MANY_REQUESTS);
+
+        // Another route in front, the same limit: the bucket is the same, still empty.
+        let front = "  - {path: /health-page, respond: {status: 200, body: ok}}\n";
+        running.shared().reload(parse(&config(front, 1))).await.expect("reload");
+        assert_eq!(client.get("/health-page").await.status, StatusCode::OK);
+        assert_eq!(login().await.status, StatusCode::TOO_MANY_REQUESTS, "carried over");
+
+        // A new burst is a new limit, with full buckets.
+        running.shared().reload(parse(&config(front, 2))).await.expect("reload");
+        assert_eq!(login().await.status, StatusCode::OK);
+        assert_eq!(login().await.status, StatusCode::OK);
+        assert_eq!(login().await.status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(running.shutdown().await);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_streamed_answer_compresses_whole_on_every_protocol() {
+    guarded(async {
+        let fixture = fixture(&[]).await;
+        // The demo backend's JSON lines, 200 KB streamed in 64 KiB pieces: more than one encoder flush.
+        const SIZE: usize = 200_000;
+        let path = format!("/api/text/{SIZE}");
+        let plain = get(&fixture, Protocol::Http1, &path, &[]).await;
+        assert_eq!(plain.status, StatusCode::OK);
+        assert_eq!(plain.header("content-encoding"), None);
+        assert_eq!(plain.body.len(), SIZE);
+        assert!(plain
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain")));
+        for protocol in PROTOCOLS {
+            let packed = get(&fixture, protocol, &path, &[("accept-encoding", "gzip")]).await;
+            assert_eq!(packed.status, StatusCode::OK, "{protocol:?}");
+            assert_eq!(packed.header("content-encoding"), Some("gzip"), "{protocol:?}");
+            assert_eq!(packed.header("content-length"), None, "{protocol:?}");
+            assert_eq!(gunzip(&packed.body), plain.body, "{protocol:?}");
+            // As compressible as a typical API answer, so the benchmark's per-KiB cost means something.
+            assert!(
+                packed.body.len() * 3 < SIZE,
+                "{protocol:?}: {} bytes",
+                packed.body.len()
+            );
+        }
+        assert!(fixture.running.shutdown().await);
+    })
+    .await;
+}

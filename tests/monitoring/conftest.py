@@ -205,6 +205,13 @@ def phase_retry(stack: Stack) -> None:
     stack.wait_for_series(r"^proxy_retries_total\{", "retried request")
 
 
+def phase_route_actions(stack: Stack) -> None:
+    # The /old/* route answers with its redirect; nothing reaches a backend.
+    moved = stack.h1("GET", "/old/page", allow_redirects=False)
+    assert moved.status_code == 302 and moved.headers["location"] == "/new/old/page", moved.headers
+    stack.wait_for_series(r'^route_actions_total\{[^}]*action="redirect"[^}]*\} [1-9]', "redirect counted")
+
+
 PHASES = {
     "HTTP/1.1 requests": phase_http1,
     "HTTP/2 requests": phase_http2,
@@ -214,6 +221,7 @@ PHASES = {
     "backend3 fails its health checks": phase_backend_fails_health,
     "route to a dead port (connect errors, passive ejection, fail-open)": phase_dead_backend,
     "upstream with a dead and a live backend (retries)": phase_retry,
+    "a route's redirect (route actions)": phase_route_actions,
 }
 BASELINE = "start-up (first health-check round done)"
 
@@ -240,6 +248,7 @@ class Load:
                 s.h1("GET", "/status/500")
                 s.h1("GET", "/dead/x")
                 s.h1("GET", "/flaky/x")
+                s.h1("GET", "/old/x", allow_redirects=False)
                 self.rounds += 1
             except Exception as error:  # keep loading; the tests report what went wrong if data is missing
                 self.errors.append(repr(error))
@@ -301,6 +310,10 @@ routes:
     upstream: "dead"
   - path: "/flaky/*"
     upstream: "flaky"
+  # A route with actions, so route_actions_total has series.
+  - path: "/old/*"
+    redirect:
+      to: "/new{{path}}"
 quic:
   # Every new connection gets a Retry packet, so the Retry counter has data.
   retry: "always"

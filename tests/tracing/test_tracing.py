@@ -85,6 +85,8 @@ def test_a_retried_http3_request_is_one_trace_with_both_attempts(otlp, collector
     assert attributes.pop("server.address") == "localhost", "the host alone; the port goes in server.port"
     port = attributes.pop("server.port")
     assert isinstance(port, int) and 0 < port < 65536, f"the port the client addressed: {port!r}"
+    # The request's ID, the one the access log (and the client, and the backend) got.
+    assert attributes.pop("quic_proxy.request_id") == access["request_id"]
     assert attributes == {
         "http.request.method": "GET",
         "http.response.status_code": 200,

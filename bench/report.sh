@@ -317,4 +317,7 @@ EOF
     printf '    server.header_read_timeout 60s so that nothing is cut while RSS is read.\n'
     print_memory
   fi
+  if [[ -n $POLICY_MEMORY ]]; then
+    printf '\n=== Memory held by route actions (examples/policy_memory.rs)\n%s\n' "$POLICY_MEMORY"
+  fi
 }

@@ -441,6 +441,8 @@ scale_group() {
 # --- memory ------------------------------------------------------------------------------------------------
 
 IDLE_CONNS=target/release/examples/idle_conns
+POLICY_MEMORY_BIN=target/release/examples/policy_memory
+POLICY_MEMORY=
 
 # Resident memory of the current server once it stops changing: read every half second until two readings
 # in a row differ by less than 0.5% (or 64 KiB), for at most 10 s.
@@ -528,6 +530,9 @@ memory_figures() {
       fi
     done
   done
+  # What route actions hold: a rate limit's key table at its bound and under rotating keys, and a
+  # compressing response per coding (examples/policy_memory.rs, with the proxy's allocator).
+  POLICY_MEMORY=$("$POLICY_MEMORY_BIN" 2>&1) || POLICY_MEMORY="examples/policy_memory failed: $POLICY_MEMORY"
 }
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -567,15 +572,15 @@ main() {
   # since a build on the same cores would distort every figure.
   ! uses_oha || start_oha_build
   if [[ ${BENCH_BUILD:-1} == 1 ]]; then
-    log "building quic-proxy and examples/h3load, h3bare and idle_conns (release)"
+    log "building quic-proxy and examples/h3load, h3bare, idle_conns and policy_memory (release)"
     if [[ -z ${QUIC_PROXY_BIN:-} ]]; then
       cargo build --release --quiet --bin quic-proxy || die "cannot build quic-proxy"
     fi
-    cargo build --release --quiet --example h3load --example h3bare --example idle_conns ||
+    cargo build --release --quiet --example h3load --example h3bare --example idle_conns --example policy_memory ||
       die "cannot build the benchmark's examples"
   fi
   local program
-  for program in "$BIN" "$H3LOAD" "$H3BARE" "$IDLE_CONNS"; do
+  for program in "$BIN" "$H3LOAD" "$H3BARE" "$IDLE_CONNS" "$POLICY_MEMORY_BIN"; do
     [[ -x $program ]] || die "$program not found; build it (cargo build --release --examples) or leave BENCH_BUILD unset"
   done
   ! uses_oha || wait_for_oha

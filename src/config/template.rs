@@ -92,16 +92,27 @@ impl Template {
         }
     }
 
+    /// True when some part is a placeholder, so the value differs from request to request.
+    pub fn has_placeholders(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, Part::Field(_)))
+    }
+
     /// The value with each placeholder replaced by what `value` gives for it.
     pub fn render<'v>(&self, value: impl Fn(Placeholder) -> &'v str) -> String {
         let mut out = String::new();
+        self.render_into(&mut out, |placeholder, out| out.push_str(value(placeholder)));
+        out
+    }
+
+    /// Appends the value to `out`, each placeholder written by `write`, so that a value made at request
+    /// time (an address) is formatted straight into the result.
+    pub fn render_into(&self, out: &mut String, write: impl Fn(Placeholder, &mut String)) {
         for part in &self.parts {
             match part {
                 Part::Text(text) => out.push_str(text),
-                Part::Field(placeholder) => out.push_str(value(*placeholder)),
+                Part::Field(placeholder) => write(*placeholder, out),
             }
         }
-        out
     }
 
     /// Every literal part, for checks that only the configuration's own text can fail.

@@ -85,7 +85,11 @@ pub struct RoutePolicy {
     /// `host path`, as metrics, traces and the console name the route.
     pub label: Arc<str>,
     actions: Actions,
+    request_headers: headers::Rules,
+    response_headers: headers::Rules,
     limiter: Option<Arc<Limiter>>,
+    /// The limiter's `RateLimit-Policy` value, the same on every answer.
+    rate_policy: Option<HeaderValue>,
     counters: ActionCounters,
     /// Some action or the target renders placeholders.
     templates: bool,
@@ -117,11 +121,16 @@ impl RoutePolicy {
                 names.push(name);
             }
         }
+        let request_headers = headers::Rules::new(&actions.request_headers);
+        let response_headers = headers::Rules::new(&actions.response_headers);
         Self {
             counters: ActionCounters::new(&label, &names),
-            templates: !actions.request_headers.is_empty()
-                || !actions.response_headers.is_empty()
+            templates: request_headers.renders()
+                || response_headers.renders()
                 || matches!(target, Target::Redirect { .. } | Target::Respond { .. }),
+            rate_policy: limiter.as_deref().and_then(rate_policy),
+            request_headers,
+            response_headers,
             label,
             actions: actions.clone(),
             limiter,
@@ -182,9 +191,8 @@ impl RoutePolicy {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-                rate_fields(
+                self.rate_fields(
                     response.headers_mut(),
-                    limiter,
                     Admitted {
                         remaining: 0,
                         reset: refused.retry_after,
@@ -210,9 +218,9 @@ impl RoutePolicy {
     }
 
     /// The request header rules, before the request goes to its target.
-    pub fn request_headers(&self, headers: &mut HeaderMap, context: &Context<'_>) {
-        if !self.actions.request_headers.is_empty() {
-            headers::apply(&self.actions.request_headers, headers, context);
+    pub fn request_headers(&self, headers: &mut HeaderMap, context: Option<&Context<'_>>) {
+        if !self.request_headers.is_empty() {
+            self.request_headers.apply(headers, context);
             self.counters.record("request_headers", "applied");
         }
     }
@@ -230,12 +238,12 @@ impl RoutePolicy {
         context: Option<&Context<'_>>,
     ) -> Response<Body> {
         let mut response = response;
-        if let (false, Some(context)) = (self.actions.response_headers.is_empty(), context) {
-            headers::apply(&self.actions.response_headers, response.headers_mut(), context);
+        if !self.response_headers.is_empty() {
+            self.response_headers.apply(response.headers_mut(), context);
             self.counters.record("response_headers", "applied");
         }
-        if let (Some(limiter), Some(admitted)) = (&self.limiter, request.admitted) {
-            rate_fields(response.headers_mut(), limiter, admitted);
+        if let Some(admitted) = request.admitted {
+            self.rate_fields(response.headers_mut(), admitted);
         }
         let Some(compress) = &self.actions.compress else {
             return response;
@@ -275,27 +283,34 @@ pub struct Request<'a> {
     pub max_streams: usize,
 }
 
-/// The IETF `RateLimit-Policy` and `RateLimit` fields (draft-ietf-httpapi-ratelimit-headers): the route's
-/// quota and window, and what is left of it with the seconds until it is whole again.
-fn rate_fields(headers: &mut HeaderMap, limiter: &Limiter, admitted: Admitted) {
-    const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-    const LIMIT: HeaderName = HeaderName::from_static("ratelimit");
+/// The `RateLimit-Policy` value of `limiter` (draft-ietf-httpapi-ratelimit-headers): its quota and the
+/// seconds it takes to refill.
+fn rate_policy(limiter: &Limiter) -> Option<HeaderValue> {
     let (quota, window) = limiter.window();
     let window = window.as_secs_f64().ceil().max(1.0) as u64;
-    let reset = admitted.reset.as_secs_f64().ceil() as u64;
-    if let Ok(value) = HeaderValue::from_str(&format!("\"route\";q={quota};w={window}")) {
-        headers.insert(POLICY, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&format!("\"route\";r={};t={reset}", admitted.remaining)) {
-        headers.insert(LIMIT, value);
+    HeaderValue::try_from(format!("\"route\";q={quota};w={window}")).ok()
+}
+
+impl RoutePolicy {
+    /// The IETF `RateLimit-Policy` and `RateLimit` fields: the route's quota and window, and what is left of
+    /// it with the seconds until it is whole again.
+    fn rate_fields(&self, headers: &mut HeaderMap, admitted: Admitted) {
+        const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+        const LIMIT: HeaderName = HeaderName::from_static("ratelimit");
+        if let Some(policy) = &self.rate_policy {
+            headers.insert(POLICY, policy.clone());
+        }
+        let reset = admitted.reset.as_secs_f64().ceil() as u64;
+        if let Ok(value) = HeaderValue::try_from(format!("\"route\";r={};t={reset}", admitted.remaining)) {
+            headers.insert(LIMIT, value);
+        }
     }
 }
 
 /// A redirect to `to`, rendered.
 pub fn redirect(to: &Template, status: StatusCode, context: &Context<'_>) -> Response<Body> {
-    let location = to.render(|p| context.value(p));
     let mut response = answer(status, "");
-    match HeaderValue::from_str(&location) {
+    match HeaderValue::try_from(context.render(to)) {
         Ok(value) => {
             response.headers_mut().insert(header::LOCATION, value);
         }
@@ -312,7 +327,7 @@ pub fn respond(
     context: &Context<'_>,
     method: &Method,
 ) -> Response<Body> {
-    let text = body.render(|p| context.value(p));
+    let text = context.render(body);
     let length = text.len();
     let mut response = Response::new(if *method == Method::HEAD {
         Body::empty()

@@ -161,14 +161,24 @@ impl Core {
         let value = match sent {
             Some(value) => value.clone(),
             None => {
-                let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-                let value = HeaderValue::from_str(&id).ok()?;
+                let value = HeaderValue::from_bytes(&random_id()).ok()?;
                 request.headers_mut().insert(name.clone(), value.clone());
                 value
             }
         };
         Some((name, value))
     }
+}
+
+/// 128 random bits as 32 lowercase hex digits.
+fn random_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = fastrand::u128(..);
+    let mut id = [0u8; 32];
+    for (i, digit) in id.iter_mut().enumerate() {
+        *digit = HEX[(bits >> (124 - 4 * i) & 0xf) as usize];
+    }
+    id
 }
 
 /// What a request came to, for its server span.

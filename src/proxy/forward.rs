@@ -68,22 +68,13 @@ impl Core {
             *request.uri_mut() = RoutePolicy::with_path(request.uri(), &path)
                 .ok_or(ProxyError::BadRequest("the rewritten request target is invalid"))?;
         }
-        // What placeholders stand for, and what the response actions need of the request once it is gone.
-        let texts = policy.uses_placeholders().then(|| {
-            let uri = request.uri();
-            let authority = host.as_deref().and_then(|h| h.parse::<http::uri::Authority>().ok());
-            (
-                authority.map_or_else(String::new, |a| a.host().to_owned()),
-                uri.path().to_owned(),
-                uri.query().unwrap_or_default().to_owned(),
-                client_ip.to_string(),
-            )
-        });
-        let context = texts.as_ref().map(|(host, path, query, ip)| Context {
-            host,
-            path,
-            query,
-            client_ip: ip,
+        // What placeholders stand for, borrowed from the request as the route left it (a Uri clone shares
+        // its bytes), so the response actions can render them once the request is gone.
+        let target_uri = policy.uses_placeholders().then(|| request.uri().clone());
+        let context = target_uri.as_ref().map(|uri| Context {
+            host: host.as_deref().unwrap_or_default(),
+            uri,
+            client_ip,
             request_id,
             scheme: if client.tls { "https" } else { "http" },
         });
@@ -99,9 +90,7 @@ impl Core {
             RouteTarget::Upstream(upstream) => {
                 upstream.record_request();
                 outcome.upstream = Some(Arc::clone(upstream));
-                if let Some(context) = &context {
-                    policy.request_headers(request.headers_mut(), context);
-                }
+                policy.request_headers(request.headers_mut(), context.as_ref());
                 let mut forward = Forward::new(request, client, &snapshot, upstream, host.as_deref()).await?;
                 forward.run(self, trace, outcome).await?
             }

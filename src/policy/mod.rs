@@ -301,7 +301,12 @@ impl RoutePolicy {
             headers.insert(POLICY, policy.clone());
         }
         let reset = admitted.reset.as_secs_f64().ceil() as u64;
-        if let Ok(value) = HeaderValue::try_from(format!("\"route\";r={};t={reset}", admitted.remaining)) {
+        let mut value = String::with_capacity(32);
+        value.push_str("\"route\";r=");
+        context::push_decimal(&mut value, u64::from(admitted.remaining));
+        value.push_str(";t=");
+        context::push_decimal(&mut value, reset);
+        if let Ok(value) = HeaderValue::try_from(value) {
             headers.insert(LIMIT, value);
         }
     }

@@ -60,7 +60,7 @@ fn text(length: usize) -> Vec<u8> {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         text.extend_from_slice(words[(seed % 2000) as usize].as_bytes());
-        text.push(if seed % 11 == 0 { b'\n' } else { b' ' });
+        text.push(if seed.is_multiple_of(11) { b'\n' } else { b' ' });
     }
     text.truncate(length);
     text

@@ -68,3 +68,8 @@ stage grpc ./scripts/test-grpc.sh
 # DNS discovery (tests/discovery): backends named by DNS, resolved through a DNS server the suite runs on
 # loopback (dnslib from PyPI); endpoints added and removed live, probed and listed one by one.
 stage discovery ./scripts/test-discovery.sh
+
+# Automatic HTTPS (tests/acme): certificates ordered from pebble, Let's Encrypt's test CA (Debian's package),
+# over http-01 and tls-alpn-01, served over TCP and QUIC, kept across restarts, renewed, shared by instances;
+# failing CAs, SNI among file certificates, the redirect to HTTPS.
+stage acme ./scripts/test-acme.sh

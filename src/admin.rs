@@ -102,6 +102,9 @@ async fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
                 let mut text = state.metrics.render();
                 text.push_str(&exposition::process_metrics());
                 text.push_str(&exposition::state_metrics(&shared.snapshot()));
+                if let Some(certs) = shared.certs() {
+                    text.push_str(&exposition::certificate_metrics(certs));
+                }
                 with_type(Body::full(text), "text/plain; version=0.0.4; charset=utf-8")
             }
             "/live" => text(StatusCode::OK, "live\n"),

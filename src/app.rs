@@ -105,6 +105,8 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
     tokio::spawn(Prober::default().run(Arc::clone(&shared), control.clone()));
     tokio::spawn(control::discovery::run(Arc::clone(&shared), control.clone()));
     tokio::spawn(control::outlier::run(Arc::clone(&shared), control.clone()));
+    control::acme::load_stored(&shared);
+    tokio::spawn(control::acme::run(Arc::clone(&shared), control.clone()));
     let exporters = Arc::new(Exporters::default());
     {
         let exporters = Arc::clone(&exporters);
@@ -133,6 +135,7 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
                 udp_port: udp_address.port(),
             });
         }
+        shared.set_https_port(tcp_address.port());
         (https_addr, quic_addr) = (Some(tcp_address), Some(udp_address));
     }
 

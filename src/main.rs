@@ -145,12 +145,22 @@ fn check(path: &Path, found_by: &str) -> ExitCode {
         config.digest
     );
     match &config.server.tls {
-        Some(tls) => println!(
-            "listeners: http/1.1 {}, https+quic {} (cert {})",
-            config.server.fallback_address,
-            config.server.address,
-            tls.cert_file.display()
-        ),
+        Some(tls) => {
+            let mut sources: Vec<String> = tls
+                .files()
+                .iter()
+                .map(|(_, pair)| format!("cert {}", pair.cert_file.display()))
+                .collect();
+            if let Some(acme) = &tls.acme {
+                sources.push(format!("acme {} from {}", acme.domains.join(" "), acme.directory));
+            }
+            println!(
+                "listeners: http/1.1 {}, https+quic {} ({})",
+                config.server.fallback_address,
+                config.server.address,
+                sources.join(", ")
+            );
+        }
         None => println!(
             "listeners: http/1.1 {} (no server.tls: HTTPS and HTTP/3 off)",
             config.server.fallback_address

@@ -123,6 +123,44 @@ pub fn state(shared: &Shared) -> Value {
         "upstreams": upstreams,
         "routes": routes,
         "events": events,
+        "certificates": certificates(shared),
+        "acme": acme(shared),
+    })
+}
+
+/// Every certificate the TLS listeners can serve.
+fn certificates(shared: &Shared) -> Vec<Value> {
+    let Some(certs) = shared.certs() else {
+        return Vec::new();
+    };
+    certs
+        .served()
+        .iter()
+        .map(|served| {
+            json!({
+                "names": served.names,
+                "source": served.source.as_str(),
+                "not_before": served.not_before,
+                "not_after": served.not_after,
+                "serial": served.serial,
+                "file": served.file.as_ref().map(|path| path.display().to_string()),
+            })
+        })
+        .collect()
+}
+
+/// The ACME CA and how each name is doing, when ACME is configured.
+fn acme(shared: &Shared) -> Value {
+    let Some(certs) = shared.certs() else {
+        return Value::Null;
+    };
+    // The ACME client runs with the settings the process started with.
+    let Some(acme) = shared.bound().server.tls.as_ref().and_then(|tls| tls.acme.as_ref()) else {
+        return Value::Null;
+    };
+    json!({
+        "directory": acme.directory,
+        "names": certs.acme_status(),
     })
 }
 

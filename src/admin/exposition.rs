@@ -9,9 +9,10 @@ use crate::balancer::{Backend, WEIGHT_SCALE};
 use crate::health::Source;
 use crate::metrics::{
     BACKEND_CIRCUIT_OPEN, BACKEND_CONNECTIONS, BACKEND_DRAINED, BACKEND_EFFECTIVE_WEIGHT, BACKEND_EJECTED,
-    BACKEND_HEALTH, BACKEND_IN_FLIGHT, CONFIG_INFO,
+    BACKEND_HEALTH, BACKEND_IN_FLIGHT, CONFIG_INFO, TLS_CERTIFICATE_EXPIRY,
 };
 use crate::routing::Snapshot;
+use crate::tls::{self, CertStore};
 
 /// Process metrics in the Prometheus text format, read from /proc at scrape time (Linux only; empty elsewhere).
 pub fn process_metrics() -> String {
@@ -82,6 +83,36 @@ pub fn process_metrics() -> String {
             boot + start / 100.0,
         );
     }
+    out
+}
+
+/// When each served certificate expires, one series per name it covers, read at scrape time so that a
+/// replaced certificate leaves no series behind.
+pub fn certificate_metrics(certs: &CertStore) -> String {
+    let mut out = format!(
+        "# HELP {TLS_CERTIFICATE_EXPIRY} When each served certificate expires (Unix seconds), by name and source (file, acme).\n# TYPE {TLS_CERTIFICATE_EXPIRY} gauge\n"
+    );
+    let mut seen = std::collections::HashSet::new();
+    // The self-signed fallback is left out: nobody trusts it, so its expiry warns of nothing.
+    for served in certs
+        .served()
+        .iter()
+        .filter(|served| served.source != tls::Source::SelfSigned)
+    {
+        for name in &served.names {
+            // A name two certificates of one source cover is served the first one's.
+            if seen.insert((name.clone(), served.source.as_str())) {
+                let _ = writeln!(
+                    out,
+                    "{TLS_CERTIFICATE_EXPIRY}{{name=\"{}\",source=\"{}\"}} {}",
+                    label_value(name),
+                    served.source.as_str(),
+                    served.not_after
+                );
+            }
+        }
+    }
+    out.push('\n');
     out
 }
 

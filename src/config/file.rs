@@ -93,6 +93,9 @@ pub struct ServerConfig {
     pub fallback_address: SocketAddr,
     /// Certificate and key for HTTPS and QUIC; without it only the plain HTTP/1.1 listener runs.
     pub tls: Option<TlsConfig>,
+    /// Answer every request on the plain listener with 308 to the same URL on HTTPS (ACME http-01
+    /// challenges excepted).
+    pub redirect_to_https: bool,
     /// Peers whose X-Forwarded-For is extended instead of replaced.
     pub trusted_proxies: Vec<IpNet>,
     /// How long in-flight requests may run on after SIGTERM.
@@ -140,6 +143,7 @@ impl Default for ServerConfig {
             address: SocketAddr::from(([0u16; 8], 443)),
             fallback_address: SocketAddr::from(([0u16; 8], 80)),
             tls: None,
+            redirect_to_https: false,
             trusted_proxies: Vec::new(),
             drain_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
@@ -158,12 +162,115 @@ impl Default for ServerConfig {
     }
 }
 
-/// Certificate chain and key (PEM) for the TLS listeners.
+/// The TLS listeners' certificates: one pair of files, a list chosen by SNI, certificates from an ACME CA,
+/// or any mix of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The one-certificate form: a PEM chain and its key.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// More certificates, chosen by SNI against their names; the first one the config names (this list's
+    /// or `cert_file`) serves clients without SNI or with a name no certificate has.
+    pub certificates: Vec<CertificateFiles>,
+    /// Certificates obtained and renewed from an ACME CA (RFC 8555).
+    pub acme: Option<AcmeConfig>,
+}
+
+impl TlsConfig {
+    /// Every certificate read from files: `cert_file`/`key_file` first, then `certificates`, each with the
+    /// key its errors are reported under.
+    pub fn files(&self) -> Vec<(String, CertificateFiles)> {
+        let mut files = Vec::with_capacity(self.certificates.len() + 1);
+        if let (Some(cert_file), Some(key_file)) = (&self.cert_file, &self.key_file) {
+            let pair = CertificateFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            };
+            files.push(("server.tls".to_owned(), pair));
+        }
+        for (index, pair) in self.certificates.iter().enumerate() {
+            files.push((format!("server.tls.certificates[{index}]"), pair.clone()));
+        }
+        files
+    }
+}
+
+/// A certificate chain and its key, both PEM.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsConfig {
+pub struct CertificateFiles {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
+}
+
+/// Let's Encrypt's production directory, `acme.directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Automatic certificates from an ACME CA.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The CA's directory URL.
+    pub directory: String,
+    /// PEM certificates trusted for the directory's own HTTPS (a private or test CA), beside the system's.
+    pub directory_ca_file: Option<PathBuf>,
+    /// Contact for the CA's expiry and policy mail.
+    pub email: Option<String>,
+    /// Names to get certificates for, one certificate each; empty: every exact `host` of `routes`.
+    pub domains: Vec<String>,
+    /// Account key, certificates, keys and lock files; instances sharing it share certificates.
+    pub storage: PathBuf,
+    /// Challenge types offered, in order of preference.
+    pub challenges: Vec<ChallengeType>,
+    /// Renew when less than this is left; default: a third of the certificate's lifetime.
+    #[serde(deserialize_with = "units::optional_duration")]
+    pub renew_before: Option<Duration>,
+    /// External Account Binding, for CAs that need one.
+    pub eab: Option<ExternalAccount>,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        Self {
+            directory: LETS_ENCRYPT.to_owned(),
+            directory_ca_file: None,
+            email: None,
+            domains: Vec::new(),
+            storage: PathBuf::from("/var/lib/quic-proxy/acme"),
+            challenges: vec![ChallengeType::Http01, ChallengeType::TlsAlpn01],
+            renew_before: None,
+            eab: None,
+        }
+    }
+}
+
+/// An ACME challenge type this proxy answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ChallengeType {
+    /// A token over plain HTTP on `server.fallback_address` (port 80 for the CA).
+    #[serde(rename = "http-01")]
+    Http01,
+    /// A special certificate over TLS on `server.address` (port 443 for the CA).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+impl ChallengeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http01 => "http-01",
+            Self::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
+/// An External Account Binding: the key ID and the base64url MAC key the CA issued.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalAccount {
+    pub kid: String,
+    pub hmac_key: String,
 }
 
 /// The QUIC transport and its HTTP/3 limits.

@@ -17,10 +17,11 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 pub use file::{
-    AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CheckKind, CircuitBreaker, DiscoveryConfig,
-    FailureRate, HashOn, HealthCheckConfig, InitialState, IpFamily, LatencyOutlier, LogFormat, LoggingConfig,
-    MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig, RateKey, RetryBudget, RetryMode, ServerConfig, StatusRange,
-    StickyCookie, Telemetry, Timeouts, TlsConfig, TracingConfig, UpstreamProtocol,
+    AcmeConfig, AdminConfig, Algorithm, AllUnhealthy, BackendTls, BalancerConfig, CertificateFiles, ChallengeType,
+    CheckKind, CircuitBreaker, DiscoveryConfig, ExternalAccount, FailureRate, HashOn, HealthCheckConfig, InitialState,
+    IpFamily, LatencyOutlier, LogFormat, LoggingConfig, MetricsConfig, OtlpProtocol, PassiveConfig, QuicConfig,
+    RateKey, RetryBudget, RetryMode, ServerConfig, StatusRange, StickyCookie, Telemetry, Timeouts, TlsConfig,
+    TracingConfig, UpstreamProtocol, LETS_ENCRYPT,
 };
 pub use route::{
     Actions, Coding, Compress, HeaderRules, HostMatch, PathMatch, RateLimit, Rewrite, RouteConfig, StaticFiles, Target,
@@ -331,6 +332,10 @@ fn validate(raw: FileConfig) -> Result<Config, Invalid> {
         ));
     }
     check_server(&server)?;
+    let mut server = server;
+    if let Some(tls) = &mut server.tls {
+        check_tls(tls, &routes)?;
+    }
     if timeouts.response_body.is_zero() {
         return Err(("timeouts.response_body".into(), "must be above zero".into()));
     }
@@ -527,6 +532,106 @@ fn check_server(server: &ServerConfig) -> Result<(), Invalid> {
         return Err(("server.workers".into(), "must be between 1 and 1024".into()));
     }
     Ok(())
+}
+
+fn check_tls(tls: &mut TlsConfig, routes: &[RouteConfig]) -> Result<(), Invalid> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return Err((
+            "server.tls.key_file".into(),
+            "cert_file and key_file go together".into(),
+        ));
+    }
+    if tls.cert_file.is_none() && tls.certificates.is_empty() && tls.acme.is_none() {
+        return Err((
+            "server.tls".into(),
+            "no certificate: give cert_file and key_file, a `certificates` list, or `acme`".into(),
+        ));
+    }
+    let Some(acme) = &mut tls.acme else {
+        return Ok(());
+    };
+    let directory = acme
+        .directory
+        .parse::<Uri>()
+        .map_err(|e| ("server.tls.acme.directory".to_owned(), format!("not a URL: {e}")))?;
+    if directory.scheme() != Some(&Scheme::HTTPS) || directory.host().is_none() {
+        return Err((
+            "server.tls.acme.directory".into(),
+            "must be an https:// URL (RFC 8555 requires HTTPS)".into(),
+        ));
+    }
+    if let Some(email) = &acme.email {
+        if !email.contains('@') || email.chars().any(|c| c.is_whitespace() || c == ',') {
+            return Err((
+                "server.tls.acme.email".into(),
+                format!("`{email}` is not an email address"),
+            ));
+        }
+    }
+    if acme.domains.is_empty() {
+        acme.domains = routes
+            .iter()
+            .filter_map(|route| match &route.host {
+                HostMatch::Exact(host) if host.parse::<std::net::IpAddr>().is_err() => Some(host.clone()),
+                _ => None,
+            })
+            .collect();
+        acme.domains.dedup();
+        if acme.domains.is_empty() {
+            return Err((
+                "server.tls.acme.domains".into(),
+                "no names: list them, or give routes an exact `host`".into(),
+            ));
+        }
+    }
+    for (index, name) in acme.domains.iter_mut().enumerate() {
+        let key = format!("server.tls.acme.domains[{index}]");
+        if name.starts_with("*.") {
+            return Err((
+                key,
+                format!("`{name}`: a wildcard needs the dns-01 challenge, which this proxy does not answer"),
+            ));
+        }
+        if !is_dns_name(name) {
+            return Err((key, format!("`{name}` is not a DNS name")));
+        }
+        name.make_ascii_lowercase();
+    }
+    if acme.challenges.is_empty() {
+        return Err((
+            "server.tls.acme.challenges".into(),
+            "empty: list http-01, tls-alpn-01 or both".into(),
+        ));
+    }
+    if acme.renew_before.is_some_and(|d| d.is_zero()) {
+        return Err(("server.tls.acme.renew_before".into(), "must be above zero".into()));
+    }
+    if let Some(eab) = &acme.eab {
+        use base64::Engine as _;
+        if eab.kid.is_empty() {
+            return Err(("server.tls.acme.eab.kid".into(), "must not be empty".into()));
+        }
+        let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(eab.hmac_key.trim_end_matches('='));
+        if !decoded.is_ok_and(|key| !key.is_empty()) {
+            return Err((
+                "server.tls.acme.eab.hmac_key".into(),
+                "not base64url (the MAC key as the CA gave it)".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A name a public CA can certify: dot-separated labels of letters, digits and inner hyphens, at most 253
+/// bytes, not an IP address.
+fn is_dns_name(name: &str) -> bool {
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.parse::<std::net::IpAddr>().is_err() && name.split('.').all(label)
 }
 
 fn upstream(

@@ -228,8 +228,8 @@ fn the_issue_sample_is_accepted_as_is() {
     assert_eq!(config.server.address, addr("[::]:443"));
     assert_eq!(config.server.fallback_address, addr("[::]:80"));
     let tls = config.server.tls.as_ref().expect("tls section kept");
-    assert_eq!(tls.cert_file, PathBuf::from("certs/server.crt"));
-    assert_eq!(tls.key_file, PathBuf::from("certs/server.key"));
+    assert_eq!(tls.cert_file, Some(PathBuf::from("certs/server.crt")));
+    assert_eq!(tls.key_file, Some(PathBuf::from("certs/server.key")));
 
     assert_eq!(config.upstreams.len(), 1);
     let default = &config.upstreams[0];
@@ -878,4 +878,99 @@ fn route_defaults_fill_what_a_route_leaves_unset_and_errors_name_them() {
     assert_eq!(e.key, "route_defaults.deny");
     let e = error(&format!("{ONE_BACKEND}route_defaults:\n  upstream: default\n"));
     assert!(e.message.contains("unknown field `upstream`"), "{}", e.message);
+}
+
+#[test]
+fn acme_settings_are_checked_with_their_keys() {
+    let server = |tls: &str| format!("server:\n  tls: {tls}\n{ONE_BACKEND}");
+    for (tls, key, message) in [
+        (
+            "{}",
+            "server.tls",
+            "no certificate: give cert_file and key_file, a `certificates` list, or `acme`",
+        ),
+        (
+            "{cert_file: a.crt}",
+            "server.tls.key_file",
+            "cert_file and key_file go together",
+        ),
+        (
+            "{acme: {domains: [a.test], directory: \"http://ca.test/dir\"}}",
+            "server.tls.acme.directory",
+            "must be an https:// URL (RFC 8555 requires HTTPS)",
+        ),
+        (
+            "{acme: {domains: [\"*.a.test\"]}}",
+            "server.tls.acme.domains[0]",
+            "`*.a.test`: a wildcard needs the dns-01 challenge, which this proxy does not answer",
+        ),
+        (
+            "{acme: {domains: [a.test, \"bad name\"]}}",
+            "server.tls.acme.domains[1]",
+            "`bad name` is not a DNS name",
+        ),
+        (
+            "{acme: {domains: [127.0.0.1]}}",
+            "server.tls.acme.domains[0]",
+            "`127.0.0.1` is not a DNS name",
+        ),
+        (
+            "{acme: {domains: [a.test], email: \"ops at example\"}}",
+            "server.tls.acme.email",
+            "`ops at example` is not an email address",
+        ),
+        (
+            "{acme: {domains: [a.test], challenges: []}}",
+            "server.tls.acme.challenges",
+            "empty: list http-01, tls-alpn-01 or both",
+        ),
+        (
+            "{acme: {domains: [a.test], eab: {kid: k, hmac_key: \"not base64!\"}}}",
+            "server.tls.acme.eab.hmac_key",
+            "not base64url (the MAC key as the CA gave it)",
+        ),
+        (
+            "{acme: {}}",
+            "server.tls.acme.domains",
+            "no names: list them, or give routes an exact `host`",
+        ),
+    ] {
+        let e = error(&server(tls));
+        assert_eq!((e.key.as_str(), e.message.as_str()), (key, message), "{tls}");
+    }
+    let unknown = error(&server("{acme: {domains: [a.test], challenges: [dns-01]}}"));
+    assert!(unknown.key.starts_with("server.tls.acme.challenges"), "{}", unknown.key);
+}
+
+#[test]
+fn acme_names_default_to_the_exact_hosts_of_routes() {
+    let config = parse(
+        "server:\n  tls: {acme: {email: ops@a.test}}\nroutes:\n  - {host: WWW.A.test, path: \"/*\", respond: {status: 200}}\n  - {host: \"*.b.test\", path: \"/*\", respond: {status: 200}}\n  - {host: 127.0.0.1, path: \"/*\", respond: {status: 200}}\n  - {path: \"/*\", respond: {status: 404}}\n",
+    );
+    let acme = config.server.tls.as_ref().and_then(|tls| tls.acme.as_ref());
+    assert_eq!(acme.map(|a| a.domains.clone()), Some(vec!["www.a.test".to_owned()]));
+    assert_eq!(acme.map(|a| a.directory.as_str()), Some(LETS_ENCRYPT));
+    assert_eq!(
+        acme.map(|a| a.challenges.clone()),
+        Some(vec![ChallengeType::Http01, ChallengeType::TlsAlpn01])
+    );
+    let listed = parse(&format!(
+        "server:\n  redirect_to_https: true\n  tls:\n    certificates:\n      - {{cert_file: a.crt, key_file: a.key}}\n      - {{cert_file: b.crt, key_file: b.key}}\n{ONE_BACKEND}"
+    ));
+    assert!(listed.server.redirect_to_https);
+    let files: Vec<String> = listed
+        .server
+        .tls
+        .as_ref()
+        .map(|tls| {
+            tls.files()
+                .into_iter()
+                .map(|(key, pair)| format!("{key} {}", pair.cert_file.display()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        files,
+        ["server.tls.certificates[0] a.crt", "server.tls.certificates[1] b.crt"]
+    );
 }

@@ -5,8 +5,10 @@
 //! - `outlier.rs`: the once-a-second outlier sweep over every backend's traffic window;
 //! - `discovery.rs`: DNS names resolved again, and the snapshot rebuilt when their addresses change;
 //! - `pools.rs`: idle backend connections closed past `timeouts.pool_idle`;
-//! - `watch.rs`: `--watch`, a reload when the config file, certificate or key changes.
+//! - `watch.rs`: `--watch`, a reload when the config file, certificate or key changes;
+//! - `acme/`: certificates ordered from an ACME CA, stored, served and renewed.
 
+pub mod acme;
 pub mod discovery;
 pub mod outlier;
 pub mod pools;

@@ -50,11 +50,16 @@ pub fn spawn(path: &Path, shared: Arc<Shared>) -> Watcher {
     }))
 }
 
-/// The certificate and key files the running configuration names.
-fn tls_stamps(shared: &Shared) -> Option<(Option<Stamp>, Option<Stamp>)> {
+/// Every certificate and key file the running configuration names.
+fn tls_stamps(shared: &Shared) -> Vec<(Option<Stamp>, Option<Stamp>)> {
     let snapshot = shared.snapshot();
-    let tls = snapshot.config.server.tls.as_ref()?;
-    Some((Stamp::of(&tls.cert_file), Stamp::of(&tls.key_file)))
+    let Some(tls) = snapshot.config.server.tls.as_ref() else {
+        return Vec::new();
+    };
+    tls.files()
+        .iter()
+        .map(|(_, pair)| (Stamp::of(&pair.cert_file), Stamp::of(&pair.key_file)))
+        .collect()
 }
 
 /// Stops watching when dropped.

@@ -66,6 +66,9 @@ fn register_process_wide() {
     for result in ["success", "failure"] {
         counter!(CONFIG_RELOADS_TOTAL, "result" => result).absolute(0);
     }
+    for result in ["issued", "failed"] {
+        counter!(ACME_ORDERS_TOTAL, "result" => result).absolute(0);
+    }
     for protocol in ["tcp", "quic"] {
         counter!(CLIENT_CONNECTIONS_REFUSED_TOTAL, "protocol" => protocol).absolute(0);
     }
@@ -113,6 +116,12 @@ pub fn record_reload(success: bool) {
     if success {
         gauge!(CONFIG_LAST_RELOAD_SUCCESS).set(unix_now());
     }
+}
+
+/// Counts a finished ACME order.
+pub fn record_acme_order(issued: bool) {
+    let result = if issued { "issued" } else { "failed" };
+    counter!(ACME_ORDERS_TOTAL, "result" => result).increment(1);
 }
 
 /// Records the outcome of a QUIC handshake.

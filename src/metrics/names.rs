@@ -47,6 +47,8 @@ pub const CLIENT_CONNECTIONS_REFUSED_TOTAL: &str = "client_connections_refused_t
 pub const TRACING_SPANS_EXPORTED_TOTAL: &str = "tracing_spans_exported_total";
 pub const TRACING_SPANS_DROPPED_TOTAL: &str = "tracing_spans_dropped_total";
 pub const TRACING_EXPORT_FAILURES_TOTAL: &str = "tracing_export_failures_total";
+pub const ACME_ORDERS_TOTAL: &str = "acme_orders_total";
+pub const TLS_CERTIFICATE_EXPIRY: &str = "tls_certificate_expiry_timestamp_seconds";
 
 /// Describes every metric to the recorder (HELP and TYPE lines).
 pub(super) fn describe() {
@@ -183,6 +185,11 @@ pub(super) fn describe() {
         ROUTE_ACTIONS_TOTAL,
         Unit::Count,
         "What each route's actions did, by route, action (access, rate_limit, rewrite, request_headers, response_headers, compress, redirect, respond, static) and result."
+    );
+    describe_counter!(
+        ACME_ORDERS_TOTAL,
+        Unit::Count,
+        "Certificate orders at the ACME CA, by result (issued, failed)."
     );
     describe_counter!(
         CLIENT_CONNECTIONS_REFUSED_TOTAL,

@@ -48,6 +48,11 @@ impl Core {
     ) -> Result<Response<Body>, ProxyError> {
         check_request(&request)?;
         let snapshot = self.shared.snapshot();
+        if !client.tls {
+            if let Some(response) = super::plain::answer(&self.shared, &snapshot, &request)? {
+                return Ok(response);
+            }
+        }
         let host = request_host(&request);
         let route = snapshot
             .router()

@@ -14,6 +14,7 @@ mod core;
 mod forward;
 mod headers;
 mod metrics;
+mod plain;
 mod retry;
 
 pub use answer::error_response;

@@ -150,6 +150,8 @@ fn restart_required(old: &Config, new: &Config) -> Vec<String> {
         old.server.fallback_address != new.server.fallback_address,
     );
     check("server.tls", old.server.tls.is_some() != new.server.tls.is_some());
+    let acme = |config: &Config| config.server.tls.as_ref().and_then(|tls| tls.acme.clone());
+    check("server.tls.acme", acme(old) != acme(new));
     check("server.workers", old.server.workers != new.server.workers);
     check("server.reuse_port", old.server.reuse_port != new.server.reuse_port);
     check(

@@ -50,6 +50,8 @@ pub struct Shared {
     quic_clients: PerClient,
     /// Responses being compressed, over every worker: `server.max_compressed_streams`.
     compression: CompressionStreams,
+    /// The HTTPS listener's bound port, for redirects from plain HTTP (0 until it is bound).
+    https_port: std::sync::atomic::AtomicU16,
 }
 
 /// A TCP connection's places under `server.max_connections` and its client's share.
@@ -97,7 +99,20 @@ impl Shared {
             tcp_clients: PerClient::default(),
             quic_clients: PerClient::default(),
             compression: CompressionStreams::default(),
+            https_port: std::sync::atomic::AtomicU16::new(0),
         }))
+    }
+
+    /// The HTTPS listener's port, once bound.
+    pub fn https_port(&self) -> Option<u16> {
+        match self.https_port.load(Ordering::Relaxed) {
+            0 => None,
+            port => Some(port),
+        }
+    }
+
+    pub fn set_https_port(&self, port: u16) {
+        self.https_port.store(port, Ordering::Relaxed);
     }
 
     /// The tracer new requests record spans with, when tracing is on.

@@ -53,7 +53,13 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, core: Arc<Core>
                     return;
                 }
             };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let alpn = tls.get_ref().1.alpn_protocol();
+            if alpn == Some(crate::tls::ACME_TLS_ALPN) {
+                // A CA validating tls-alpn-01 only needed the handshake (RFC 8737 section 3).
+                tracing::debug!(%peer, "tls-alpn-01 validation handshake served");
+                return;
+            }
+            let h2 = alpn == Some(b"h2");
             if h2 {
                 let (io, activity) = Watched::new(tls);
                 serve_h2(TokioIo::new(io), activity, core, client, &settings, drain).await;

@@ -87,12 +87,20 @@ def to_yaml(value, indent: int = 0) -> str:
 class ConsoleProxy:
     """quic-proxy with a plain HTTP listener and its admin listener (console, API, metrics), started by the
     shared launcher on the config its backends, token and console switch make (a test changes those and calls
-    write_config to change the config)."""
+    write_config to change the config). With `tls` (a certificate and key file) it also serves HTTPS and QUIC
+    with that certificate."""
 
-    def __init__(self, backends: list[DemoBackend], token: str | None, console: bool = True):
+    def __init__(
+        self,
+        backends: list[DemoBackend],
+        token: str | None,
+        console: bool = True,
+        tls: tuple[Path, Path] | None = None,
+    ):
         self.backends = list(backends)
         self.token = token
         self.console = console
+        self.tls = tls
         self.running: RunningProxy | None = None
 
     def start(self, launcher: ProxyLauncher) -> None:
@@ -119,8 +127,12 @@ class ConsoleProxy:
         return f"http://{self.admin_address}"
 
     def config(self) -> dict:
+        server = {"fallback_address": "127.0.0.1:0", "drain_timeout": "2s"}
+        if self.tls is not None:
+            cert, key = self.tls
+            server |= {"address": "127.0.0.1:0", "tls": {"cert_file": str(cert), "key_file": str(key)}}
         return {
-            "server": {"fallback_address": "127.0.0.1:0", "drain_timeout": "2s"},
+            "server": server,
             "backends": [{"name": b.name, "url": f"http://{b.address}", "weight": 1} for b in self.backends],
             "load_balancer": {"algorithm": "round_robin"},
             # Fast enough for a test to watch a backend go down and come back within a second or two; two
@@ -171,17 +183,21 @@ def backend_factory(demo_backend) -> Callable[[str], DemoBackend]:
 
 @pytest.fixture
 def proxy_factory(backend_factory, proxy_launcher: ProxyLauncher) -> Callable[..., ConsoleProxy]:
-    """Starts the proxy in front of `backends`; at teardown each must exit 0 on SIGTERM (the shared launcher).
+    """Starts the proxy in front of `backends` (with `tls`, a certificate and key such as the shared cert_pair,
+    it serves HTTPS and QUIC too); at teardown each must exit 0 on SIGTERM (the shared launcher).
 
     Depends on `backend_factory` first so that proxies stop before the backends they hold connections to.
     """
 
-    def start(backends: list[DemoBackend], console: bool = True, token: bool = True) -> ConsoleProxy:
+    def start(
+        backends: list[DemoBackend], console: bool = True, token: bool = True, tls: tuple[Path, Path] | None = None
+    ) -> ConsoleProxy:
         # A fresh random token per proxy, long enough for admin.token's rule and unlike anything else on the page.
         proxy = ConsoleProxy(
             backends=backends,
             token="console-test-" + secrets.token_hex(16) if token else None,
             console=console,
+            tls=tls,
         )
         proxy.start(proxy_launcher)
         return proxy

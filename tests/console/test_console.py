@@ -4,9 +4,13 @@ requests a test provokes on purpose (the browser reports those as console errors
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import secrets
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 from conftest import (
     RATE_TIMEOUT,
@@ -16,7 +20,7 @@ from conftest import (
     to_yaml,
     wait_until,
 )
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, Route, expect
 
 EXPECTED_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
@@ -305,6 +309,53 @@ def test_an_unreachable_proxy_is_shown(proxy, browser, page_errors):
     expect(page.locator("#connection")).to_contain_text("Unreachable")
     expect(page.locator("#upstreams tr[data-backend]")).to_have_count(3)
     page_errors.check()
+
+
+def certificate_row(page: Page, source: str) -> Locator:
+    return page.locator(f'#certificates tr[data-source="{source}"]')
+
+
+def test_the_certificates_section_shows_the_file_certificate_as_the_metric_does(
+    proxy_factory, backends, cert_pair, browser, page_errors
+):
+    cert, _key = cert_pair
+    proxy = proxy_factory(backends, tls=cert_pair)
+    page = browser(**DESKTOP)
+    open_console(page, proxy)
+
+    # What the proxy says: one certificate, from the file, for localhost (cert_pair's one DNS name), no ACME.
+    state = proxy.state()
+    assert state["acme"] is None, state["acme"]
+    [served] = state["certificates"]
+    assert served["source"] == "file" and "localhost" in served["names"], served
+    assert Path(served["file"]).resolve() == cert.resolve(), served
+    expiry = {
+        sample.labels["name"]: sample.value
+        for sample in proxy.running.metric_samples()
+        if sample.name == "tls_certificate_expiry_timestamp_seconds" and sample.labels.get("source") == "file"
+    }
+    assert "localhost" in expiry and set(expiry) <= set(served["names"]), (expiry, served)
+    assert set(expiry.values()) == {served["not_after"]}, (expiry, served)
+
+    # What the page shows for it: every name, the source, the expiry date, the serial, and the days left the
+    # metric gives, (expiry - now) / 86400 rounded down (one day of slack for a poll across midnight UTC).
+    row = certificate_row(page, "file")
+    expect(row).to_have_count(1)
+    for name in served["names"]:
+        expect(row.locator(".col-names")).to_contain_text(name)
+    expect(row.locator(".col-source")).to_have_text("file")
+    expires = datetime.fromtimestamp(served["not_after"], timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    expect(row.locator(".col-expires")).to_have_text(expires)
+    expect(row.locator(".col-serial")).to_have_text(served["serial"])
+    days = row.locator(".col-days-left")
+    expect(days).to_have_text(re.compile(r"^\d+ days? left$"))
+    shown = int(days.inner_text().split()[0])
+    assert days.get_attribute("data-days") == str(shown)
+    metric_days = (expiry["localhost"] - time.time()) / 86400
+    assert abs(shown - math.floor(metric_days)) <= 1, (shown, metric_days)
+    expect(page.locator("#acme")).to_be_hidden()
+    page_errors.check()
+
 
 
 def test_desktop_and_phone_render_and_screenshots_are_kept(proxy, browser, page_errors):

@@ -13,7 +13,7 @@ from helpers import CHECK_TIMEOUT, ETC, etc_layout, output, rebased, run
 from quic_proxy_testing import ROOT
 
 EXAMPLES = ROOT / "configs" / "examples"
-EXAMPLE_NAMES = ["minimal.yaml", "routed-production.yaml", "high-volume.yaml"]
+EXAMPLE_NAMES = ["minimal.yaml", "routed-production.yaml", "high-volume.yaml", "automatic-https.yaml"]
 LAYOUT_CONFIGS = [
     EXAMPLES / "routed-production.yaml",
     EXAMPLES / "high-volume.yaml",
@@ -22,7 +22,7 @@ LAYOUT_CONFIGS = [
 ]
 
 
-def test_the_examples_are_the_three_documented_ones():
+def test_the_examples_are_the_documented_ones():
     assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(EXAMPLE_NAMES)
 
 
@@ -43,6 +43,13 @@ def test_minimal_example_runs_from_a_checkout_with_make_certs(debug_bin, cert_pa
     (tmp_path / "certs" / "server.key").chmod(0o600)
     summary = checked(debug_bin, EXAMPLES / "minimal.yaml", tmp_path)
     assert "https+quic [::]:443" in summary, summary
+
+
+def test_automatic_https_example_names_its_hosts_and_lets_encrypt(debug_bin, tmp_path):
+    """The ACME example needs no file at all to pass `check`: the CA, the names (the routes' hosts) and the
+    listeners are all in the summary."""
+    summary = checked(debug_bin, EXAMPLES / "automatic-https.yaml", tmp_path)
+    assert "acme www.example.com api.example.com from https://acme-v02.api.letsencrypt.org/directory" in summary, summary
 
 
 @pytest.mark.parametrize("config", LAYOUT_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))

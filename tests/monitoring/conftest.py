@@ -273,6 +273,7 @@ def proxy_config(cert: Path, key: Path, backends: list[DemoBackend], dead: str) 
     return f"""server:
   address: "127.0.0.1:0"
   fallback_address: "127.0.0.1:0"
+  # One certificate from files: tls_certificate_expiry_timestamp_seconds has its name with source="file".
   tls:
     cert_file: {q(str(cert))}
     key_file: {q(str(key))}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-from conftest import BASELINE, DASHBOARD, metric_names, parse_scrape
+from conftest import BASELINE, DASHBOARD, PROMETHEUS_DIR, load_yaml, metric_names, parse_scrape
 import queries
 
 DATASOURCE = {"type": "prometheus", "uid": "${DS_PROMETHEUS}"}
@@ -123,10 +123,27 @@ def test_required_panels_are_there(dashboard):
         "QUIC RTT and loss",
         "Outlier ejections and circuit breaking",
         "Retry budget, panic mode, reloads and tracing",
+        "Certificates",
+        "ACME orders",
     ]:
         assert title in titles
     kinds = {panel["title"]: panel["type"] for panel in queries.all_panels(dashboard)}
     assert kinds["Backend health over time"] == "state-timeline"
+    assert kinds["Certificates"] == "bargauge"
+
+
+def test_the_certificates_panel_turns_red_where_the_expiry_alert_fires(dashboard):
+    panel = next(p for p in queries.all_panels(dashboard) if p["title"] == "Certificates")
+    [target] = panel["targets"]
+    assert re.fullmatch(
+        r"\(tls_certificate_expiry_timestamp_seconds\{[^}]*\} - time\(\)\) / 86400", target["expr"]
+    ), target["expr"]
+    steps = [(step["color"], step["value"]) for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [("red", None), ("orange", 14), ("green", 30)]
+    rules = load_yaml(PROMETHEUS_DIR / "alerts.yml")
+    expiring = [rule for group in rules["groups"] for rule in group["rules"]
+                if rule["alert"] == "CertificateExpiringSoon"]
+    assert len(expiring) == 1 and expiring[0]["expr"].endswith("- time() < 14 * 86400"), expiring
 
 
 def test_every_metric_in_the_dashboard_is_in_a_real_scrape(dashboard, live):

@@ -61,4 +61,12 @@ def test_prometheus_scraped_the_proxy_and_loaded_the_alerts(live):
     status, body = http_get(f"http://{prometheus.address}/api/v1/rules")
     assert status == 200, body
     rules = {rule["name"] for group in json.loads(body)["data"]["groups"] for rule in group["rules"]}
-    assert {"BackendDown", "UpstreamAllBackendsDown", "High5xxRatio", "HighP99Latency", "ProxyDown"} <= rules
+    assert {
+        "BackendDown",
+        "UpstreamAllBackendsDown",
+        "High5xxRatio",
+        "HighP99Latency",
+        "CertificateExpiringSoon",
+        "AcmeOrdersFailing",
+        "ProxyDown",
+    } <= rules

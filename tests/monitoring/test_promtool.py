@@ -15,6 +15,8 @@ ALERTS = [
     "UpstreamInPanicMode",
     "CircuitBreakerRejecting",
     "ConfigReloadFailed",
+    "CertificateExpiringSoon",
+    "AcmeOrdersFailing",
     "ProxyDown",
 ]
 

@@ -7,6 +7,9 @@ happened" from "not scraped". So the proxy registers its series when it starts.
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 from conftest import PROMETHEUS_DIR, http_get, load_yaml, metric_names, parse_scrape
 import queries
 
@@ -47,6 +50,8 @@ def test_the_extraction_finds_the_metrics_the_panels_are_about(dashboard):
         "http_request_size_bytes_sum",
         "backend_health",
         "quic_proxy_build_info",
+        "tls_certificate_expiry_timestamp_seconds",
+        "acme_orders_total",
         "up",
     } <= set(used), sorted(used)
     assert used["up"] == ["alert ProxyDown"]
@@ -65,3 +70,23 @@ def test_every_metric_the_dashboard_and_the_alerts_use_exists_at_start_up(dashbo
     assert not missing, (
         f"{len(missing)} metrics are not in the /metrics of a proxy that has served no request yet:\n{details}"
     )
+
+
+def not_after(cert: Path) -> float:
+    """The certificate's notAfter as a Unix time, read by Python's own ssl module (the decoder its tests use)."""
+    return float(ssl.cert_time_to_seconds(ssl._ssl._test_decode_cert(str(cert))["notAfter"]))
+
+
+def test_the_certificate_expiry_and_acme_order_series_are_there_at_start_up(fresh_proxy, cert_pair):
+    # The monitoring proxy serves one file certificate (cert_pair: DNS name localhost and IP 127.0.0.1) and has
+    # no ACME section: one expiry series for the certificate's one DNS name, holding its notAfter, and both
+    # ACME order counters registered at zero all the same.
+    samples = fresh_proxy.metric_samples()
+    expiry = {
+        (sample.labels.get("name"), sample.labels.get("source")): sample.value
+        for sample in samples
+        if sample.name == "tls_certificate_expiry_timestamp_seconds"
+    }
+    assert expiry == {("localhost", "file"): not_after(cert_pair[0])}, expiry
+    orders = {sample.labels.get("result"): sample.value for sample in samples if sample.name == "acme_orders_total"}
+    assert orders == {"issued": 0, "failed": 0}, orders

@@ -11,6 +11,18 @@
   const DASH = "—";
   const KNOWN_STATES = ["healthy", "unhealthy", "ejected", "draining", "slow_start", "circuit_open"];
   const KNOWN_EVENT_KINDS = ["health", "reload", "drain"];
+  // An ACME name's state shown in the colour of the backend state it resembles; any other is state-other.
+  const ACME_STATE_CLASSES = new Map([
+    ["valid", "state-healthy"],
+    ["ordering", "state-slow-start"],
+    ["waiting", "state-draining"],
+    ["failed", "state-unhealthy"],
+  ]);
+  const CERTIFICATE_SOURCES = ["file", "acme", "self_signed"];
+  // Days left under which a certificate is urgent (the CertificateExpiringSoon alert) and due soon, as the
+  // dashboard's Certificates panel colours them.
+  const DAYS_URGENT = 14;
+  const DAYS_SOON = 30;
 
   // The admin token lives only in this variable: never in storage or cookies, gone when the tab closes.
   let adminToken = null;
@@ -101,6 +113,40 @@
     const at = new Date(iso);
     if (!isText(iso) || Number.isNaN(at.getTime())) return DASH;
     return at.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit", hour12: false });
+  }
+
+  // A Unix time in seconds as its UTC date and minute, "2026-03-01 12:00 UTC".
+  function formatDate(seconds) {
+    if (!isNumber(seconds)) return DASH;
+    const at = new Date(seconds * 1000);
+    if (Number.isNaN(at.getTime())) return DASH;
+    return at.toISOString().slice(0, 16).replace("T", " ") + " UTC";
+  }
+
+  // A Unix time in seconds relative to `now` (milliseconds): "in 4m 10s" or "2h 3m 0s ago".
+  function formatWhen(seconds, now) {
+    if (!isNumber(seconds)) return "";
+    const delta = seconds - now / 1000;
+    return delta >= 0 ? "in " + formatDuration(delta) : formatDuration(-delta) + " ago";
+  }
+
+  // Whole days from `now` (milliseconds) until a Unix time in seconds, rounded down: the dashboard's
+  // (tls_certificate_expiry_timestamp_seconds - time()) / 86400 without its fraction. Null when unknown.
+  function daysLeft(seconds, now) {
+    return isNumber(seconds) ? Math.floor((seconds * 1000 - now) / 86400000) : null;
+  }
+
+  function formatDaysLeft(days) {
+    if (days === null) return DASH;
+    if (days < 0) return "expired";
+    return days + (days === 1 ? " day left" : " days left");
+  }
+
+  function expiryClass(days) {
+    if (days === null) return "expiry-unknown";
+    if (days < DAYS_URGENT) return "expiry-urgent";
+    if (days < DAYS_SOON) return "expiry-soon";
+    return "expiry-ok";
   }
 
   function stateWord(state) {
@@ -219,6 +265,8 @@
     renderSummary(state);
     renderUpstreams(Array.isArray(state.upstreams) ? state.upstreams : [], now);
     renderRoutes(Array.isArray(state.routes) ? state.routes : []);
+    renderCertificates(Array.isArray(state.certificates) ? state.certificates : [], now);
+    renderAcme(state.acme && typeof state.acme === "object" ? state.acme : null, now);
     renderEvents(Array.isArray(state.events) ? state.events : []);
     if (state.generation !== shownGeneration) {
       shownGeneration = state.generation;
@@ -299,6 +347,126 @@
       rows.push(row);
     }
     $("routes").replaceChildren(...rows);
+  }
+
+  // --- certificates --------------------------------------------------------------------------------------
+
+  // Rows are rebuilt only when what the proxy says about them changes; the cells that depend on the time (days
+  // left, "in 4m 10s") are brought up to date on every poll by each row's tick.
+  let certificatesSignature = null;
+  let certificateTicks = [];
+  let acmeSignature = null;
+  let acmeTicks = [];
+
+  // A table cell with the column's class and, for the narrow layout, its heading as data-label.
+  function cell(tag, key, label, text) {
+    const node = el(tag, "col-" + key, text);
+    node.dataset.label = label;
+    return node;
+  }
+
+  function emptyRow(columns, text) {
+    const tr = el("tr", "empty");
+    const td = el("td", null, text);
+    td.colSpan = columns;
+    tr.append(td);
+    return tr;
+  }
+
+  // The days-left text and colours of a certificate's row, as of `now`.
+  function showDaysLeft(row, node, notAfter, now) {
+    const days = daysLeft(notAfter, now);
+    setText(node, formatDaysLeft(days));
+    setAttr(node, "data-days", days === null ? null : String(days));
+    const tone = days === null ? "" : days < DAYS_URGENT ? " bad" : days < DAYS_SOON ? " warn" : "";
+    setClass(node, "col-days-left" + tone);
+    setClass(row, "row " + expiryClass(days));
+  }
+
+  function renderCertificates(certificates, now) {
+    const signature = JSON.stringify(certificates);
+    if (signature !== certificatesSignature) {
+      certificatesSignature = signature;
+      certificateTicks = [];
+      const rows = [];
+      for (const certificate of certificates) {
+        if (!certificate || typeof certificate !== "object") continue;
+        const names = Array.isArray(certificate.names) ? certificate.names.filter(isText) : [];
+        const source = isText(certificate.source) ? certificate.source : "unknown";
+        const row = el("tr");
+        row.dataset.source = source;
+        row.dataset.names = names.join(" ");
+        const name = cell("th", "names", "Names");
+        name.scope = "row";
+        for (const text of names) name.append(el("span", "certificate-name", text));
+        if (names.length === 0) name.append(el("span", "certificate-name", DASH));
+        if (isText(certificate.file)) name.append(el("span", "certificate-file muted", certificate.file));
+        const kind = cell("td", "source", "Source");
+        const badge = CERTIFICATE_SOURCES.includes(source) ? "source-" + source.replace(/_/g, "-") : "state-other";
+        kind.append(el("span", "badge " + badge, source.replace(/_/g, " ")));
+        const expires = cell("td", "expires", "Expires", formatDate(certificate.not_after));
+        const days = cell("td", "days-left", "Days left");
+        const serial = cell("td", "serial", "Serial", isText(certificate.serial) ? certificate.serial : DASH);
+        row.append(name, kind, expires, days, serial);
+        rows.push(row);
+        certificateTicks.push((at) => showDaysLeft(row, days, certificate.not_after, at));
+      }
+      if (rows.length === 0) rows.push(emptyRow(5, "None: without server.tls only the plain HTTP listener runs."));
+      $("certificates").replaceChildren(...rows);
+    }
+    for (const tick of certificateTicks) tick(now);
+  }
+
+  // An absolute time with its distance from now under it; the distance is the tick's to update.
+  function timeCell(key, label, seconds) {
+    const node = cell("td", key, label);
+    const relative = el("span", "sub muted");
+    node.append(el("span", null, formatDate(seconds)), relative);
+    return { node: node, tick: (at) => setText(relative, formatWhen(seconds, at)) };
+  }
+
+  function renderAcme(acme, now) {
+    const section = $("acme");
+    if (acme === null) {
+      section.hidden = true;
+      if (acmeSignature !== null) $("acme-names").replaceChildren();
+      acmeSignature = null;
+      acmeTicks = [];
+      return;
+    }
+    section.hidden = false;
+    setText($("acme-directory"), isText(acme.directory) ? "Directory " + acme.directory : "");
+    const names = Array.isArray(acme.names) ? acme.names : [];
+    const signature = JSON.stringify(names);
+    if (signature !== acmeSignature) {
+      acmeSignature = signature;
+      acmeTicks = [];
+      const rows = [];
+      for (const entry of names) {
+        if (!entry || typeof entry !== "object") continue;
+        const state = isText(entry.state) ? entry.state : "unknown";
+        const stateClass = ACME_STATE_CLASSES.get(state) || "state-other";
+        const row = el("tr", "row " + stateClass);
+        row.dataset.name = isText(entry.name) ? entry.name : "";
+        row.dataset.state = state;
+        const name = cell("th", "name", "Name", isText(entry.name) ? entry.name : DASH);
+        name.scope = "row";
+        const badge = cell("td", "state", "State");
+        badge.append(el("span", "badge " + stateClass, stateWord(state)));
+        const expires = timeCell("expires", "Expires", entry.not_after);
+        const renew = timeCell("renew-at", "Renew at", entry.renew_at);
+        const next = timeCell("next-attempt", "Next attempt", entry.next_attempt);
+        const error = cell("td", "last-error", "Last error");
+        if (isText(entry.last_error)) error.append(el("span", "acme-error", entry.last_error));
+        else error.textContent = DASH;
+        row.append(name, badge, expires.node, renew.node, next.node, error);
+        rows.push(row);
+        acmeTicks.push(expires.tick, renew.tick, next.tick);
+      }
+      if (rows.length === 0) rows.push(emptyRow(6, "No names to order certificates for."));
+      $("acme-names").replaceChildren(...rows);
+    }
+    for (const tick of acmeTicks) tick(now);
   }
 
   // --- upstreams and backends ------------------------------------------------------------------------------

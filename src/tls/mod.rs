@@ -247,16 +247,19 @@ fn load_files(config: &TlsConfig) -> Result<Vec<Arc<Served>>, TlsError> {
         .collect()
 }
 
-/// A self-signed certificate for `names`, made in memory.
+/// A self-signed certificate for `names`, made in memory, valid for a year from now.
 fn self_signed(names: Vec<String>) -> Result<Served, TlsError> {
-    let certified = rcgen::generate_simple_self_signed(names)?;
-    let key = from_pem(
-        certified.cert.pem().as_bytes(),
-        certified.signing_key.serialize_pem().as_bytes(),
-    )
-    .map_err(|problem| TlsError::Unreadable {
-        key: "self-signed fallback".into(),
-        cause: problem.to_string(),
+    let mut params = rcgen::CertificateParams::new(names)?;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(365);
+    let signing_key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&signing_key)?;
+    let key = from_pem(cert.pem().as_bytes(), signing_key.serialize_pem().as_bytes()).map_err(|problem| {
+        TlsError::Unreadable {
+            key: "self-signed fallback".into(),
+            cause: problem.to_string(),
+        }
     })?;
     Served::new(key, Source::SelfSigned, None).map_err(|cause| TlsError::Unreadable {
         key: "self-signed fallback".into(),

@@ -66,12 +66,12 @@ impl Client {
         let mut order = account
             .new_order(&NewOrder::new(&identifiers))
             .await
-            .map_err(|e| format!("new order: {e}"))?;
+            .map_err(|e| format!("new order: {}", describe(&e)))?;
         // Whatever happens next, the challenge answers go when this does.
         let _answers = Answers { certs, name };
         let mut authorizations = order.authorizations();
         while let Some(authorization) = authorizations.next().await {
-            let mut authorization = authorization.map_err(|e| format!("authorization: {e}"))?;
+            let mut authorization = authorization.map_err(|e| format!("authorization: {}", describe(&e)))?;
             match authorization.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
@@ -110,7 +110,7 @@ impl Client {
         let status = order
             .poll_ready(&retries)
             .await
-            .map_err(|e| format!("validation: {e}"))?;
+            .map_err(|e| format!("validation: {}", describe(&e)))?;
         if status != OrderStatus::Ready {
             return Err(format!(
                 "validation: the order is {status:?}: {}",
@@ -124,11 +124,11 @@ impl Client {
         order
             .finalize_csr(csr.der())
             .await
-            .map_err(|e| format!("finalize: {e}"))?;
+            .map_err(|e| format!("finalize: {}", describe(&e)))?;
         let chain = order
             .poll_certificate(&retries)
             .await
-            .map_err(|e| format!("certificate: {e}"))?;
+            .map_err(|e| format!("certificate: {}", describe(&e)))?;
         Ok((chain, key.serialize_pem()))
     }
 
@@ -157,7 +157,7 @@ impl Client {
                 Account::builder_with_http(Box::new(self.http.clone()))
                     .from_credentials(credentials)
                     .await
-                    .map_err(|e| format!("account: {e}"))?
+                    .map_err(|e| format!("account: {}", describe(&e)))?
             }
             None => {
                 let contact: Vec<String> = self.config.email.iter().map(|e| format!("mailto:{e}")).collect();
@@ -180,7 +180,7 @@ impl Client {
                 let (account, credentials) = Account::builder_with_http(Box::new(self.http.clone()))
                     .create(&new, directory.clone(), eab.as_ref())
                     .await
-                    .map_err(|e| format!("new account: {e}"))?;
+                    .map_err(|e| format!("new account: {}", describe(&e)))?;
                 let json = serde_json::to_string(&credentials).map_err(|e| format!("account: {e}"))?;
                 storage
                     .save_account(directory, &json)
@@ -192,6 +192,22 @@ impl Client {
         *slot = Some(account.clone());
         Ok(account)
     }
+}
+
+/// An error with every cause under it: hyper's "client error (Connect)" says little without "Connection
+/// refused".
+fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// The CA's own words on why validation failed.

@@ -478,27 +478,47 @@ pub enum HashOn {
 
 impl<'de> Deserialize<'de> for HashOn {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let expected = "client_address, path, {header: NAME} or {cookie: NAME}";
+        let invalid = |what: &str| serde::de::Error::custom(format!("{what}; write {expected}"));
+        match KeyForm::read(d, "not a hash key", expected)? {
+            KeyForm::Name(name) => match name.as_str() {
+                "client_address" => Ok(Self::ClientAddress),
+                "path" => Ok(Self::Path),
+                "header" | "cookie" => Err(invalid(&format!("`{name}` needs a name"))),
+                _ => Err(invalid(&format!("unknown hash key `{name}`"))),
+            },
+            KeyForm::Field(kind, name) => match kind.as_str() {
+                "header" => Ok(Self::Header(name.to_ascii_lowercase())),
+                "cookie" => Ok(Self::Cookie(name)),
+                _ => Err(invalid(&format!("unknown hash key `{kind}`"))),
+            },
+        }
+    }
+}
+
+/// A key written as a bare name (`client_address`) or a map of one entry (`{header: NAME}`), as hash keys
+/// and rate-limit keys are.
+enum KeyForm {
+    Name(String),
+    Field(String, String),
+}
+
+impl KeyForm {
+    /// Reads one; `what` and `expected` make the error for anything else.
+    fn read<'de, D: serde::Deserializer<'de>>(d: D, what: &str, expected: &str) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Raw {
             Name(String),
             Field(BTreeMap<String, String>),
         }
-        let expected = "client_address, path, {header: NAME} or {cookie: NAME}";
         let invalid = |what: &str| serde::de::Error::custom(format!("{what}; write {expected}"));
-        match Raw::deserialize(d).map_err(|_| invalid("not a hash key"))? {
-            Raw::Name(name) => match name.as_str() {
-                "client_address" => Ok(Self::ClientAddress),
-                "path" => Ok(Self::Path),
-                "header" | "cookie" => Err(invalid(&format!("`{name}` needs a name"))),
-                _ => Err(invalid(&format!("unknown hash key `{name}`"))),
-            },
+        match Raw::deserialize(d).map_err(|_| invalid(what))? {
+            Raw::Name(name) => Ok(Self::Name(name)),
             Raw::Field(field) => {
                 let mut entries = field.into_iter();
                 match (entries.next(), entries.next()) {
-                    (Some((kind, name)), None) if kind == "header" => Ok(Self::Header(name.to_ascii_lowercase())),
-                    (Some((kind, name)), None) if kind == "cookie" => Ok(Self::Cookie(name)),
-                    (Some((kind, _)), None) => Err(invalid(&format!("unknown hash key `{kind}`"))),
+                    (Some((kind, name)), None) => Ok(Self::Field(kind, name)),
                     _ => Err(invalid("one key expected")),
                 }
             }
@@ -952,30 +972,20 @@ pub enum RateKey {
 
 impl<'de> Deserialize<'de> for RateKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Name(String),
-            Field(BTreeMap<String, String>),
-        }
         let expected = "client_address, route or {header: NAME}";
         let invalid = |what: &str| serde::de::Error::custom(format!("{what}; write {expected}"));
-        match Raw::deserialize(d).map_err(|_| invalid("not a rate limit key"))? {
-            Raw::Name(name) => match name.as_str() {
+        match KeyForm::read(d, "not a rate limit key", expected)? {
+            KeyForm::Name(name) => match name.as_str() {
                 "client_address" => Ok(Self::ClientAddress),
                 "route" => Ok(Self::Route),
                 _ => Err(invalid(&format!("unknown rate limit key `{name}`"))),
             },
-            Raw::Field(field) => {
-                let mut entries = field.into_iter();
-                match (entries.next(), entries.next()) {
-                    (Some((kind, name)), None) if kind == "header" => http::HeaderName::from_bytes(name.as_bytes())
-                        .map(Self::Header)
-                        .map_err(|_| invalid(&format!("`{name}` is not a header name"))),
-                    (Some((kind, _)), None) => Err(invalid(&format!("unknown rate limit key `{kind}`"))),
-                    _ => Err(invalid("one key expected")),
-                }
-            }
+            KeyForm::Field(kind, name) => match kind.as_str() {
+                "header" => http::HeaderName::from_bytes(name.as_bytes())
+                    .map(Self::Header)
+                    .map_err(|_| invalid(&format!("`{name}` is not a header name"))),
+                _ => Err(invalid(&format!("unknown rate limit key `{kind}`"))),
+            },
         }
     }
 }

@@ -228,6 +228,9 @@ pub struct AcmeConfig {
     pub renew_before: Option<Duration>,
     /// External Account Binding, for CAs that need one.
     pub eab: Option<ExternalAccount>,
+    /// The longest one request to the CA may take, connecting included.
+    #[serde(deserialize_with = "units::duration")]
+    pub request_timeout: Duration,
 }
 
 impl Default for AcmeConfig {
@@ -241,6 +244,7 @@ impl Default for AcmeConfig {
             challenges: vec![ChallengeType::Http01, ChallengeType::TlsAlpn01],
             renew_before: None,
             eab: None,
+            request_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -603,6 +603,9 @@ fn check_tls(tls: &mut TlsConfig, routes: &[RouteConfig]) -> Result<(), Invalid>
             "empty: list http-01, tls-alpn-01 or both".into(),
         ));
     }
+    if acme.request_timeout.is_zero() {
+        return Err(("server.tls.acme.request_timeout".into(), "must be above zero".into()));
+    }
     if acme.renew_before.is_some_and(|d| d.is_zero()) {
         return Err(("server.tls.acme.renew_before".into(), "must be above zero".into()));
     }

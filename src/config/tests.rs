@@ -930,6 +930,11 @@ fn acme_settings_are_checked_with_their_keys() {
             "not base64url (the MAC key as the CA gave it)",
         ),
         (
+            "{acme: {domains: [a.test], request_timeout: 0s}}",
+            "server.tls.acme.request_timeout",
+            "must be above zero",
+        ),
+        (
             "{acme: {}}",
             "server.tls.acme.domains",
             "no names: list them, or give routes an exact `host`",

@@ -1,11 +1,12 @@
 """When certificates cannot be had, the proxy keeps serving: plain HTTP as before, and HTTPS and QUIC with its
 self-signed fallback certificate for each name, while it counts and reports the failed orders and tries again
-later. Two ways to fail: a CA that refuses the account (External Account Binding with the wrong key) and a
-directory nobody answers at.
+later. Three ways to fail: a CA that refuses the account (External Account Binding with the wrong key), a
+directory nobody answers at, and one that takes the connection and never answers.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -61,3 +62,23 @@ def test_an_unreachable_directory_leaves_the_proxy_serving(origin, proxy_launche
     }
     proxy = proxy_launcher.start(proxy_config(origin, {"acme": acme}), cls=Proxy)
     assert_serving_without_certificates(proxy, tmp_path)
+
+
+def test_a_ca_that_never_answers_fails_the_order_at_request_timeout(origin, proxy_launcher, tmp_path):
+    """Proves a directory that takes the connection and then says nothing (not even its TLS handshake) fails
+    every order once `request_timeout` has passed, without taking anything else down."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        # Listening but never accepting: the kernel completes each connection, and nobody ever answers it.
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        acme = {
+            "directory": f"https://127.0.0.1:{silent.getsockname()[1]}/dir",
+            "domains": NAMES,
+            "storage": str(tmp_path / "storage"),
+            "challenges": ["http-01"],
+            "request_timeout": "1s",
+        }
+        proxy = proxy_launcher.start(proxy_config(origin, {"acme": acme}), cls=Proxy)
+        assert_serving_without_certificates(proxy, tmp_path)
+        for name in NAMES:
+            assert "did not answer in time" in proxy.wait_logged(FAILED, name)["error"]

@@ -22,8 +22,6 @@ use crate::tls::{self, CertStore};
 
 use super::storage::Storage;
 
-/// The longest one request to the CA may take, connection included.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the CA may take to validate the challenges, and then to issue.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -278,6 +276,8 @@ impl Drop for Answers<'_> {
 struct Http {
     client: HyperClient<hyper_rustls::HttpsConnector<HttpConnector>, BodyWrapper<Bytes>>,
     retry_after: Arc<Mutex<Option<SystemTime>>>,
+    /// `acme.request_timeout`: the longest one request to the CA may take, connection included.
+    request_timeout: Duration,
 }
 
 impl Http {
@@ -302,7 +302,7 @@ impl Http {
             .with_no_client_auth();
         let mut http = HttpConnector::new();
         http.enforce_http(false);
-        http.set_connect_timeout(Some(REQUEST_TIMEOUT));
+        http.set_connect_timeout(Some(config.request_timeout));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_only()
@@ -312,6 +312,7 @@ impl Http {
         Ok(Self {
             client: HyperClient::builder(TokioExecutor::new()).build(connector),
             retry_after: Arc::new(Mutex::new(None)),
+            request_timeout: config.request_timeout,
         })
     }
 
@@ -331,8 +332,9 @@ impl HttpClient for Http {
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, Error>> + Send>> {
         let response = self.client.request(request);
         let retry_after = Arc::clone(&self.retry_after);
+        let limit = self.request_timeout;
         Box::pin(async move {
-            let response = tokio::time::timeout(REQUEST_TIMEOUT, response)
+            let response = tokio::time::timeout(limit, response)
                 .await
                 .map_err(|_| Error::Other("the CA did not answer in time".into()))?
                 .map_err(|e| Error::Other(Box::new(e)))?;

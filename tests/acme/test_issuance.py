@@ -40,9 +40,9 @@ def wait_issued(proxy: Proxy, names: list[str]) -> dict[str, dict]:
 
 
 def served_over_tcp_and_quic(site: Site, name: str, proxy: Proxy | None = None) -> x509.Certificate:
-    """The certificate `proxy` (default the site's) serves for `name`, fetched with curl over TCP and aioquic over QUIC, both verifying it
-    against pebble's root alone (so the intermediate must come along) and both answered by the origin; the two
-    must be the same certificate."""
+    """The certificate `proxy` (default the site's) serves for `name`, fetched with curl over TCP and aioquic
+    over QUIC, both verifying it against pebble's root alone (so the intermediate must come along) and both
+    answered by the origin; the two must be the same certificate."""
     proxy = proxy or site.proxy
     over_tcp = curl_get(proxy.https_port, name, site.root)
     over_quic = h3_get(proxy.quic_port, name, site.root)

@@ -1,14 +1,20 @@
 """Several file certificates (`server.tls.certificates`), chosen by the name the client sends (SNI): each name
 gets its own, and a name none of them has, or no name at all, gets the first. Over TCP and over QUIC alike;
-no ACME involved.
+a reload (SIGHUP) or `--watch` serves a file replaced in place. No ACME involved.
 """
 
 from __future__ import annotations
 
 import pytest
+import trustme
+from cryptography import x509
 
 from clients import curl_get, h3_get, tls_certificate
 from conftest import NAMES, Proxy, not_after, proxy_config
+from quic_proxy_testing import Process, wait_until, write_config
+
+# A reload reads the files at once; --watch looks at them every second or so.
+RELOAD_TIMEOUT = 20
 
 
 @pytest.fixture
@@ -40,3 +46,48 @@ def test_an_unknown_name_or_no_sni_gets_the_first_certificate(sni_proxy, server_
     assert tls_certificate(proxy.https_port, server_name) == first
     over_quic = h3_get(proxy.quic_port, server_name)
     assert over_quic.certificate == first and over_quic.status == 200
+
+
+@pytest.mark.parametrize("how", ["sighup", "watch"])
+def test_a_certificate_file_replaced_in_place_is_served_after_a_reload(
+    origin, proxy_launcher, proxy_bin, file_certs, tmp_path, how: str
+):
+    """Proves that when the second listed certificate's files are replaced (key, then certificate, each renamed
+    into place as tools that renew certificates do), SIGHUP or --watch makes new handshakes get the new one over
+    TCP and QUIC, while the first name keeps its own."""
+    _, certs = file_certs
+    tls = {"certificates": [{"cert_file": str(c.cert_file), "key_file": str(c.key_file)} for c in certs.values()]}
+    config = proxy_config(origin, tls)
+    if how == "sighup":
+        proxy = proxy_launcher.start(config, cls=Proxy)
+    else:
+        path = tmp_path / "watched.yaml"
+        write_config(path, config)
+        process = Process("quic-proxy-watch", [str(proxy_bin), "--config", str(path), "--watch"], cwd=tmp_path)
+        proxy = Proxy(process, path, config)
+    try:
+        if how == "watch":
+            proxy.wait_started()
+        first, second = NAMES
+        replaced = certs[second]
+        issued = trustme.CA().issue_cert(second)
+        fresh = x509.load_pem_x509_certificate(issued.cert_chain_pems[0].bytes())
+        chain = b"".join(pem.bytes() for pem in issued.cert_chain_pems)
+        for target, pem in ((replaced.key_file, issued.private_key_pem.bytes()), (replaced.cert_file, chain)):
+            staged = target.with_name(target.name + ".next")
+            staged.write_bytes(pem)
+            staged.replace(target)
+        if how == "sighup":
+            proxy.sighup()
+        wait_until(
+            lambda: tls_certificate(proxy.https_port, second) == fresh,
+            f"{second} served its replaced certificate over TCP",
+            RELOAD_TIMEOUT,
+        )
+        assert h3_get(proxy.quic_port, second).certificate == fresh
+        assert tls_certificate(proxy.https_port, first) == certs[first].certificate
+        assert proxy.expiry(second, "file") == not_after(fresh)
+    finally:
+        if how == "watch":
+            problems = proxy.shutdown()
+            assert not problems, problems

@@ -37,7 +37,18 @@ def site_proxy(tmp_path: Path, cert_pair: tuple[Path, Path], proxy_launcher: Pro
             "fallback_address": "127.0.0.1:0",
             "tls": {"cert_file": str(cert), "key_file": str(key)},
         },
-        "routes": [{"path": "/site/*", "strip_prefix": "/site", "static": {"root": str(root)}, "compress": True}],
+        # no-cache makes every reload revalidate. Without it, Chromium gives a response with Last-Modified and
+        # no Cache-Control a tenth of the file's age as freshness: files written a moment ago may be fresh for
+        # a few hundred milliseconds, and a quick reload then takes them from the cache without asking.
+        "routes": [
+            {
+                "path": "/site/*",
+                "strip_prefix": "/site",
+                "static": {"root": str(root)},
+                "compress": True,
+                "response_headers": {"set": {"cache-control": "no-cache"}},
+            }
+        ],
         "telemetry": {"metrics": {"address": "127.0.0.1:0"}, "logging": {"level": "info", "format": "json"}},
     }
     return proxy_launcher.start(config)
@@ -74,7 +85,7 @@ def test_the_site_renders_with_compressed_resources(site_proxy: RunningProxy, br
     page.goto(f"http://{site_proxy.admin_address}/")
     route = page.locator('#routes tr[data-route="* /site/*"]')
     expect(route.locator(".col-target")).to_have_text(re.compile(r"^static /.+/www$"))
-    expect(route.locator(".col-actions")).to_have_text("strip_prefix, compress")
+    expect(route.locator(".col-actions")).to_have_text("strip_prefix, response_headers, compress")
     # The browser decides whether the page itself revalidates; the style sheet and the script did (above).
     served = int(site_proxy.metric("route_actions_total", action="static", result="served"))
     revalidated = int(site_proxy.metric("route_actions_total", action="static", result="not_modified"))

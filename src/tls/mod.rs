@@ -41,8 +41,8 @@ pub struct AcmeName {
 /// touching any other TLS or QUIC setting: open connections keep the certificate they were served.
 #[derive(Debug)]
 pub struct CertStore {
-    config: Mutex<TlsConfig>,
     from_files: ArcSwap<Vec<Arc<Served>>>,
+    /// Also serialises rebuilding `table`: every change is followed by a rebuild that starts after it.
     from_acme: Mutex<BTreeMap<String, Arc<Served>>>,
     /// Served to every name nothing else covers when no file certificate is configured.
     fallback: Option<Arc<Served>>,
@@ -87,7 +87,6 @@ impl CertStore {
             })
             .collect();
         let store = Self {
-            config: Mutex::new(config.clone()),
             from_files: ArcSwap::from_pointee(from_files),
             from_acme: Mutex::new(BTreeMap::new()),
             fallback,
@@ -101,7 +100,7 @@ impl CertStore {
                 .as_ref()
                 .is_some_and(|acme| acme.challenges.contains(&ChallengeType::TlsAlpn01)),
         };
-        store.rebuild();
+        store.rebuild(&lock(&store.from_acme));
         Ok(Arc::new(store))
     }
 
@@ -109,23 +108,24 @@ impl CertStore {
     /// handshakes use them and open connections keep theirs. On failure nothing changes. True when any
     /// served chain differs from before. ACME certificates are untouched.
     pub fn reload(&self, config: &TlsConfig) -> Result<bool, TlsError> {
-        let fresh = load_files(config)?;
-        let mut current = lock(&self.config);
-        let old = self.from_files.load();
-        let replaced =
-            old.len() != fresh.len() || old.iter().zip(&fresh).any(|(old, new)| old.key.cert != new.key.cert);
-        self.from_files.store(Arc::new(fresh));
-        *current = config.clone();
-        drop(current);
-        self.rebuild();
+        let fresh = Arc::new(load_files(config)?);
+        let old = self.from_files.swap(Arc::clone(&fresh));
+        let replaced = old.len() != fresh.len()
+            || old
+                .iter()
+                .zip(fresh.iter())
+                .any(|(old, new)| old.key.cert != new.key.cert);
+        self.rebuild(&lock(&self.from_acme));
         Ok(replaced)
     }
 
     /// Serves `served` (just issued, or found in storage) for `name` from the next handshake on.
     pub fn install_acme(&self, name: &str, served: Served) {
-        lock(&self.from_acme).insert(name.to_owned(), Arc::new(served));
+        let mut acme = lock(&self.from_acme);
+        acme.insert(name.to_owned(), Arc::new(served));
+        self.rebuild(&acme);
+        drop(acme);
         lock(&self.waiting_logged).remove(name);
-        self.rebuild();
     }
 
     /// The ACME certificate served for `name`, if any.
@@ -133,17 +133,13 @@ impl CertStore {
         lock(&self.from_acme).get(name).cloned()
     }
 
-    fn rebuild(&self) {
+    /// Rebuilds the SNI table from the files as they are now and `acme`, the held ACME certificates.
+    fn rebuild(&self, acme: &BTreeMap<String, Arc<Served>>) {
         let files = self.from_files.load();
         let mut all: Vec<Arc<Served>> = files.iter().cloned().collect();
-        all.extend(lock(&self.from_acme).values().cloned());
+        all.extend(acme.values().cloned());
         let default = files.first().cloned().or_else(|| self.fallback.clone());
         self.table.store(Arc::new(Table::new(&all, default)));
-    }
-
-    /// The TLS settings the certificates were read with.
-    pub fn config(&self) -> TlsConfig {
-        lock(&self.config).clone()
     }
 
     /// Every certificate that can be served: files in config order, then ACME by name, then the fallback.

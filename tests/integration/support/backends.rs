@@ -191,6 +191,9 @@ struct State {
     /// `hold` requests waiting for [`TestBackend::release`].
     held: AtomicUsize,
     release: watch::Sender<bool>,
+    /// Failed TLS handshakes so far, for waiting on one: the backend records a failure after its alert has
+    /// gone out, so the client can learn of it first.
+    handshakes_failed: watch::Sender<usize>,
 }
 
 impl State {
@@ -234,6 +237,7 @@ impl TestBackend {
             health_status: AtomicU16::new(200),
             held: AtomicUsize::new(0),
             release,
+            handshakes_failed: watch::channel(0).0,
         });
         let h2c = matches!(wire, Wire::H2c);
         let acceptor = match wire {
@@ -273,6 +277,14 @@ impl TestBackend {
     /// Why each failed TLS handshake failed, as the backend's rustls saw it.
     pub fn handshake_errors(&self) -> Vec<String> {
         self.state.record().handshake_errors.clone()
+    }
+
+    /// Why each failed TLS handshake failed, once at least `count` have failed; the caller bounds the wait.
+    pub async fn handshake_errors_at_least(&self, count: usize) -> Vec<String> {
+        let mut failed = self.state.handshakes_failed.subscribe();
+        // The sender lives in `self.state`, so the wait ends only by reaching the count.
+        let _ = failed.wait_for(|&n| n >= count).await;
+        self.handshake_errors()
     }
 
     /// Every request received so far (once its body has been read).
@@ -380,6 +392,7 @@ async fn serve_connection(state: Arc<State>, tcp: TcpStream, acceptor: Option<to
         Ok(tls) => tls,
         Err(error) => {
             state.record().handshake_errors.push(error.to_string());
+            state.handshakes_failed.send_modify(|n| *n += 1);
             return;
         }
     };

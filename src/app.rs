@@ -143,7 +143,7 @@ pub async fn start(config: Config, certs: Option<Arc<CertStore>>) -> anyhow::Res
     for (index, (plain, secure)) in fallback.into_iter().zip(secure_per_worker).enumerate() {
         let (core, data) = (Arc::clone(&core), data.clone());
         workers.push(
-            Worker::spawn(index, move || serve_worker(plain, secure, core, data))
+            Worker::spawn(index, move || serve_worker(index, plain, secure, core, data))
                 .context("cannot start a worker thread")?,
         );
     }
@@ -185,7 +185,13 @@ struct SecureWorker {
 }
 
 /// A worker thread's work: its listeners until shutdown, then the drain of its connections.
-async fn serve_worker(plain: std::net::TcpListener, secure: Option<SecureWorker>, core: Arc<Core>, data: Shutdown) {
+async fn serve_worker(
+    index: usize,
+    plain: std::net::TcpListener,
+    secure: Option<SecureWorker>,
+    core: Arc<Core>,
+    data: Shutdown,
+) {
     let plain = match tokio::net::TcpListener::from_std(plain) {
         Ok(listener) => http1::serve(listener, Arc::clone(&core), data.clone()),
         Err(error) => {
@@ -208,7 +214,10 @@ async fn serve_worker(plain: std::net::TcpListener, secure: Option<SecureWorker>
                 return;
             }
         };
-        tokio::join!(https, secure.quic.serve(secure.udp, Arc::clone(&core), data.clone()));
+        tokio::join!(
+            https,
+            secure.quic.serve(index, secure.udp, Arc::clone(&core), data.clone())
+        );
     };
     tokio::join!(plain, secure);
     // The accept loops stopped: shutdown began. Connections of this worker run on its runtime, which ends
@@ -231,7 +240,7 @@ fn bind_secure(config: &Config, certs: &Arc<CertStore>, workers: usize) -> anyho
     let address = config.server.address;
     let tcp_config = certs.tcp_server_config().context("cannot build the HTTPS TLS config")?;
     let acceptor = TlsAcceptor::from(Arc::new(tcp_config));
-    let quic = QuicGroup::new(config, certs)?;
+    let quic = QuicGroup::new(config, certs, workers)?;
     // With port 0 the OS picks the TCP port and QUIC takes the same one, as Alt-Svc clients expect; that
     // UDP port may already be in use, so a few fresh ports are tried.
     let attempts = if address.port() == 0 { 16 } else { 1 };

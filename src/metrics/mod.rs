@@ -69,6 +69,9 @@ fn register_process_wide() {
     for result in ["issued", "failed"] {
         counter!(ACME_ORDERS_TOTAL, "result" => result).absolute(0);
     }
+    for result in ["delivered", "dropped"] {
+        counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => result).absolute(0);
+    }
     for protocol in ["tcp", "quic"] {
         counter!(CLIENT_CONNECTIONS_REFUSED_TOTAL, "protocol" => protocol).absolute(0);
     }
@@ -135,6 +138,14 @@ pub fn record_quic_handshake(ok: bool) {
 }
 
 /// Records a Retry packet sent.
+/// The counters of QUIC packets handed between workers: delivered, dropped.
+pub fn quic_handoff_counters() -> (metrics::Counter, metrics::Counter) {
+    (
+        counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => "delivered"),
+        counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => "dropped"),
+    )
+}
+
 pub fn record_quic_retry() {
     counter!(QUIC_RETRY_PACKETS_SENT_TOTAL).increment(1);
 }

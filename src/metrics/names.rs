@@ -22,6 +22,7 @@ pub const CONNECTIONS_TOTAL: &str = "connections_total";
 pub const QUIC_HANDSHAKES_TOTAL: &str = "quic_handshakes_total";
 pub const QUIC_HANDSHAKE_FAILURES_TOTAL: &str = "quic_handshake_failures_total";
 pub const QUIC_RETRY_PACKETS_SENT_TOTAL: &str = "quic_retry_packets_sent_total";
+pub const QUIC_PACKETS_HANDED_OFF_TOTAL: &str = "quic_packets_handed_off_total";
 pub const QUIC_CONNECTIONS_REFUSED_TOTAL: &str = "quic_connections_refused_total";
 pub const TCP_CONNECTIONS_REFUSED_TOTAL: &str = "tcp_connections_refused_total";
 pub const QUIC_RTT_SECONDS: &str = "quic_rtt_seconds";
@@ -113,6 +114,11 @@ pub(super) fn describe() {
         QUIC_RETRY_PACKETS_SENT_TOTAL,
         Unit::Count,
         "Retry packets sent for address validation."
+    );
+    describe_counter!(
+        QUIC_PACKETS_HANDED_OFF_TOTAL,
+        Unit::Count,
+        "QUIC packets that reached one worker's socket for a connection of another, by result (delivered to the owning worker, dropped: its queue was full)."
     );
     describe_counter!(
         QUIC_CONNECTIONS_REFUSED_TOTAL,

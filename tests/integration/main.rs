@@ -16,6 +16,7 @@ mod http1_framing;
 mod http1_lifecycle;
 mod http1_proxy;
 mod instances;
+mod migration;
 mod reload;
 mod resource_exhaustion;
 mod route_actions;

@@ -15,6 +15,7 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{EndpointConfig, IdleTimeout, TransportConfig, VarInt};
 
 use super::connection::{serve_connection, Settings};
+use super::handoff::{CidCodec, HandOff, WorkerCids};
 use crate::config::{Config, QuicConfig, RetryMode};
 use crate::logging::RateLimit;
 use crate::metrics;
@@ -26,9 +27,13 @@ use crate::tls::CertStore;
 const TLS_SESSIONS: usize = 16_384;
 
 /// What the QUIC endpoints of every worker share: the endpoint identity (stateless reset key, connection ID
-/// generator, Retry token key) and the counters the connection limit and the Retry threshold apply to.
+/// key, Retry token key), the queues that hand packets to the worker owning their connection, and the
+/// counters the connection limit and the Retry threshold apply to.
 pub struct QuicGroup {
     endpoint_config: EndpointConfig,
+    cids: Arc<CidCodec>,
+    /// With more than one worker: packets that reached another worker's socket go to their connection's.
+    handoff: Option<Arc<HandOff>>,
     token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     certs: Arc<CertStore>,
     /// TLS sessions for resumption and 0-RTT, shared so that a ticket is good on every worker and across
@@ -43,9 +48,9 @@ pub struct QuicGroup {
 }
 
 impl QuicGroup {
-    /// The endpoint identity from config; without `quic.stateless_reset_key` the keys are random, but the
-    /// same for every worker of this process.
-    pub fn new(config: &Config, certs: &Arc<CertStore>) -> anyhow::Result<Arc<Self>> {
+    /// The endpoint identity from config for `workers` workers; without `quic.stateless_reset_key` the keys
+    /// are random, but the same for every worker of this process.
+    pub fn new(config: &Config, certs: &Arc<CertStore>, workers: usize) -> anyhow::Result<Arc<Self>> {
         let secret = match &config.quic_secret {
             Some(secret) => secret.clone(),
             None => {
@@ -56,11 +61,13 @@ impl QuicGroup {
             }
         };
         let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens").extract(&secret);
-        let mut endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
-        let cid_length = config.quic.connection_id_length;
-        endpoint_config.cid_generator(move || Box::new(quinn_proto::RandomConnectionIdGenerator::new(cid_length)));
+        let endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
+        let cids = Arc::new(CidCodec::new(&secret, config.quic.connection_id_length)?);
+        let handoff = (workers > 1).then(|| HandOff::new(Arc::clone(&cids), workers));
         let group = Arc::new(Self {
             endpoint_config,
+            cids,
+            handoff,
             token_key: Arc::new(token_key),
             certs: Arc::clone(certs),
             sessions: rustls::server::ServerSessionMemoryCache::new(TLS_SESSIONS),
@@ -107,11 +114,17 @@ impl QuicGroup {
         Ok(sockets)
     }
 
-    /// Serves QUIC on one worker's socket until shutdown; then sends GOAWAY, lets open requests finish and
-    /// closes the endpoint. Follows reloads: new connections get the new transport settings.
-    pub async fn serve(self: Arc<Self>, socket: std::net::UdpSocket, core: Arc<Core>, shutdown: Shutdown) {
+    /// Serves QUIC on worker `worker`'s socket until shutdown; then sends GOAWAY, lets open requests finish
+    /// and closes the endpoint. Follows reloads: new connections get the new transport settings.
+    pub async fn serve(
+        self: Arc<Self>,
+        worker: usize,
+        socket: std::net::UdpSocket,
+        core: Arc<Core>,
+        shutdown: Shutdown,
+    ) {
         let mut changes = core.shared().subscribe();
-        let endpoint = match self.endpoint(socket, &changes.borrow_and_update().config.quic) {
+        let endpoint = match self.endpoint(worker, socket, &changes.borrow_and_update().config.quic) {
             Ok(endpoint) => endpoint,
             Err(error) => {
                 tracing::error!("QUIC endpoint not started: {error:#}");
@@ -139,15 +152,26 @@ impl QuicGroup {
         endpoint.wait_idle().await;
     }
 
-    fn endpoint(&self, socket: std::net::UdpSocket, quic: &QuicConfig) -> anyhow::Result<quinn::Endpoint> {
+    /// Worker `worker`'s endpoint: its connection IDs name it, and its socket takes the packets other
+    /// workers' sockets received for its connections.
+    fn endpoint(
+        &self,
+        worker: usize,
+        socket: std::net::UdpSocket,
+        quic: &QuicConfig,
+    ) -> anyhow::Result<quinn::Endpoint> {
         let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-        quinn::Endpoint::new(
-            self.endpoint_config.clone(),
-            Some(self.server_config(quic)?),
-            socket,
-            runtime,
-        )
-        .context("cannot start the QUIC endpoint")
+        let mut socket = runtime.wrap_udp_socket(socket).context("cannot use the UDP socket")?;
+        if let Some(handoff) = &self.handoff {
+            socket = handoff
+                .socket(worker, socket)
+                .with_context(|| format!("worker {worker} has no hand-off queue"))?;
+        }
+        let mut endpoint_config = self.endpoint_config.clone();
+        let cids = Arc::clone(&self.cids);
+        endpoint_config.cid_generator(move || Box::new(WorkerCids::new(Arc::clone(&cids), worker)));
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(self.server_config(quic)?), socket, runtime)
+            .context("cannot start the QUIC endpoint")
     }
 }
 

@@ -9,6 +9,7 @@
 //! or stopped, so clients never see a reset for a request the proxy answered.
 //!
 //! - `endpoint.rs`: the endpoints of every worker, their shared identity, Retry and the connection limit;
+//! - `handoff.rs`: connection IDs that name their worker, and packets handed to it from the others' sockets;
 //! - `connection.rs`: one connection's handshake, its request tasks and its shutdown;
 //! - `request.rs`: one request stream bridged to the core (request body in, response out);
 //! - `transport.rs`: h3's QUIC traits over quinn, with reads that cannot panic;
@@ -17,6 +18,7 @@
 mod connection;
 mod endpoint;
 mod fields;
+mod handoff;
 mod request;
 mod transport;
 

@@ -270,6 +270,19 @@ impl H3Client {
     pub async fn get(&mut self, path_and_query: &str) -> Result<H3Reply, StreamError> {
         self.sender.get(path_and_query).await
     }
+
+    /// The client's own UDP address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("the client endpoint's address")
+    }
+
+    /// Moves the client to a new UDP socket on a new port: active migration (RFC 9000 §9), in which quinn
+    /// also switches to a connection ID the server issued and the client has not used yet.
+    pub fn migrate(&self) {
+        let socket =
+            std::net::UdpSocket::bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a new client socket");
+        self.endpoint.rebind(socket).expect("move the client to the new socket");
+    }
 }
 
 impl std::ops::Deref for H3Client {

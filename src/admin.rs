@@ -97,6 +97,10 @@ async fn route(state: &State, request: &Request<Incoming>) -> Response<Body> {
             Some(refused) => refused,
             None => json(api::reload(shared).await),
         },
+        (&Method::POST, ["api", "upgrade"]) => match authorized(shared, request) {
+            Some(refused) => refused,
+            None => json(api::upgrade(shared).await),
+        },
         (&Method::GET | &Method::HEAD, _) => match path {
             "/metrics" => {
                 let mut text = state.metrics.render();

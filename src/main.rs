@@ -11,7 +11,9 @@ use quic_proxy::app;
 use quic_proxy::config::{parse_listen_addr, Config, LogFormat, LoggingConfig};
 use quic_proxy::demo_backend::DemoBackend;
 use quic_proxy::routing::Snapshot;
-use quic_proxy::runtime::{bind_tcp, Shared, Shutdown};
+use quic_proxy::runtime::inherit::{Inherited, Program, TAG_KEY, TAG_READY};
+use quic_proxy::runtime::notify::notify;
+use quic_proxy::runtime::{bind_tcp, Shared, Shutdown, UpgradeRequest};
 use quic_proxy::tls::{self, CertStore};
 
 #[cfg(feature = "mimalloc")]
@@ -230,11 +232,31 @@ fn generate_cert(out: &Path, hosts: &[String]) -> ExitCode {
 }
 
 fn run_proxy(path: &Path, found_by: &str, watch: bool) -> ExitCode {
-    let config = match load(path) {
+    // Claimed before any thread starts: the descriptors and the variables naming them.
+    let inherited = match Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(error) => {
+            eprintln!("quic-proxy: cannot take over the previous process's sockets: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let program = Program::current();
+    let mut config = match load(path) {
         Ok(config) => config,
         Err(code) => return code,
     };
     quic_proxy::logging::init(&config.telemetry.logging);
+    let link = match inherited
+        .as_ref()
+        .map(|inherited| take_key(inherited, &mut config))
+        .transpose()
+    {
+        Ok(link) => link,
+        Err(error) => {
+            eprintln!("quic-proxy: upgrade: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let certs = match load_certs(path, &config) {
         Ok(certs) => certs,
         Err(code) => return code,
@@ -247,20 +269,55 @@ fn run_proxy(path: &Path, found_by: &str, watch: bool) -> ExitCode {
             // Signal handlers first: a SIGHUP or SIGTERM right after start-up must not hit the default action.
             let signals = Signals::install()?;
             let digest = config.digest.clone();
-            let running = app::start(config, certs).await?;
-            tracing::info!(config = %path.display(), found_by, digest, "quic-proxy started");
+            let running = app::start_with(config, certs, inherited).await?;
+            let pid = std::process::id();
+            tracing::info!(config = %path.display(), found_by, digest, pid, "quic-proxy started");
+            match &link {
+                Some(link) => {
+                    link.send(&[TAG_READY])
+                        .context("cannot tell the previous process this one serves")?;
+                    notify(&format!("MAINPID={pid}\nREADY=1"));
+                }
+                None => notify("READY=1"),
+            }
             let watcher = watch.then(|| quic_proxy::control::watch::spawn(path, Arc::clone(running.shared())));
-            signals.wait(running.shared()).await;
+            let stop = signals.wait(&running, program.as_ref().ok()).await;
             drop(watcher);
             let timeout = running.shared().snapshot().config.server.drain_timeout;
-            tracing::info!(?timeout, "shutting down: draining in-flight requests");
-            if !running.shutdown().await {
+            let finished = match stop {
+                Stop::Terminate => {
+                    tracing::info!(?timeout, "shutting down: draining in-flight requests");
+                    running.shutdown().await
+                }
+                Stop::HandOver(successor) => running.hand_over(successor).await,
+            };
+            if !finished {
                 tracing::warn!("drain timeout reached; closing remaining connections");
             }
             anyhow::Ok(())
         })
     });
     exit_with(result)
+}
+
+/// Reads the previous process's QUIC key from the upgrade link: without a configured
+/// `quic.stateless_reset_key` this process takes it over, so that it reads the previous process's
+/// connection IDs and issues resets and Retry tokens under the same key. Returns the link.
+fn take_key(inherited: &Inherited, config: &mut Config) -> anyhow::Result<std::os::unix::net::UnixDatagram> {
+    let link = inherited.link.try_clone().context("cannot use the upgrade link")?;
+    link.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    let mut message = vec![0u8; 256];
+    let length = link.recv(&mut message).context("no key from the previous process")?;
+    match message[..length].split_first() {
+        Some((&TAG_KEY, key)) => {
+            if config.quic_secret.is_none() && !key.is_empty() {
+                config.quic_secret = Some(key.to_vec());
+            }
+        }
+        _ => anyhow::bail!("the previous process sent something other than its key"),
+    }
+    link.set_read_timeout(None)?;
+    Ok(link)
 }
 
 fn run_backend(listen: &str, name: &str) -> ExitCode {
@@ -296,11 +353,20 @@ fn exit_with(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-/// SIGTERM, SIGINT and SIGHUP, listened for from the moment they are installed.
+/// SIGTERM, SIGINT, SIGHUP and SIGUSR2, listened for from the moment they are installed.
 struct Signals {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
     hangup: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
+}
+
+/// Why the proxy stops serving.
+enum Stop {
+    /// SIGTERM or SIGINT: drain and exit.
+    Terminate,
+    /// A binary upgrade: the new process serves; hand over and exit.
+    HandOver(app::Successor),
 }
 
 impl Signals {
@@ -310,19 +376,41 @@ impl Signals {
             terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
             interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
             hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
+            user2: signal(SignalKind::user_defined2()).context("cannot listen for SIGUSR2")?,
         })
     }
 
-    /// Waits for SIGTERM or SIGINT; on SIGHUP reloads the whole configuration (a bad file changes nothing).
-    async fn wait(mut self, shared: &Shared) {
+    /// Waits for SIGTERM or SIGINT, or a binary upgrade that succeeded (SIGUSR2 or `POST /api/upgrade`);
+    /// on SIGHUP reloads the whole configuration (a bad file changes nothing). A failed upgrade changes
+    /// nothing either: this process serves on.
+    async fn wait(mut self, running: &app::Running, program: Option<&Program>) -> Stop {
+        let shared: &Shared = running.shared();
+        let mut requests = shared.take_upgrade_requests();
         loop {
-            tokio::select! {
-                _ = self.terminate.recv() => return,
-                _ = self.interrupt.recv() => return,
-                _ = self.hangup.recv() => match shared.reload_from_file().await {
-                    Ok(report) => tracing::info!("SIGHUP: {report}"),
-                    Err(error) => tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}"),
-                },
+            let reply: Option<UpgradeRequest> = tokio::select! {
+                _ = self.terminate.recv() => return Stop::Terminate,
+                _ = self.interrupt.recv() => return Stop::Terminate,
+                _ = self.hangup.recv() => {
+                    match shared.reload_from_file().await {
+                        Ok(report) => tracing::info!("SIGHUP: {report}"),
+                        Err(error) => tracing::error!("SIGHUP: configuration not reloaded, the running one stays: {error}"),
+                    }
+                    continue;
+                }
+                _ = self.user2.recv() => None,
+                Some(reply) = async { match requests.as_mut() { Some(r) => r.recv().await, None => std::future::pending().await } } => Some(reply),
+            };
+            let outcome = match program {
+                Some(program) => running.upgrade(program).await.map_err(|error| format!("{error:#}")),
+                None => Err("the running binary's path is unknown".to_owned()),
+            };
+            let answer = outcome.as_ref().map(|successor| successor.pid).map_err(Clone::clone);
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+            match outcome {
+                Ok(successor) => return Stop::HandOver(successor),
+                Err(error) => tracing::error!("upgrade failed, this process serves on: {error}"),
             }
         }
     }

@@ -111,6 +111,7 @@ pub fn state(shared: &Shared) -> Value {
     let (tcp_clients, quic_clients) = shared.clients_connected();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
         "generation": snapshot.generation,
         "digest": snapshot.config.digest,
         "started_at": timestamp(shared.started()),
@@ -285,6 +286,15 @@ pub async fn reload(shared: &Shared) -> (StatusCode, Value) {
             tracing::error!("admin API: configuration not reloaded, the running one stays: {error}");
             (StatusCode::BAD_REQUEST, json!({ "error": error.to_string() }))
         }
+    }
+}
+
+/// Starts the binary again with the listening sockets (a binary upgrade): 200 with the new process's ID once
+/// it serves, 500 with why it does not (this process then serves on as before).
+pub async fn upgrade(shared: &Shared) -> (StatusCode, Value) {
+    match shared.request_upgrade().await {
+        Ok(pid) => (StatusCode::OK, json!({ "pid": pid })),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, json!({ "error": error })),
     }
 }
 

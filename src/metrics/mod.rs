@@ -69,7 +69,7 @@ fn register_process_wide() {
     for result in ["issued", "failed"] {
         counter!(ACME_ORDERS_TOTAL, "result" => result).absolute(0);
     }
-    for result in ["delivered", "dropped"] {
+    for result in ["delivered", "previous_process", "dropped"] {
         counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => result).absolute(0);
     }
     for protocol in ["tcp", "quic"] {
@@ -138,10 +138,12 @@ pub fn record_quic_handshake(ok: bool) {
 }
 
 /// Records a Retry packet sent.
-/// The counters of QUIC packets handed between workers: delivered, dropped.
-pub fn quic_handoff_counters() -> (metrics::Counter, metrics::Counter) {
+/// The counters of QUIC datagrams handed to where their connection is: delivered to another worker, sent
+/// to the previous process (across a binary upgrade), dropped.
+pub fn quic_handoff_counters() -> (metrics::Counter, metrics::Counter, metrics::Counter) {
     (
         counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => "delivered"),
+        counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => "previous_process"),
         counter!(QUIC_PACKETS_HANDED_OFF_TOTAL, "result" => "dropped"),
     )
 }

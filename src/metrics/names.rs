@@ -118,7 +118,7 @@ pub(super) fn describe() {
     describe_counter!(
         QUIC_PACKETS_HANDED_OFF_TOTAL,
         Unit::Count,
-        "QUIC packets that reached one worker's socket for a connection of another, by result (delivered to the owning worker, dropped: its queue was full)."
+        "QUIC packets that reached one worker's socket for a connection of another, by result (delivered to the owning worker, previous_process: sent to the process before a binary upgrade, dropped: its queue was full or that process is gone)."
     );
     describe_counter!(
         QUIC_CONNECTIONS_REFUSED_TOTAL,

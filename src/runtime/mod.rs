@@ -3,7 +3,9 @@
 //! listener and the health prober depend on it; it depends on none of them.
 
 mod clients;
+pub mod inherit;
 mod net;
+pub mod notify;
 mod reload;
 mod shutdown;
 mod state;
@@ -13,4 +15,4 @@ pub use clients::ClientSlot;
 pub use net::{accept_loop, bind_tcp, bind_tcp_group, bind_tcp_std, bind_udp, is_address_in_use, Counted};
 pub use reload::{ReloadError, ReloadReport};
 pub use shutdown::Shutdown;
-pub use state::{NotReady, Readiness, Shared, TcpSlot};
+pub use state::{NotReady, Readiness, Shared, TcpSlot, UpgradeRequest};

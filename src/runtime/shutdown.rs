@@ -1,6 +1,8 @@
 //! Shutdown: stop accepting, let tracked work finish, bounded by a drain timeout.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -11,6 +13,10 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tasks: TaskTracker,
+    /// Set when the listeners pass to a new process (binary upgrade) rather than going away: connections
+    /// then need not hurry, and an idle HTTP/1.1 connection is left to its client's next request (answered
+    /// with `Connection: close`) or its header timeout, instead of being closed under a request in flight.
+    handover: Arc<AtomicBool>,
 }
 
 impl Shutdown {
@@ -30,6 +36,17 @@ impl Shutdown {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task);
+    }
+
+    /// Begins shutdown because another process takes over the listeners (see the `handover` field).
+    pub fn begin_handover(&self) {
+        self.handover.store(true, Ordering::Relaxed);
+        self.begin();
+    }
+
+    /// True once a hand-over to another process has begun.
+    pub fn is_handover(&self) -> bool {
+        self.handover.load(Ordering::Relaxed)
     }
 
     /// Begins shutdown without waiting.

@@ -52,6 +52,28 @@ pub struct Shared {
     compression: CompressionStreams,
     /// The HTTPS listener's bound port, for redirects from plain HTTP (0 until it is bound).
     https_port: std::sync::atomic::AtomicU16,
+    /// Binary upgrades asked for through the admin API, for whoever runs them (the binary's main loop).
+    upgrades: UpgradeRequests,
+}
+
+/// A binary upgrade asked for: answered with the new process's ID, or why there is none.
+pub type UpgradeRequest = tokio::sync::oneshot::Sender<Result<u32, String>>;
+
+/// The queue of upgrade requests; its receiving end is taken once, by what can run an upgrade.
+#[derive(Debug)]
+struct UpgradeRequests {
+    sender: tokio::sync::mpsc::Sender<UpgradeRequest>,
+    receiver: Mutex<Option<tokio::sync::mpsc::Receiver<UpgradeRequest>>>,
+}
+
+impl Default for UpgradeRequests {
+    fn default() -> Self {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        Self {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
 }
 
 /// A TCP connection's places under `server.max_connections` and its client's share.
@@ -100,7 +122,29 @@ impl Shared {
             quic_clients: PerClient::default(),
             compression: CompressionStreams::default(),
             https_port: std::sync::atomic::AtomicU16::new(0),
+            upgrades: UpgradeRequests::default(),
         }))
+    }
+
+    /// Asks for a binary upgrade and waits for its outcome: the new process's ID, or why there is none.
+    pub async fn request_upgrade(&self) -> Result<u32, String> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.upgrades
+            .sender
+            .try_send(reply)
+            .map_err(|_| "an upgrade is already under way".to_owned())?;
+        outcome.await.unwrap_or_else(|_| {
+            Err("this process does not run binary upgrades (only the quic-proxy binary does)".to_owned())
+        })
+    }
+
+    /// The upgrade requests, for the one loop that runs them (`None` once taken).
+    pub fn take_upgrade_requests(&self) -> Option<tokio::sync::mpsc::Receiver<UpgradeRequest>> {
+        self.upgrades
+            .receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// The HTTPS listener's port, once bound.

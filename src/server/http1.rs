@@ -105,12 +105,23 @@ where
     let (io, verdicts) = FramingWatch::new(io, settings.max_header_bytes);
     let shared = Arc::clone(core.shared());
     let alt_svc = settings.alt_svc.clone();
+    let closing = drain.clone();
     let service = service_fn(move |mut request: Request<Incoming>| {
         if let Some(violation) = verdicts.next_request() {
             request.extensions_mut().insert(Refused(violation.error()));
         }
-        let (core, alt_svc) = (Arc::clone(&core), alt_svc.clone());
-        async move { Ok::<_, Infallible>(handle(&core, request, client, alt_svc).await) }
+        let (core, alt_svc, closing) = (Arc::clone(&core), alt_svc.clone(), closing.clone());
+        async move {
+            let mut response = handle(&core, request, client, alt_svc).await;
+            // Once shutdown has begun every response says the connection ends with it, so the client opens
+            // a new one (to the process taking over, in an upgrade) rather than racing a close.
+            if closing.has_begun() && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -122,7 +133,15 @@ where
     let connection = builder.serve_connection(io, service).with_upgrades();
     async move {
         let _open = shared.connection_open(Protocol::Http11);
-        let result = serve_until_drained(connection, &drain, |c| c.graceful_shutdown()).await;
+        // On shutdown hyper closes an idle connection at once, which a request already on its way would meet;
+        // in a hand-over there is no hurry, so the connection ends after its next response instead (or at
+        // its header timeout, or the drain timeout).
+        let result = serve_until_drained(connection, &drain, |c| {
+            if !drain.is_handover() {
+                c.graceful_shutdown();
+            }
+        })
+        .await;
         if let Err(error) = result {
             tracing::debug!(peer = %client.peer, "HTTP/1.1 connection ended: {error}");
         }

@@ -21,5 +21,6 @@ mod reload;
 mod resource_exhaustion;
 mod route_actions;
 mod traffic_policy;
+mod upgrade;
 mod upload_aborts;
 mod upstream_protocols;

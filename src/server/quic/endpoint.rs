@@ -23,6 +23,15 @@ use crate::proxy::Core;
 use crate::runtime::{Counted, Shutdown};
 use crate::tls::CertStore;
 
+impl std::fmt::Debug for QuicGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuicGroup")
+            .field("generation", &self.generation)
+            .field("open", &self.open)
+            .finish_non_exhaustive()
+    }
+}
+
 /// TLS sessions kept for resumption (each a few hundred bytes).
 const TLS_SESSIONS: usize = 16_384;
 
@@ -32,8 +41,12 @@ const TLS_SESSIONS: usize = 16_384;
 pub struct QuicGroup {
     endpoint_config: EndpointConfig,
     cids: Arc<CidCodec>,
-    /// With more than one worker: packets that reached another worker's socket go to their connection's.
-    handoff: Option<Arc<HandOff>>,
+    /// The key the endpoint identity derives from, handed to the next process in a binary upgrade.
+    secret: Vec<u8>,
+    /// This process's generation (0 or 1), which its connection IDs carry.
+    generation: u8,
+    /// Where a datagram goes when it reached the wrong socket: another worker, or the previous process.
+    handoff: Arc<HandOff>,
     token_key: Arc<dyn quinn::crypto::HandshakeTokenKey>,
     certs: Arc<CertStore>,
     /// TLS sessions for resumption and 0-RTT, shared so that a ticket is good on every worker and across
@@ -50,7 +63,7 @@ pub struct QuicGroup {
 impl QuicGroup {
     /// The endpoint identity from config for `workers` workers; without `quic.stateless_reset_key` the keys
     /// are random, but the same for every worker of this process.
-    pub fn new(config: &Config, certs: &Arc<CertStore>, workers: usize) -> anyhow::Result<Arc<Self>> {
+    pub fn new(config: &Config, certs: &Arc<CertStore>, workers: usize, generation: u8) -> anyhow::Result<Arc<Self>> {
         let secret = match &config.quic_secret {
             Some(secret) => secret.clone(),
             None => {
@@ -63,10 +76,12 @@ impl QuicGroup {
         let token_key = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"quic-proxy retry tokens").extract(&secret);
         let endpoint_config = EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret)));
         let cids = Arc::new(CidCodec::new(&secret, config.quic.connection_id_length)?);
-        let handoff = (workers > 1).then(|| HandOff::new(Arc::clone(&cids), workers));
+        let handoff = HandOff::new(Arc::clone(&cids), workers, generation);
         let group = Arc::new(Self {
             endpoint_config,
             cids,
+            secret,
+            generation,
             handoff,
             token_key: Arc::new(token_key),
             certs: Arc::clone(certs),
@@ -78,6 +93,31 @@ impl QuicGroup {
         // A bad transport setting stops start-up here rather than in a worker.
         group.server_config(&config.quic)?;
         Ok(group)
+    }
+
+    /// The key the QUIC identity derives from (the next process in an upgrade takes it over).
+    pub fn key(&self) -> &[u8] {
+        &self.secret
+    }
+
+    /// QUIC connections open, over every worker.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// The previous process's link: datagrams for its connections go there (see `handoff.rs`).
+    pub fn set_previous(&self, link: std::os::unix::net::UnixDatagram) -> io::Result<()> {
+        self.handoff.set_previous(link)
+    }
+
+    /// A newer process reads the sockets from now on: stop reading them, keep sending.
+    pub fn stop_receiving(&self) {
+        self.handoff.stop_receiving();
+    }
+
+    /// A datagram the newer process passed over the link, for one of this process's connections.
+    pub fn deliver(&self, message: &[u8]) {
+        self.handoff.deliver(message);
     }
 
     /// The server side of the QUIC config: TLS, Retry token key and transport, rebuilt whole on each reload
@@ -161,15 +201,14 @@ impl QuicGroup {
         quic: &QuicConfig,
     ) -> anyhow::Result<quinn::Endpoint> {
         let runtime = quinn::default_runtime().context("no async runtime for QUIC")?;
-        let mut socket = runtime.wrap_udp_socket(socket).context("cannot use the UDP socket")?;
-        if let Some(handoff) = &self.handoff {
-            socket = handoff
-                .socket(worker, socket)
-                .with_context(|| format!("worker {worker} has no hand-off queue"))?;
-        }
+        let socket = runtime.wrap_udp_socket(socket).context("cannot use the UDP socket")?;
+        let socket = self
+            .handoff
+            .socket(worker, socket)
+            .with_context(|| format!("worker {worker} has no hand-off queue"))?;
         let mut endpoint_config = self.endpoint_config.clone();
-        let cids = Arc::clone(&self.cids);
-        endpoint_config.cid_generator(move || Box::new(WorkerCids::new(Arc::clone(&cids), worker)));
+        let (cids, generation) = (Arc::clone(&self.cids), self.generation);
+        endpoint_config.cid_generator(move || Box::new(WorkerCids::new(Arc::clone(&cids), worker, generation)));
         quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(self.server_config(quic)?), socket, runtime)
             .context("cannot start the QUIC endpoint")
     }

@@ -15,7 +15,15 @@
 //! AES-128 (QUIC's header-protection function) of the random bytes under a key derived from the stateless
 //! reset key. An observer without the key sees uniformly random IDs, so the IDs of one connection cannot be
 //! linked to each other or to a worker (RFC 9000 §9.5); instances sharing `quic.stateless_reset_key` can read
-//! each other's routing bytes. The generation bit is 0; it is reserved for telling two processes apart.
+//! each other's routing bytes. The generation bit tells the process that issued the ID from the one before
+//! it across a binary upgrade (`runtime::inherit`), which passes its key on.
+//!
+//! ## Across a binary upgrade
+//! Both processes hold the same UDP sockets. The new one reads them all; the old one stops reading
+//! ([`HandOff::stop_receiving`]) and keeps sending. A datagram the new process reads for an ID of the other
+//! generation goes over the link to the old process ([`HandOff::set_previous`]), which hands it to the
+//! owning worker ([`HandOff::deliver`]), until the old process exits and the link closes; from then on such
+//! IDs are unknown and get a stateless reset.
 //!
 //! ## What is handed off
 //! Short-header packets and Handshake packets, by their destination connection ID. Initial and 0-RTT packets
@@ -27,18 +35,22 @@
 
 use std::fmt;
 use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::os::unix::net::UnixDatagram;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use quinn::udp::{RecvMeta, Transmit};
+use quinn::udp::{EcnCodepoint, RecvMeta, Transmit};
 use quinn::{AsyncUdpSocket, UdpPoller};
 use quinn_proto::{ConnectionId, ConnectionIdGenerator};
 use rand::Rng as _;
 use ring::aead::quic::{HeaderProtectionKey, AES_128};
 use tokio::sync::mpsc;
+
+use crate::runtime::inherit::TAG_DATAGRAM;
 
 /// Bytes of packets waiting in one worker's queue, at most.
 pub const QUEUE_BYTES: usize = 2 << 20;
@@ -136,17 +148,25 @@ pub struct WorkerCids {
 }
 
 impl WorkerCids {
-    pub fn new(codec: Arc<CidCodec>, worker: usize) -> Self {
+    pub fn new(codec: Arc<CidCodec>, worker: usize, generation: u8) -> Self {
         Self {
             codec,
-            route: route_of(worker),
+            route: route_of(worker, generation),
         }
     }
 }
 
-/// The route field of worker `worker` in this generation (config keeps workers at 1024 or fewer).
-fn route_of(worker: usize) -> u16 {
-    u16::try_from(worker).map_or(0x7fff, |w| w & 0x7fff)
+/// The generation bit of a route field.
+const GENERATION: u16 = 0x8000;
+
+/// The route field of worker `worker` (config keeps workers at 1024 or fewer) in `generation`.
+fn route_of(worker: usize, generation: u8) -> u16 {
+    let worker = u16::try_from(worker).map_or(!GENERATION, |w| w & !GENERATION);
+    if generation & 1 == 1 {
+        worker | GENERATION
+    } else {
+        worker
+    }
 }
 
 impl ConnectionIdGenerator for WorkerCids {
@@ -178,8 +198,34 @@ struct Mailbox {
 /// The queues of every worker of a process, and the receiving ends until each worker takes its own.
 pub struct HandOff {
     codec: Arc<CidCodec>,
+    /// This process's generation bit.
+    generation: u16,
     mailboxes: Vec<Mailbox>,
     receivers: Mutex<Vec<Option<mpsc::Receiver<Handed>>>>,
+    /// False once a newer process reads the sockets (this one only sends, and takes what it is handed).
+    receiving: AtomicBool,
+    /// The link to the process before this one, while it serves connections of its own.
+    previous: OnceLock<Previous>,
+    delivered: metrics::Counter,
+    to_previous: metrics::Counter,
+    dropped: metrics::Counter,
+}
+
+/// The link to the previous process, non-blocking.
+struct Previous {
+    link: UnixDatagram,
+    open: AtomicBool,
+}
+
+/// Where a datagram goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// This worker (its own connection, an unknown one, or a packet not routed by its ID).
+    Here,
+    /// Another worker of this process.
+    Worker(usize),
+    /// The previous process, across the upgrade link.
+    Previous,
 }
 
 impl fmt::Debug for HandOff {
@@ -191,7 +237,7 @@ impl fmt::Debug for HandOff {
 }
 
 impl HandOff {
-    pub fn new(codec: Arc<CidCodec>, workers: usize) -> Arc<Self> {
+    pub fn new(codec: Arc<CidCodec>, workers: usize, generation: u8) -> Arc<Self> {
         let (mailboxes, receivers) = (0..workers)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel(QUEUE_PACKETS);
@@ -204,11 +250,50 @@ impl HandOff {
                 )
             })
             .unzip();
+        let (delivered, to_previous, dropped) = crate::metrics::quic_handoff_counters();
         Arc::new(Self {
             codec,
+            generation: route_of(0, generation),
             mailboxes,
             receivers: Mutex::new(receivers),
+            receiving: AtomicBool::new(true),
+            previous: OnceLock::new(),
+            delivered,
+            to_previous,
+            dropped,
         })
+    }
+
+    /// From now on datagrams for IDs of the other generation go to the previous process over `link`.
+    pub fn set_previous(&self, link: UnixDatagram) -> io::Result<()> {
+        link.set_nonblocking(true)?;
+        let _ = self.previous.set(Previous {
+            link,
+            open: AtomicBool::new(true),
+        });
+        Ok(())
+    }
+
+    /// Stops reading the sockets: a newer process reads them now and hands this one its datagrams.
+    pub fn stop_receiving(&self) {
+        self.receiving.store(false, Ordering::Relaxed);
+    }
+
+    /// A datagram the newer process read for one of this process's connections, as it came over the link:
+    /// handed to the worker that holds the connection.
+    pub fn deliver(&self, message: &[u8]) {
+        let Some((datagram, meta)) = decode_message(message) else {
+            self.dropped.increment(1);
+            return;
+        };
+        let worker = self.codec.route(datagram).and_then(|route| {
+            let worker = usize::from(route & !GENERATION);
+            (route & GENERATION == self.generation && worker < self.mailboxes.len()).then_some(worker)
+        });
+        match worker {
+            Some(worker) => self.hand_to(worker, datagram, &meta),
+            None => self.dropped.increment(1),
+        }
     }
 
     /// Worker `worker`'s socket: `inner`, plus the packets other workers hand to it. `None` when the
@@ -220,24 +305,138 @@ impl HandOff {
             .unwrap_or_else(PoisonError::into_inner)
             .get_mut(worker)?
             .take()?;
-        let (delivered, dropped) = crate::metrics::quic_handoff_counters();
         Some(Arc::new(HandOffSocket {
             inner,
             worker,
             group: Arc::clone(self),
             receiver: Mutex::new(receiver),
-            delivered,
-            dropped,
         }))
     }
 
-    /// The worker a datagram belongs to, when that is not `here`.
-    fn owner(&self, datagram: &[u8], here: usize) -> Option<usize> {
-        let route = self.codec.route(datagram)?;
-        // Generation bit set: not an ID this process issues.
-        let worker = (route & 0x8000 == 0).then_some(usize::from(route))?;
-        (worker != here && worker < self.mailboxes.len()).then_some(worker)
+    /// Where a datagram that reached worker `here`'s socket belongs.
+    fn owner(&self, datagram: &[u8], here: usize) -> Owner {
+        let Some(route) = self.codec.route(datagram) else {
+            return Owner::Here;
+        };
+        if route & GENERATION != self.generation {
+            let previous = self.previous.get().is_some_and(|p| p.open.load(Ordering::Relaxed));
+            return if previous { Owner::Previous } else { Owner::Here };
+        }
+        let worker = usize::from(route & !GENERATION);
+        if worker != here && worker < self.mailboxes.len() {
+            Owner::Worker(worker)
+        } else {
+            Owner::Here
+        }
     }
+
+    /// Queues `datagram` for worker `owner`, within its queue's bound.
+    fn hand_to(&self, owner: usize, datagram: &[u8], meta: &RecvMeta) {
+        let Some(mailbox) = self.mailboxes.get(owner) else {
+            self.dropped.increment(1);
+            return;
+        };
+        let size = datagram.len();
+        let reserved = mailbox
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
+                (queued + size <= QUEUE_BYTES).then_some(queued + size)
+            })
+            .is_ok();
+        if !reserved {
+            self.dropped.increment(1);
+            return;
+        }
+        let handed = Handed {
+            data: Bytes::copy_from_slice(datagram),
+            meta: RecvMeta {
+                len: size,
+                stride: size,
+                ..*meta
+            },
+        };
+        match mailbox.sender.try_send(handed) {
+            Ok(()) => self.delivered.increment(1),
+            Err(_) => {
+                mailbox.queued.fetch_sub(size, Ordering::Relaxed);
+                self.dropped.increment(1);
+            }
+        }
+    }
+
+    /// Sends `datagram` to the previous process; when its link is gone, the datagram is dropped and IDs of
+    /// its generation are treated as unknown from then on.
+    fn hand_to_previous(&self, datagram: &[u8], meta: &RecvMeta) {
+        let Some(previous) = self.previous.get() else {
+            self.dropped.increment(1);
+            return;
+        };
+        match previous.link.send(&encode_message(datagram, meta)) {
+            Ok(_) => self.to_previous.increment(1),
+            Err(error) => {
+                if error.kind() != io::ErrorKind::WouldBlock {
+                    tracing::info!("the previous process is gone: its connections' datagrams get resets from now on");
+                    previous.open.store(false, Ordering::Relaxed);
+                }
+                self.dropped.increment(1);
+            }
+        }
+    }
+}
+
+/// A datagram on the upgrade link: a tag, the ECN bits, the source address (16 bytes of IPv6 or mapped
+/// IPv4, then the port), the local address it was sent to (a family byte, 0 when unknown, then 16 bytes),
+/// then the datagram.
+const MESSAGE_HEAD: usize = 1 + 1 + 16 + 2 + 1 + 16;
+
+fn encode_message(datagram: &[u8], meta: &RecvMeta) -> Vec<u8> {
+    let mut message = Vec::with_capacity(MESSAGE_HEAD + datagram.len());
+    message.push(TAG_DATAGRAM);
+    message.push(meta.ecn.map_or(0, |ecn| ecn as u8));
+    let source = match meta.addr.ip() {
+        IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+        IpAddr::V6(ip) => ip,
+    };
+    message.extend_from_slice(&source.octets());
+    message.extend_from_slice(&meta.addr.port().to_be_bytes());
+    match meta.dst_ip {
+        None => message.extend_from_slice(&[0; 17]),
+        Some(IpAddr::V4(ip)) => {
+            message.push(4);
+            message.extend_from_slice(&ip.to_ipv6_mapped().octets());
+        }
+        Some(IpAddr::V6(ip)) => {
+            message.push(6);
+            message.extend_from_slice(&ip.octets());
+        }
+    }
+    message.extend_from_slice(datagram);
+    message
+}
+
+fn decode_message(message: &[u8]) -> Option<(&[u8], RecvMeta)> {
+    if message.len() <= MESSAGE_HEAD || message[0] != TAG_DATAGRAM {
+        return None;
+    }
+    let ip = |bytes: &[u8]| -> Option<Ipv6Addr> { Some(Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?)) };
+    let source = ip(&message[2..18])?;
+    let source = source.to_ipv4_mapped().map_or(IpAddr::V6(source), IpAddr::V4);
+    let port = u16::from_be_bytes([message[18], message[19]]);
+    let local = ip(&message[21..37])?;
+    let dst_ip = match message[20] {
+        4 => Some(IpAddr::V4(local.to_ipv4_mapped()?)),
+        6 => Some(IpAddr::V6(local)),
+        _ => None,
+    };
+    let datagram = &message[MESSAGE_HEAD..];
+    let meta = RecvMeta {
+        addr: SocketAddr::new(source, port),
+        len: datagram.len(),
+        stride: datagram.len(),
+        ecn: EcnCodepoint::from_bits(message[1]),
+        dst_ip,
+    };
+    Some((datagram, meta))
 }
 
 /// A worker's UDP socket as its quinn endpoint sees it: sends go out as they are; receives are the packets
@@ -247,8 +446,6 @@ struct HandOffSocket {
     worker: usize,
     group: Arc<HandOff>,
     receiver: Mutex<mpsc::Receiver<Handed>>,
-    delivered: metrics::Counter,
-    dropped: metrics::Counter,
 }
 
 impl fmt::Debug for HandOffSocket {
@@ -300,47 +497,18 @@ impl HandOffSocket {
         while offset < length {
             let end = (offset + stride).min(length);
             match self.group.owner(&buf[offset..end], self.worker) {
-                None => {
+                Owner::Here => {
                     if kept != offset {
                         buf.copy_within(offset..end, kept);
                     }
                     kept += end - offset;
                 }
-                Some(owner) => self.hand_to(owner, &buf[offset..end], meta),
+                Owner::Worker(owner) => self.group.hand_to(owner, &buf[offset..end], meta),
+                Owner::Previous => self.group.hand_to_previous(&buf[offset..end], meta),
             }
             offset = end;
         }
         meta.len = kept;
-    }
-
-    fn hand_to(&self, owner: usize, datagram: &[u8], meta: &RecvMeta) {
-        let mailbox = &self.group.mailboxes[owner];
-        let size = datagram.len();
-        let reserved = mailbox
-            .queued
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |queued| {
-                (queued + size <= QUEUE_BYTES).then_some(queued + size)
-            })
-            .is_ok();
-        if !reserved {
-            self.dropped.increment(1);
-            return;
-        }
-        let handed = Handed {
-            data: Bytes::copy_from_slice(datagram),
-            meta: RecvMeta {
-                len: size,
-                stride: size,
-                ..*meta
-            },
-        };
-        match mailbox.sender.try_send(handed) {
-            Ok(()) => self.delivered.increment(1),
-            Err(_) => {
-                mailbox.queued.fetch_sub(size, Ordering::Relaxed);
-                self.dropped.increment(1);
-            }
-        }
     }
 }
 
@@ -362,6 +530,10 @@ impl AsyncUdpSocket for HandOffSocket {
         let handed = self.take_handed(cx, bufs, meta);
         if handed > 0 {
             return Poll::Ready(Ok(handed));
+        }
+        if !self.group.receiving.load(Ordering::Relaxed) {
+            // The handed-over queue is registered to wake this endpoint; the socket is another process's now.
+            return Poll::Pending;
         }
         let received = self.inner.poll_recv(cx, bufs, meta);
         if let Poll::Ready(Ok(count)) = received {
@@ -417,12 +589,12 @@ mod tests {
     fn every_id_a_worker_issues_routes_back_to_it() {
         let codec = codec();
         for worker in [0, 1, 7, 1023] {
-            let mut cids = WorkerCids::new(Arc::clone(&codec), worker);
+            let mut cids = WorkerCids::new(Arc::clone(&codec), worker, 0);
             for _ in 0..100 {
                 let id = cids.generate_cid();
                 assert_eq!(id.len(), 8);
-                assert_eq!(codec.route(&short_header(&id)), Some(route_of(worker)));
-                assert_eq!(codec.route(&long_header(HANDSHAKE, &id)), Some(route_of(worker)));
+                assert_eq!(codec.route(&short_header(&id)), Some(route_of(worker, 0)));
+                assert_eq!(codec.route(&long_header(HANDSHAKE, &id)), Some(route_of(worker, 0)));
             }
         }
     }
@@ -430,7 +602,7 @@ mod tests {
     #[test]
     fn the_routing_bytes_look_random_without_the_key() {
         // Worker 0's IDs: were the field in the clear, their first two bytes would always be 0.
-        let mut cids = WorkerCids::new(codec(), 0);
+        let mut cids = WorkerCids::new(codec(), 0, 0);
         let firsts: std::collections::HashSet<[u8; 2]> = (0..200)
             .map(|_| {
                 let id = cids.generate_cid();
@@ -453,7 +625,7 @@ mod tests {
     #[test]
     fn initial_and_0rtt_packets_and_short_datagrams_are_not_routed() {
         let codec = codec();
-        let id = WorkerCids::new(Arc::clone(&codec), 1).generate_cid();
+        let id = WorkerCids::new(Arc::clone(&codec), 1, 0).generate_cid();
         assert_eq!(codec.route(&long_header(0, &id)), None, "Initial");
         assert_eq!(codec.route(&long_header(1, &id)), None, "0-RTT");
         assert_eq!(
@@ -471,10 +643,54 @@ mod tests {
     #[test]
     fn a_route_past_the_last_worker_stays_where_it_arrived() {
         let codec = codec();
-        let group = HandOff::new(Arc::clone(&codec), 2);
-        let packet = |worker| short_header(&WorkerCids::new(Arc::clone(&codec), worker).generate_cid());
-        assert_eq!(group.owner(&packet(1), 0), Some(1));
-        assert_eq!(group.owner(&packet(0), 0), None, "its own");
-        assert_eq!(group.owner(&packet(5), 0), None, "no worker 5");
+        let group = HandOff::new(Arc::clone(&codec), 2, 0);
+        let packet = |worker| short_header(&WorkerCids::new(Arc::clone(&codec), worker, 0).generate_cid());
+        assert_eq!(group.owner(&packet(1), 0), Owner::Worker(1));
+        assert_eq!(group.owner(&packet(0), 0), Owner::Here, "its own");
+        assert_eq!(group.owner(&packet(5), 0), Owner::Here, "no worker 5");
+    }
+
+    #[test]
+    fn ids_of_the_other_generation_go_to_the_previous_process_while_it_is_there() {
+        let codec = codec();
+        let group = HandOff::new(Arc::clone(&codec), 2, 1);
+        let old = short_header(&WorkerCids::new(Arc::clone(&codec), 1, 0).generate_cid());
+        let new = short_header(&WorkerCids::new(Arc::clone(&codec), 1, 1).generate_cid());
+        assert_eq!(
+            group.owner(&old, 0),
+            Owner::Here,
+            "no previous process: unknown, reset here"
+        );
+        assert_eq!(group.owner(&new, 0), Owner::Worker(1));
+        let (link, _other_end) = UnixDatagram::pair().expect("a socket pair");
+        group.set_previous(link).expect("a non-blocking link");
+        assert_eq!(group.owner(&old, 0), Owner::Previous);
+        assert_eq!(group.owner(&new, 0), Owner::Worker(1));
+    }
+
+    #[test]
+    fn a_link_message_carries_the_datagram_and_its_addresses() {
+        for (from, to) in [
+            ("192.0.2.7:4433", Some("127.0.0.1")),
+            ("[2001:db8::1]:9", Some("::1")),
+            ("198.51.100.1:1", None),
+        ] {
+            let meta = RecvMeta {
+                addr: from.parse().expect("an address"),
+                dst_ip: to.map(|ip| ip.parse().expect("an address")),
+                ecn: Some(EcnCodepoint::Ce),
+                ..RecvMeta::default()
+            };
+            let message = encode_message(b"a datagram", &meta);
+            let (datagram, decoded) = decode_message(&message).expect("a message");
+            assert_eq!(datagram, b"a datagram");
+            assert_eq!(
+                (decoded.addr, decoded.dst_ip, decoded.ecn),
+                (meta.addr, meta.dst_ip, meta.ecn)
+            );
+            assert_eq!((decoded.len, decoded.stride), (10, 10));
+        }
+        assert!(decode_message(b"P").is_none());
+        assert!(decode_message(&[b'R'; 64]).is_none());
     }
 }

@@ -239,6 +239,28 @@ impl HttpClient {
             .await
     }
 
+    /// A GET whose failure is returned (with its causes) instead of failing the test.
+    pub async fn try_get(&self, path_and_query: &str) -> Result<Reply, String> {
+        let request = self.request("GET", path_and_query).body(empty()).expect("request");
+        let cause = |error: &dyn std::error::Error| {
+            let mut text = error.to_string();
+            let mut source = error.source();
+            while let Some(next) = source {
+                text.push_str(&format!(": {next}"));
+                source = next.source();
+            }
+            text
+        };
+        let response = self.client.request(request).await.map_err(|e| cause(&e))?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| cause(&e))?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
     pub async fn get_with_host(&self, host: &str, path_and_query: &str) -> Reply {
         self.send(
             self.request("GET", path_and_query)

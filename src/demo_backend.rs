@@ -7,7 +7,8 @@
 //! - `/text/{n}`: `n` bytes of JSON lines (`text/plain`), as compressible as a typical API answer.
 //! - `?delay_ms=N` on any request: wait N ms before answering.
 //! - any other request: JSON with the backend's name, the method, path, headers, and body size and SHA-256.
-//! - `Upgrade` requests: 101, then the upgraded connection echoes what it receives.
+//! - `Upgrade` requests: 101, then the upgraded connection echoes what it receives; a WebSocket handshake
+//!   (`Upgrade: websocket` with a key) is answered as RFC 6455 says and every message is echoed.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -271,7 +272,33 @@ fn stream_text(count: u64) -> Response<Body> {
 
 fn upgrade_and_echo(request: &mut Request<Incoming>) -> Response<Body> {
     let protocol = request.headers().get(header::UPGRADE).cloned();
+    let websocket_key = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|key| key.to_str().ok())
+        .filter(|_| {
+            protocol
+                .as_ref()
+                .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        })
+        .map(str::to_owned);
     let on_upgrade = hyper::upgrade::on(request);
+    if let Some(key) = websocket_key {
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                echo_websocket(TokioIo::new(upgraded)).await;
+            }
+        });
+        let mut response = Response::new(Body::empty());
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let headers = response.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        if let Ok(accept) = HeaderValue::from_str(&crate::wire::websocket_accept(&key)) {
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        }
+        return response;
+    }
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
@@ -292,6 +319,28 @@ fn upgrade_and_echo(request: &mut Request<Incoming>) -> Response<Body> {
         headers.insert(header::UPGRADE, protocol);
     }
     response
+}
+
+/// A WebSocket server that sends every text and binary message back, answers pings (tungstenite does) and
+/// closes when the client does.
+async fn echo_websocket<S>(io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut socket = tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+    while let Some(Ok(message)) = socket.next().await {
+        // A close from the client is answered by tungstenite itself, then the stream ends.
+        let echo = match message {
+            Message::Text(_) | Message::Binary(_) => message,
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+        };
+        if socket.send(echo).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Drains a body without keeping it (used by clients in tests and benches).

@@ -14,14 +14,43 @@ use crate::wire::{self, CodingError};
 #[derive(Debug, Clone)]
 pub struct Refused(pub ProxyError);
 
+/// The `:protocol` of an extended CONNECT (RFC 8441 over HTTP/2, RFC 9220 over HTTP/3), as the listener
+/// received it.
+#[derive(Debug, Clone)]
+pub struct ConnectProtocol(pub String);
+
+/// The one protocol an extended CONNECT may ask for: WebSocket, carried to an HTTP/1.1 backend as an upgrade.
+pub const WEBSOCKET: &str = "websocket";
+
+/// True when `request` is a WebSocket over HTTP/2 or HTTP/3 (an extended CONNECT the core serves).
+pub fn is_websocket_connect<B>(request: &Request<B>) -> bool {
+    request.method() == Method::CONNECT
+        && request.version() >= Version::HTTP_2
+        && request
+            .extensions()
+            .get::<ConnectProtocol>()
+            .is_some_and(|protocol| protocol.0 == WEBSOCKET)
+}
+
 /// Refuses a request that must not reach a backend.
 pub fn check_request(request: &Request<Body>) -> Result<(), ProxyError> {
     if let Some(Refused(error)) = request.extensions().get::<Refused>() {
         return Err(error.clone());
     }
-    // A reverse proxy is no tunnel: CONNECT (and extended CONNECT) is answered here, never forwarded.
+    // A reverse proxy is no tunnel: CONNECT is answered here, never forwarded. An extended CONNECT is served
+    // for WebSocket alone, and needs the target a WebSocket URI has (RFC 8441 4, RFC 9220 3).
     if request.method() == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed);
+        if is_websocket_connect(request) {
+            if request.uri().scheme().is_none() || request.uri().path_and_query().is_none() {
+                return Err(ProxyError::BadRequest("an extended CONNECT without :scheme or :path"));
+            }
+        } else if request.extensions().get::<ConnectProtocol>().is_some() {
+            return Err(ProxyError::NotImplemented(
+                "extended CONNECT for a protocol other than websocket",
+            ));
+        } else {
+            return Err(ProxyError::MethodNotAllowed);
+        }
     }
     // The asterisk form is for OPTIONS alone (RFC 9110 9.3.7, RFC 9114 4.3.1).
     if request.uri().path() == "*" && request.method() != Method::OPTIONS {

@@ -21,10 +21,11 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::answer::grpc_timeout;
-use super::checks::{check_request, request_host};
+use super::checks::{check_request, is_websocket_connect, request_host};
 use super::core::{ClientInfo, Core, Outcome};
 use super::headers::{self, Forwarding};
 use super::retry::{backoff, is_idempotent, replayable, Kept};
+use super::websocket;
 use crate::balancer::Backend;
 use crate::body::{Body, FailureFlag};
 use crate::config::Target;
@@ -33,6 +34,7 @@ use crate::error::{Origin, ProxyError};
 use crate::policy::{self, files, Admission, Context, RoutePolicy};
 use crate::protocol::Protocol;
 use crate::routing::{Affinity, InFlight, Observation, RouteTarget, Snapshot, Upstream};
+use crate::runtime::Watched;
 use crate::trace::{self, RequestTrace};
 use crate::upstream::{Answer, Upgraded};
 
@@ -155,6 +157,10 @@ struct Forward<'a> {
     /// An HTTP/1 head that asked for an upgrade is followed no further; unless the upgrade happens, the
     /// connection closes after this response.
     close_unless_switched: bool,
+    /// A WebSocket over HTTP/2 or HTTP/3, sent to the backend as an HTTP/1.1 upgrade with this key.
+    websocket_key: Option<String>,
+    /// A tunnel that moves no byte either way for this long is closed (`server.idle_timeout`).
+    tunnel_idle: std::time::Duration,
     attempts: u32,
 }
 
@@ -167,11 +173,13 @@ impl<'a> Forward<'a> {
         host: Option<&str>,
     ) -> Result<Self, ProxyError> {
         let is_http1 = request.version() <= Version::HTTP_11;
-        let upgrade = is_http1 && headers::is_upgrade_request(request.headers());
+        let websocket = is_websocket_connect(&request);
+        let upgrade = (is_http1 && headers::is_upgrade_request(request.headers())) || websocket;
         let close_unless_switched = is_http1 && request.headers().contains_key(header::UPGRADE);
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
         let (mut parts, body) = request.into_parts();
+        let websocket_key = websocket.then(|| websocket::as_upgrade(&mut parts));
         let affinity = upstream.affinity(&parts, client.peer.ip());
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
         // The target's authority wins over a Host header (RFC 9112 3.2.2, RFC 9113 8.3.1, RFC 9114 4.3.1).
@@ -224,6 +232,8 @@ impl<'a> Forward<'a> {
             client_body,
             client_upgrade,
             close_unless_switched,
+            websocket_key,
+            tunnel_idle: snapshot.config.server.idle_timeout,
             attempts: retries + 1,
         })
     }
@@ -379,17 +389,27 @@ impl<'a> Forward<'a> {
     /// The backend switched protocols: its answer goes to the client, and a tunnel joins the two.
     fn switch(
         &mut self,
-        response: Response<Body>,
+        mut response: Response<Body>,
         upgraded: Upgraded,
         in_flight: InFlight,
     ) -> Result<Response<Body>, ProxyError> {
-        let Some(client_upgrade) = self.client_upgrade.take() else {
-            return Err(ProxyError::UpstreamFailed {
-                backend: in_flight.backend().name.clone(),
-                cause: "101 Switching Protocols to a request that asked for no upgrade".to_owned(),
-            });
+        let failed = |cause: &str| ProxyError::UpstreamFailed {
+            backend: in_flight.backend().name.clone(),
+            cause: cause.to_owned(),
         };
-        tokio::spawn(tunnel(client_upgrade, upgraded, in_flight));
+        let Some(client_upgrade) = self.client_upgrade.take() else {
+            return Err(failed("101 Switching Protocols to a request that asked for no upgrade"));
+        };
+        if let Some(key) = &self.websocket_key {
+            // The client's handshake is the CONNECT and its 200; the backend's must be a real one.
+            if !websocket::accepted(key, response.headers()) {
+                return Err(failed(
+                    "the backend's WebSocket handshake answered with a wrong Sec-WebSocket-Accept",
+                ));
+            }
+            websocket::as_connect_response(&mut response);
+        }
+        tokio::spawn(tunnel(client_upgrade, upgraded, in_flight, self.tunnel_idle));
         Ok(response)
     }
 
@@ -453,14 +473,20 @@ fn end_attempt(
     trace.end_attempt(attempt, attributes, error);
 }
 
-/// Copies bytes both ways between an upgraded client and backend until either side closes.
-async fn tunnel(client: OnUpgrade, mut backend: Upgraded, in_flight: InFlight) {
+/// Copies bytes both ways between an upgraded client and backend until either side closes, or until no
+/// byte has moved either way for `idle`.
+async fn tunnel(client: OnUpgrade, mut backend: Upgraded, in_flight: InFlight, idle: std::time::Duration) {
     let name = &in_flight.backend().name;
     match client.await {
         Ok(client) => {
-            let mut client = TokioIo::new(client);
-            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                tracing::debug!(backend = %name, "upgraded connection ended: {error}");
+            let (mut client, activity) = Watched::new(TokioIo::new(client));
+            tokio::select! {
+                copied = tokio::io::copy_bidirectional(&mut client, &mut backend) => if let Err(error) = copied {
+                    tracing::debug!(backend = %name, "upgraded connection ended: {error}");
+                },
+                () = activity.silent_for(idle) => {
+                    tracing::debug!(backend = %name, "upgraded connection idle for {idle:?}: closed");
+                }
             }
         }
         Err(error) => tracing::warn!(backend = %name, "protocol upgrade failed: {error}"),

@@ -16,7 +16,8 @@ mod headers;
 mod metrics;
 mod plain;
 mod retry;
+mod websocket;
 
 pub use answer::error_response;
-pub use checks::{length_refusal, Refused};
+pub use checks::{length_refusal, ConnectProtocol, Refused};
 pub use core::{ClientInfo, Core};

@@ -2,27 +2,21 @@
 //! advertises HTTP/3 with Alt-Svc.
 
 use std::convert::Infallible;
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use http::HeaderValue;
 
 use crate::protocol::Protocol;
-use crate::proxy::{ClientInfo, Core};
-use crate::runtime::{accept_loop, Shutdown};
+use crate::proxy::{ClientInfo, ConnectProtocol, Core};
+use crate::runtime::{accept_loop, Activity, Shutdown, Watched};
 
 use super::http1::{self, Settings};
 
@@ -83,13 +77,20 @@ async fn serve_h2<I>(
 {
     let alt_svc = settings.alt_svc.clone();
     let shared = Arc::clone(core.shared());
-    let service = service_fn(move |request: Request<Incoming>| {
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        // An extended CONNECT's `:protocol`, in the form every listener gives the core.
+        if let Some(protocol) = request.extensions().get::<hyper::ext::Protocol>() {
+            let protocol = ConnectProtocol(protocol.as_str().to_owned());
+            request.extensions_mut().insert(protocol);
+        }
         let (core, alt_svc) = (Arc::clone(&core), alt_svc.clone());
         async move { Ok::<_, Infallible>(http1::handle(&core, request, client, alt_svc).await) }
     });
     let mut builder = http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSocket over HTTP/2 (RFC 8441).
+        .enable_connect_protocol()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
     let connection = builder.serve_connection(io, service);
@@ -111,98 +112,5 @@ async fn serve_h2<I>(
     };
     if let Err(error) = result {
         tracing::debug!(peer = %client.peer, "HTTP/2 connection ended: {error}");
-    }
-}
-
-/// When a connection last moved a byte, in milliseconds after `since`.
-#[derive(Clone)]
-struct Activity {
-    since: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Activity {
-    fn touch(&self) {
-        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        // One store per read or write; a relaxed atomic is all the watchdog needs.
-        self.last_ms.store(now, Ordering::Relaxed);
-    }
-
-    /// Resolves once no byte has moved for `limit`.
-    async fn silent_for(&self, limit: Duration) {
-        loop {
-            let last = self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            if last.elapsed() >= limit {
-                return;
-            }
-            tokio::time::sleep_until((last + limit).into()).await;
-        }
-    }
-}
-
-/// A stream that records when it last read or wrote anything.
-struct Watched<S> {
-    inner: S,
-    activity: Activity,
-}
-
-impl<S> Watched<S> {
-    fn new(inner: S) -> (Self, Activity) {
-        let activity = Activity {
-            since: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
-        };
-        (
-            Self {
-                inner,
-                activity: activity.clone(),
-            },
-            activity,
-        )
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.touch();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
-        }
-        polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

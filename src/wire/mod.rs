@@ -9,12 +9,26 @@
 //! - Transfer-Encoding ([`transfer_coding`]): exactly `chunked`, or a coding the proxy does not decode;
 //! - chunked framing ([`chunked::Decoder`]), shared by the framing watch on client connections and the
 //!   response reader on backend connections;
-//! - tokens and field values ([`is_token`], [`is_field_value`]).
+//! - tokens and field values ([`is_token`], [`is_field_value`]);
+//! - the WebSocket handshake's Sec-WebSocket-Accept ([`websocket_accept`], RFC 6455 4.2.2).
 
 pub mod chunked;
 mod head;
 
 pub use head::{response_head, ResponseHead, MAX_RESPONSE_FIELDS};
+
+/// RFC 6455 1.3: the GUID appended to a WebSocket key before hashing.
+const WEBSOCKET_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The Sec-WebSocket-Accept that answers a WebSocket handshake's Sec-WebSocket-Key (RFC 6455 4.2.2).
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}{WEBSOCKET_GUID}").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
 
 /// Where a head ends: just past its empty line. A line ends with CRLF or a bare LF (RFC 9112 2.2, as
 /// httparse reads them), so `\n\n`, `\n\r\n`, `\r\n\n` and `\r\n\r\n` all end a head.
@@ -140,6 +154,14 @@ mod tests {
 
     fn length(values: &[&str]) -> Result<Option<u64>, LengthError> {
         content_length(values.iter().map(|v| v.as_bytes()))
+    }
+
+    #[test]
+    fn the_websocket_accept_is_the_one_rfc_6455_gives_for_its_sample_key() {
+        assert_eq!(
+            websocket_accept("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

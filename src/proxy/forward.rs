@@ -153,7 +153,7 @@ struct Forward<'a> {
     /// Set if the client's streamed upload fails: what goes wrong after that is the client's doing.
     client_body: Option<FailureFlag>,
     /// The client's side of a protocol upgrade the backend may accept.
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientSide>,
     /// An HTTP/1 head that asked for an upgrade is followed no further; unless the upgrade happens, the
     /// connection closes after this response.
     close_unless_switched: bool,
@@ -176,9 +176,15 @@ impl<'a> Forward<'a> {
         let websocket = is_websocket_connect(&request);
         let upgrade = (is_http1 && headers::is_upgrade_request(request.headers())) || websocket;
         let close_unless_switched = is_http1 && request.headers().contains_key(header::UPGRADE);
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        // HTTP/3 has no connection to hand over: the request body and the response body are the tunnel.
+        let streams = websocket && request.version() == Version::HTTP_3;
+        let client_upgrade = (upgrade && !streams).then(|| ClientSide::Hyper(hyper::upgrade::on(&mut request)));
 
         let (mut parts, body) = request.into_parts();
+        let (client_upgrade, body) = match streams {
+            true => (Some(ClientSide::Streams(Box::new(body))), Body::empty()),
+            false => (client_upgrade, body),
+        };
         let websocket_key = websocket.then(|| websocket::as_upgrade(&mut parts));
         let affinity = upstream.affinity(&parts, client.peer.ip());
         headers::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -409,7 +415,22 @@ impl<'a> Forward<'a> {
             }
             websocket::as_connect_response(&mut response);
         }
-        tokio::spawn(tunnel(client_upgrade, upgraded, in_flight, self.tunnel_idle));
+        match client_upgrade {
+            ClientSide::Hyper(client) => {
+                tokio::spawn(tunnel(client, upgraded, in_flight, self.tunnel_idle));
+            }
+            ClientSide::Streams(from_client) => {
+                let (to_client, body) = Body::channel(None);
+                *response.body_mut() = body;
+                tokio::spawn(tunnel_streams(
+                    *from_client,
+                    to_client,
+                    upgraded,
+                    in_flight,
+                    self.tunnel_idle,
+                ));
+            }
+        }
         Ok(response)
     }
 
@@ -471,6 +492,65 @@ fn end_attempt(
         }
     };
     trace.end_attempt(attempt, attributes, error);
+}
+
+/// The client's side of a tunnel.
+enum ClientSide {
+    /// HTTP/1.1 and HTTP/2: hyper hands over the connection (or the stream) once the response is sent.
+    Hyper(OnUpgrade),
+    /// HTTP/3: what the client sends is the request body; what it receives, the response body.
+    Streams(Box<Body>),
+}
+
+/// The HTTP/3 form of [`tunnel`]: the client's request body into the backend, the backend's bytes into the
+/// response body, until either side ends or nothing has moved either way for `idle`.
+async fn tunnel_streams(
+    mut from_client: Body,
+    to_client: crate::body::BodySender,
+    backend: Upgraded,
+    in_flight: InFlight,
+    idle: std::time::Duration,
+) {
+    use http_body_util::BodyExt as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let name = &in_flight.backend().name;
+    let (backend, activity) = Watched::new(backend);
+    let (mut from_backend, mut to_backend) = tokio::io::split(backend);
+    let upstream = async {
+        while let Some(frame) = from_client.frame().await {
+            let Ok(frame) = frame else { break };
+            if let Ok(data) = frame.into_data() {
+                if to_backend.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        }
+        let _ = to_backend.shutdown().await;
+    };
+    let downstream = async move {
+        let mut buffer = bytes::BytesMut::with_capacity(16 * 1024);
+        loop {
+            buffer.reserve(16 * 1024);
+            match from_backend.read_buf(&mut buffer).await {
+                Ok(0) => return to_client.finish().await,
+                Err(error) => return to_client.fail(error).await,
+                Ok(_) => {
+                    if to_client.data(buffer.split().freeze()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    // The tunnel ends when the backend is done with it (after the client's end, which the backend sees);
+    // what the client still sends then has nowhere to go.
+    tokio::select! {
+        () = downstream => {}
+        () = async { upstream.await; std::future::pending::<()>().await } => {}
+        () = activity.silent_for(idle) => {
+            tracing::debug!(backend = %name, "tunnel idle for {idle:?}: closed");
+        }
+    }
 }
 
 /// Copies bytes both ways between an upgraded client and backend until either side closes, or until no

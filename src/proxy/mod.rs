@@ -19,5 +19,5 @@ mod retry;
 mod websocket;
 
 pub use answer::error_response;
-pub use checks::{length_refusal, ConnectProtocol, Refused};
+pub use checks::{length_refusal, ConnectProtocol, Refused, WEBSOCKET};
 pub use core::{ClientInfo, Core};

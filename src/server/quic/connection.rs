@@ -97,6 +97,8 @@ async fn serve_h3(
         .saturating_add(16);
     let mut h3 = h3::server::builder()
         .max_field_section_size(settings.max_header_bytes)
+        // SETTINGS_ENABLE_CONNECT_PROTOCOL: WebSocket over HTTP/3 (RFC 9220).
+        .enable_extended_connect(true)
         .send_grease(true)
         .build::<_, Bytes>(transport::Connection::new(connection, notes.clone(), tee_limit))
         .await?;
@@ -135,6 +137,7 @@ async fn serve_h3(
                                 request,
                                 stream,
                                 malformed: claim.malformed,
+                                websocket: claim.websocket,
                                 handshake,
                                 body_timeout,
                             };

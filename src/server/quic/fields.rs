@@ -92,6 +92,46 @@ pub fn check_request(section: &[u8]) -> Result<(), Malformed> {
     Ok(())
 }
 
+/// What h3 is given for `:protocol: websocket`, which it cannot parse (it knows `webtransport` and
+/// `connect-udp` only): a name it accepts, with the real protocol noted beside the stream.
+pub const WEBSOCKET_STAND_IN: &[u8] = b"webtransport";
+
+/// When a request's field section carries `:protocol: websocket` (an extended CONNECT for WebSocket, RFC
+/// 9220), the section with that line replaced by `:protocol` [`WEBSOCKET_STAND_IN`]. `None` otherwise.
+pub fn websocket_stand_in(section: &[u8]) -> Option<Vec<u8>> {
+    let mut input = Reader { bytes: section };
+    input.integer(8)?;
+    input.integer(7)?;
+    while let Some(&first) = input.bytes.first() {
+        let start = section.len() - input.bytes.len();
+        if first & 0x80 != 0 {
+            input.integer(6)?;
+        } else if first & 0x40 != 0 {
+            input.integer(4)?;
+            input.string(7)?;
+        } else if first & 0x20 != 0 {
+            let name = input.string(3)?;
+            let value = input.string(7)?;
+            if name == b":protocol" && value == b"websocket" {
+                let end = section.len() - input.bytes.len();
+                let mut rewritten = Vec::with_capacity(section.len() + WEBSOCKET_STAND_IN.len());
+                rewritten.extend_from_slice(&section[..start]);
+                // Literal field line with literal name (RFC 9204 4.5.6): `001NHxxx`, the name's length in 3
+                // bits (9 = 7 + 2), then the value's length in 7 bits; neither Huffman-coded.
+                rewritten.extend_from_slice(&[0x20 | 0x07, 9 - 7]);
+                rewritten.extend_from_slice(b":protocol");
+                rewritten.push(u8::try_from(WEBSOCKET_STAND_IN.len()).unwrap_or(0));
+                rewritten.extend_from_slice(WEBSOCKET_STAND_IN);
+                rewritten.extend_from_slice(&section[end..]);
+                return Some(rewritten);
+            }
+        } else {
+            return None;
+        }
+    }
+    None
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
 }
@@ -239,6 +279,32 @@ mod tests {
                 "{line:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_websocket_protocol_is_given_to_h3_as_its_stand_in_whatever_its_encoding() {
+        const CONNECT: u8 = 0xc0 | 15;
+        for huffman in [false, true] {
+            let lines = section(&[
+                &[CONNECT, HTTPS, PATH_ROOT],
+                &literal(":protocol", "websocket", huffman),
+                &authority("example.com"),
+            ]);
+            let rewritten = websocket_stand_in(&lines).expect("a websocket extended CONNECT");
+            let expected = section(&[
+                &[CONNECT, HTTPS, PATH_ROOT],
+                &literal(":protocol", "webtransport", false),
+                &authority("example.com"),
+            ]);
+            assert_eq!(rewritten, expected, "huffman: {huffman}");
+            assert_eq!(check_request(&rewritten), Ok(()));
+        }
+        let other = section(&[
+            &[CONNECT, HTTPS, PATH_ROOT],
+            &literal(":protocol", "connect-udp", false),
+        ]);
+        assert_eq!(websocket_stand_in(&other), None);
+        assert_eq!(websocket_stand_in(&section(&[&[GET, HTTPS, PATH_ROOT]])), None);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use super::fields::Malformed;
 use super::transport::{self, BidiStream};
 use crate::body::{Body, BodySender, BoxError};
 use crate::error::ProxyError;
-use crate::proxy::{length_refusal, ClientInfo, Core, Refused};
+use crate::proxy::{length_refusal, ClientInfo, ConnectProtocol, Core, Refused};
 use crate::wire;
 
 /// Request bodies up to this size with a declared Content-Length are read completely before forwarding,
@@ -37,6 +37,8 @@ pub(super) struct Incoming<'a> {
     pub request: Request<()>,
     pub stream: RequestStream<BidiStream<Bytes>, Bytes>,
     pub malformed: Option<Malformed>,
+    /// An extended CONNECT for WebSocket (h3 saw a stand-in `:protocol`, see `fields.rs`).
+    pub websocket: bool,
     pub handshake: &'a Handshake,
     pub body_timeout: Duration,
 }
@@ -46,11 +48,26 @@ pub(super) async fn serve_request(incoming: Incoming<'_>, core: &Core, client: C
         request,
         stream,
         malformed,
+        websocket,
         handshake,
-        body_timeout,
+        mut body_timeout,
     } = incoming;
     let (mut send, mut recv) = stream.split();
-    let (parts, ()) = request.into_parts();
+    let (mut parts, ()) = request.into_parts();
+    // An extended CONNECT's `:protocol`, in the form every listener gives the core.
+    let protocol = match parts.extensions.remove::<h3::ext::Protocol>() {
+        Some(_) if websocket => Some(crate::proxy::WEBSOCKET.to_owned()),
+        Some(protocol) => Some(protocol.as_str().to_owned()),
+        None => None,
+    };
+    if websocket {
+        // The request body is the client's half of a tunnel, whose silence the core bounds as a whole
+        // (`server.idle_timeout`, both directions): one direction may rightly be quiet for long.
+        body_timeout = Duration::MAX;
+    }
+    if let Some(protocol) = protocol {
+        parts.extensions.insert(ConnectProtocol(protocol));
+    }
     let mut refusal = malformed.map(ProxyError::BadRequest);
     if !is_safe(&parts.method) && !handshake.is_complete() {
         refusal = Some(ProxyError::TooEarly);

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::stream::{self, BoxStream, StreamExt as _};
 use h3::quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf};
 use quinn::VarInt;
@@ -46,11 +46,14 @@ pub type Stopped = Pin<Box<dyn Future<Output = ()> + Send + Sync>>;
 pub struct Claim {
     /// Why the field section is malformed, if it is.
     pub malformed: Option<Malformed>,
+    /// The request is an extended CONNECT for WebSocket (h3 was shown its stand-in protocol).
+    pub websocket: bool,
     pub stopped: Stopped,
 }
 
 struct Note {
     malformed: Option<Malformed>,
+    websocket: bool,
     stopped: Option<Stopped>,
     /// Set once a request task claimed the stream: from then on a stream dropped unfinished is reset.
     claimed: Arc<AtomicBool>,
@@ -71,6 +74,7 @@ impl Notes {
                 id,
                 Note {
                     malformed: None,
+                    websocket: false,
                     stopped: Some(stopped),
                     claimed,
                 },
@@ -86,6 +90,14 @@ impl Notes {
         });
     }
 
+    fn websocket(&self, id: StreamId) {
+        self.with(|notes| {
+            if let Some(note) = notes.get_mut(&id) {
+                note.websocket = true;
+            }
+        });
+    }
+
     fn forget(&self, id: StreamId) {
         self.with(|notes| notes.remove(&id));
     }
@@ -96,6 +108,7 @@ impl Notes {
         note.claimed.store(true, Ordering::Relaxed);
         Some(Claim {
             malformed: note.malformed,
+            websocket: note.websocket,
             stopped: note.stopped?,
         })
     }
@@ -327,20 +340,28 @@ impl quic::RecvStream for RecvStream {
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamErrorIncoming>> {
         // A read is a new future each poll: `read_chunk` is cancel-safe (quinn keeps the waker with the
         // stream, not in the future), and the stream is never moved out of reach of `stop_sending`.
-        let read = pin!(self.stream.read_chunk(usize::MAX, true));
-        match ready!(read.poll(cx)) {
-            Ok(Some(chunk)) => {
-                if let Some(tee) = &mut self.tee {
-                    tee.observe(self.id, &chunk.bytes);
+        loop {
+            let read = pin!(self.stream.read_chunk(usize::MAX, true));
+            match ready!(read.poll(cx)) {
+                Ok(Some(chunk)) => {
+                    check_type(&mut self.type_check, &chunk.bytes);
+                    let Some(tee) = self.tee.as_mut().filter(|tee| !tee.done) else {
+                        return Poll::Ready(Ok(Some(chunk.bytes)));
+                    };
+                    // The head is held until its HEADERS frame is whole (h3 can do nothing with less).
+                    if let Some(head) = tee.take(self.id, chunk.bytes) {
+                        return Poll::Ready(Ok(Some(head)));
+                    }
                 }
-                check_type(&mut self.type_check, &chunk.bytes);
-                Poll::Ready(Ok(Some(chunk.bytes)))
+                Ok(None) => {
+                    if let Some(held) = self.tee.as_mut().and_then(Tee::release) {
+                        return Poll::Ready(Ok(Some(held)));
+                    }
+                    self.ended = true;
+                    return Poll::Ready(Ok(None));
+                }
+                Err(error) => return Poll::Ready(Err(read_error(error))),
             }
-            Ok(None) => {
-                self.ended = true;
-                Poll::Ready(Ok(None))
-            }
-            Err(error) => Poll::Ready(Err(read_error(error))),
         }
     }
 
@@ -465,10 +486,11 @@ impl<B: Buf> Drop for SendStream<B> {
     }
 }
 
-/// Follows the frames at the start of a request stream until its HEADERS frame has been checked.
+/// Holds the start of a request stream until its first HEADERS frame is whole, checks its field section
+/// for what h3 lets through, and gives h3 a stand-in for `:protocol: websocket`, which h3 cannot parse.
 struct Tee {
     notes: Notes,
-    pending: Vec<u8>,
+    pending: BytesMut,
     done: bool,
     limit: usize,
 }
@@ -480,73 +502,109 @@ impl Tee {
     fn new(notes: Notes, limit: usize) -> Self {
         Self {
             notes,
-            pending: Vec::new(),
+            pending: BytesMut::new(),
             done: false,
             limit,
         }
     }
 
-    fn observe(&mut self, id: StreamId, data: &[u8]) {
+    /// Takes the next chunk of the stream; returns what h3 may read now (everything held so far, the head
+    /// possibly rewritten), or `None` while the HEADERS frame is incomplete.
+    fn take(&mut self, id: StreamId, chunk: Bytes) -> Option<Bytes> {
         if self.done {
-            return;
+            return Some(chunk);
         }
-        // Most heads arrive in one chunk: it is inspected in place, and only what a split frame leaves over
-        // is copied.
-        if self.pending.is_empty() {
-            if let Some(consumed) = self.scan(id, data) {
-                self.keep(&data[consumed..]);
-            }
+        // Most heads arrive in one chunk: it is inspected in place, and copied only when split or rewritten.
+        let held = if self.pending.is_empty() {
+            chunk
         } else {
-            let mut buffered = std::mem::take(&mut self.pending);
-            buffered.extend_from_slice(data);
-            if let Some(consumed) = self.scan(id, &buffered) {
-                buffered.drain(..consumed);
-                self.keep(&buffered);
+            self.pending.extend_from_slice(&chunk);
+            std::mem::take(&mut self.pending).freeze()
+        };
+        match self.scan(id, &held) {
+            Scan::Incomplete if held.len() <= self.limit => {
+                self.pending = BytesMut::from(&held[..]);
+                None
+            }
+            // Too large for h3 anyway, or no HEADERS frame first: h3 judges it as it is.
+            Scan::Incomplete | Scan::Pass => {
+                self.done = true;
+                Some(held)
+            }
+            Scan::Rewritten(head) => {
+                self.done = true;
+                Some(head)
             }
         }
     }
 
-    /// Walks whole frames; `None` once the verdict is in, else how many bytes were skipped over.
-    fn scan(&mut self, id: StreamId, input: &[u8]) -> Option<usize> {
+    /// What is held when the stream ends before its HEADERS frame is whole.
+    fn release(&mut self) -> Option<Bytes> {
+        self.done = true;
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending).freeze())
+    }
+
+    /// Walks whole frames up to the first HEADERS frame.
+    fn scan(&mut self, id: StreamId, input: &[u8]) -> Scan {
         let mut consumed = 0;
         loop {
             let mut frame = &input[consumed..];
             let (Some(kind), Some(length)) = (varint_of(&mut frame), varint_of(&mut frame)) else {
-                return Some(consumed);
+                return Scan::Incomplete;
             };
             let header = input.len() - consumed - frame.len();
             let length = usize::try_from(length).unwrap_or(usize::MAX);
             if kind == DATA {
                 // DATA before HEADERS: h3 refuses the stream itself.
-                self.finish();
-                return None;
+                return Scan::Pass;
             }
             if frame.len() < length {
-                return Some(consumed);
+                return Scan::Incomplete;
             }
             if kind == HEADERS {
-                if let Err(malformed) = fields::check_request(&frame[..length]) {
+                let section = &frame[..length];
+                if let Err(malformed) = fields::check_request(section) {
                     self.notes.record(id, malformed);
+                    return Scan::Pass;
                 }
-                self.finish();
-                return None;
+                let Some(stand_in) = fields::websocket_stand_in(section) else {
+                    return Scan::Pass;
+                };
+                self.notes.websocket(id);
+                let mut head = BytesMut::with_capacity(input.len() + 8);
+                head.extend_from_slice(&input[..consumed]);
+                put_varint(&mut head, HEADERS);
+                put_varint(&mut head, stand_in.len() as u64);
+                head.extend_from_slice(&stand_in);
+                head.extend_from_slice(&frame[length..]);
+                return Scan::Rewritten(head.freeze());
             }
             // Reserved or unknown frame types before HEADERS are skipped, as h3 does.
             consumed += header + length;
         }
     }
+}
 
-    fn keep(&mut self, rest: &[u8]) {
-        if rest.len() > self.limit {
-            self.finish();
-        } else {
-            self.pending = rest.to_vec();
-        }
-    }
+/// What the start of a request stream holds so far.
+enum Scan {
+    /// The first HEADERS frame is not whole yet.
+    Incomplete,
+    /// h3 may read it as it is.
+    Pass,
+    /// The head with its `:protocol` stand-in.
+    Rewritten(Bytes),
+}
 
-    fn finish(&mut self) {
-        self.done = true;
-        self.pending = Vec::new();
+/// Appends a QUIC variable-length integer (RFC 9000 16).
+fn put_varint(out: &mut BytesMut, value: u64) {
+    if value < 1 << 6 {
+        out.extend_from_slice(&[value as u8]);
+    } else if value < 1 << 14 {
+        out.extend_from_slice(&((value as u16) | 0x4000).to_be_bytes());
+    } else if value < 1 << 30 {
+        out.extend_from_slice(&((value as u32) | 0x8000_0000).to_be_bytes());
+    } else {
+        out.extend_from_slice(&(value | 0xc000_0000_0000_0000).to_be_bytes());
     }
 }
 
@@ -660,9 +718,12 @@ mod tests {
         for split in 0..=frame.len() {
             let notes = opened();
             let mut tee = Tee::new(notes.clone(), 1024);
-            tee.observe(stream_id(), &frame[..split]);
-            tee.observe(stream_id(), &frame[split..]);
+            let first = tee.take(stream_id(), Bytes::copy_from_slice(&frame[..split]));
+            let second = tee.take(stream_id(), Bytes::copy_from_slice(&frame[split..]));
             assert!(tee.done, "split at {split}");
+            // Held until whole, then handed on unchanged.
+            let given: Vec<u8> = first.into_iter().chain(second).flat_map(|b| b.to_vec()).collect();
+            assert_eq!(given, frame, "split at {split}");
             let malformed = notes.claim(stream_id()).and_then(|claim| claim.malformed);
             assert_eq!(malformed, Some("repeated pseudo-header field"), "split at {split}");
         }
@@ -674,17 +735,58 @@ mod tests {
         let mut tee = Tee::new(notes.clone(), 1024);
         let mut bytes = vec![0x21, 0x02, 0xaa, 0xbb];
         bytes.extend(headers_frame(&[0x00, 0x00, 0xd1, 0xd7, 0xc1]));
-        tee.observe(stream_id(), &bytes);
+        assert_eq!(
+            tee.take(stream_id(), Bytes::from(bytes.clone())).as_deref(),
+            Some(&bytes[..])
+        );
         assert!(tee.done);
         assert_eq!(notes.claim(stream_id()).and_then(|claim| claim.malformed), None);
 
         let mut tee = Tee::new(opened(), 1024);
-        tee.observe(stream_id(), &[0x00, 0x01, b'x']);
+        assert!(tee.take(stream_id(), Bytes::from_static(&[0x00, 0x01, b'x'])).is_some());
         assert!(tee.done);
 
         let mut tee = Tee::new(opened(), 8);
-        tee.observe(stream_id(), &[0x01, 0x40, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let large = Bytes::from_static(&[0x01, 0x40, 0x64, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(tee.take(stream_id(), large.clone()), Some(large));
         assert!(tee.done);
         assert!(tee.pending.is_empty());
+    }
+
+    #[test]
+    fn a_websocket_connect_reaches_h3_with_its_stand_in_and_is_noted() {
+        // CONNECT, https, `/`, then `:protocol: websocket` as a literal line, then DATA that follows at once.
+        let mut section = vec![0x00, 0x00, 0xcf, 0xd7, 0xc1, 0x27, 0x02];
+        section.extend_from_slice(b":protocol");
+        section.push(9);
+        section.extend_from_slice(b"websocket");
+        let mut bytes = headers_frame(&section);
+        bytes.extend_from_slice(&[0x00, 0x02, b'h', b'i']);
+        for split in 1..bytes.len() {
+            let notes = opened();
+            let mut tee = Tee::new(notes.clone(), 1024);
+            let mut out = Vec::new();
+            for part in [&bytes[..split], &bytes[split..]] {
+                if let Some(given) = tee.take(stream_id(), Bytes::copy_from_slice(part)) {
+                    out.extend_from_slice(&given);
+                }
+            }
+            let mut expected_section = section[..section.len() - 10].to_vec();
+            expected_section.push(12);
+            expected_section.extend_from_slice(b"webtransport");
+            let mut expected = headers_frame(&expected_section);
+            // Whatever came with the head comes after it, untouched.
+            if split < headers_frame(&section).len() {
+                expected.extend_from_slice(&[0x00, 0x02, b'h', b'i']);
+            } else {
+                expected.extend_from_slice(&bytes[headers_frame(&section).len()..split]);
+                expected.extend_from_slice(&bytes[split..]);
+            }
+            assert_eq!(out, expected, "split at {split}");
+            assert!(
+                notes.claim(stream_id()).is_some_and(|claim| claim.websocket),
+                "split at {split}"
+            );
+        }
     }
 }

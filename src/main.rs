@@ -47,6 +47,13 @@ enum Command {
     /// Certificate tools.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// Start a new binary in place of the running proxy without dropping connections (a binary upgrade,
+    /// through the admin API: `POST /api/upgrade` with the config's admin token); prints the new process's ID.
+    Upgrade {
+        /// The admin listener to ask, when not the config's `telemetry.metrics.address` (which may be port 0).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Run a demo backend.
     Backend {
         /// Address to listen on, like 127.0.0.1:8001.
@@ -81,6 +88,10 @@ fn main() -> ExitCode {
         },
         Some(Command::Cert(CertCommand::Generate { out, hosts })) => generate_cert(&out, &hosts),
         Some(Command::Backend { listen, name }) => run_backend(&listen, &name),
+        Some(Command::Upgrade { admin }) => match config_path(cli.config) {
+            Ok((path, _)) => request_upgrade(&path, admin.as_deref()),
+            Err(code) => code,
+        },
         None => match config_path(cli.config) {
             Ok((path, how)) => run_proxy(&path, how, cli.watch),
             Err(code) => code,
@@ -318,6 +329,69 @@ fn take_key(inherited: &Inherited, config: &mut Config) -> anyhow::Result<std::o
     }
     link.set_read_timeout(None)?;
     Ok(link)
+}
+
+/// `quic-proxy upgrade`: asks the running proxy (the config's admin listener, with its admin token) for a
+/// binary upgrade and prints the outcome. Exit 0 once the new process serves, 1 when it did not (the running
+/// proxy then serves on), 64 when the config gives no way to ask.
+fn request_upgrade(path: &Path, admin: Option<&str>) -> ExitCode {
+    use http_body_util::BodyExt as _;
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(token) = config.admin_token.clone().filter(|_| config.telemetry.metrics.enabled) else {
+        eprintln!(
+            "quic-proxy upgrade: needs the admin listener and admin.token in {}",
+            path.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let mut address = match admin.map(parse_listen_addr).transpose() {
+        Ok(given) => given.unwrap_or(config.telemetry.metrics.address),
+        Err(message) => {
+            eprintln!("quic-proxy upgrade: --admin: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let asked = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+            let request = http::Request::post(format!("http://{address}/api/upgrade"))
+                .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(http_body_util::Empty::new())
+                .context("cannot build the request")?;
+            let response = client
+                .request(request)
+                .await
+                .with_context(|| format!("cannot reach the admin listener at {address}"))?;
+            let status = response.status();
+            let body = response.into_body().collect().await.context("no answer")?.to_bytes();
+            anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        })
+    });
+    match asked {
+        Ok((status, body)) if status.is_success() => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((status, body)) => {
+            eprintln!("quic-proxy upgrade: {status}: {}", body.trim());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("quic-proxy upgrade: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run_backend(listen: &str, name: &str) -> ExitCode {

@@ -233,11 +233,20 @@ async fn a_new_process_that_fails_to_start_leaves_the_old_one_serving() {
         assert_eq!(HttpClient::new(old.fallback).get("/fresh").await.status, StatusCode::OK);
         assert_eq!(admin_state(admin).await["pid"].as_u64(), old.child.id().map(u64::from));
 
-        // Mended, the same request through the API upgrades.
+        // Mended, `quic-proxy upgrade` (the same API, with the config's token) upgrades.
         setup.mend_config();
-        let reply = send_with_authorization(admin, "POST", "/api/upgrade", Some(&bearer)).await;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-        let json: Value = serde_json::from_slice(&reply.body).expect("JSON");
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_quic-proxy"))
+            .arg("upgrade")
+            .arg("--config")
+            .arg(setup.path())
+            // The config's admin address is port 0: the one the proxy was given is passed.
+            .arg("--admin")
+            .arg(admin.to_string())
+            .output()
+            .await
+            .expect("run quic-proxy upgrade");
+        assert!(output.status.success(), "{output:?}");
+        let json: Value = serde_json::from_slice(&output.stdout).expect("the new process, as JSON");
         let successor = Successor(json["pid"].as_u64().and_then(|p| u32::try_from(p).ok()).expect("pid"));
         assert_eq!(admin_state(admin).await["pid"].as_u64(), Some(u64::from(successor.0)));
         before.close().await;

@@ -105,12 +105,13 @@ where
     let (io, verdicts) = FramingWatch::new(io, settings.max_header_bytes);
     let shared = Arc::clone(core.shared());
     let alt_svc = settings.alt_svc.clone();
-    let closing = drain.clone();
+    // Shared by the connection's requests: an Arc clone per request, not a cancellation token's.
+    let closing = Arc::new(drain.clone());
     let service = service_fn(move |mut request: Request<Incoming>| {
         if let Some(violation) = verdicts.next_request() {
             request.extensions_mut().insert(Refused(violation.error()));
         }
-        let (core, alt_svc, closing) = (Arc::clone(&core), alt_svc.clone(), closing.clone());
+        let (core, alt_svc, closing) = (Arc::clone(&core), alt_svc.clone(), Arc::clone(&closing));
         async move {
             let mut response = handle(&core, request, client, alt_svc).await;
             // Once shutdown has begun every response says the connection ends with it, so the client opens

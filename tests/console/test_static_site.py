@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from quic_proxy_testing import ProxyLauncher, RunningProxy
+from quic_proxy_testing import ProxyLauncher, RunningProxy, tls_server
 
 STYLES = ".banner { color: rgb(12, 34, 56); }\n" + "".join(
     f".item-{n} {{ margin: {n % 9}px; padding: {n % 5}px; }}\n" for n in range(400)
@@ -30,13 +30,8 @@ def site_proxy(tmp_path: Path, cert_pair: tuple[Path, Path], proxy_launcher: Pro
     (root / "index.html").write_text(INDEX)
     (root / "app.css").write_text(STYLES)
     (root / "app.js").write_text(SCRIPT)
-    cert, key = cert_pair
     config = {
-        "server": {
-            "address": "127.0.0.1:0",
-            "fallback_address": "127.0.0.1:0",
-            "tls": {"cert_file": str(cert), "key_file": str(key)},
-        },
+        "server": tls_server(cert_pair),
         # no-cache makes every reload revalidate. Without it, Chromium gives a response with Last-Modified and
         # no Cache-Control a tenth of the file's age as freshness: files written a moment ago may be fresh for
         # a few hundred milliseconds, and a quick reload then takes them from the cache without asking.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from quic_proxy_testing import ProxyLauncher, RunningProxy
+from quic_proxy_testing import ProxyLauncher, RunningProxy, tls_server
 
 # The empty icon keeps the browser from asking for /favicon.ico, which this site has not got.
 PAGE = """<!doctype html><html><head><title>websocket</title><link rel="icon" href="data:,"></head><body>
@@ -27,13 +27,8 @@ def echo_proxy(tmp_path: Path, cert_pair: tuple[Path, Path], proxy_launcher: Pro
     root.mkdir()
     (root / "index.html").write_text(PAGE)
     backend = demo_backend("echo")
-    cert, key = cert_pair
     config = {
-        "server": {
-            "address": "127.0.0.1:0",
-            "fallback_address": "127.0.0.1:0",
-            "tls": {"cert_file": str(cert), "key_file": str(key)},
-        },
+        "server": tls_server(cert_pair),
         "upstreams": {"echo": {"backends": [{"name": "echo", "url": backend.url}]}},
         "routes": [
             {"path": "/ws/*", "upstream": "echo"},

@@ -12,7 +12,7 @@ import pytest
 from curl_cffi import CurlHttpVersion, CurlOpt, requests
 from curl_cffi.const import CurlIpResolve
 
-from quic_proxy_testing import DemoBackend, ProxyLauncher, RunningProxy
+from quic_proxy_testing import DemoBackend, ProxyLauncher, RunningProxy, tls_server
 
 HTTP_3 = 30
 TIMEOUT = 30
@@ -33,13 +33,8 @@ def site(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def proxy(site: Path, backends: list[DemoBackend], cert_pair: tuple[Path, Path], proxy_launcher: ProxyLauncher) -> RunningProxy:
-    cert, key = cert_pair
     config = {
-        "server": {
-            "address": "127.0.0.1:0",
-            "fallback_address": "127.0.0.1:0",
-            "tls": {"cert_file": str(cert), "key_file": str(key)},
-        },
+        "server": tls_server(cert_pair),
         "upstreams": {"api": {"backends": [{"name": backends[0].name, "url": backends[0].url}]}},
         "routes": [
             {"path": "/old/*", "strip_prefix": "/old", "redirect": {"to": "{scheme}://{host}/new{path}?{query}", "status": 308}},

@@ -1,6 +1,8 @@
 //! The QUIC endpoints: one per worker, on its own SO_REUSEPORT socket, sharing one identity (stateless
-//! reset key, connection-ID generator, Retry token key, TLS session cache) and the counters that the
-//! connection limit and the Retry threshold apply to. The accept loop refuses connections over
+//! reset key, connection-ID key, Retry token key, TLS session cache) and the counters that the
+//! connection limit and the Retry threshold apply to. Each worker's connection IDs name it, and its socket
+//! hands datagrams for other workers' (or, after a binary upgrade, the previous process's) connections to
+//! where they belong (`handoff.rs`). The accept loop refuses connections over
 //! `quic.max_connections`, answers with Retry when unvalidated handshakes pass the threshold (or always),
 //! and hands every other connection to its own task (`connection.rs`). Reloads rebuild the server config
 //! whole, for new connections.

@@ -5,7 +5,7 @@
 - ROOT, target_dir, proxy_binary (binaries.py): the repository and the binary under test (QUIC_PROXY_BIN, else
   target/debug/quic-proxy under CARGO_TARGET_DIR).
 - DemoBackend, start_demo_backend (backends.py): the proxy's own demo backends.
-- start_proxy, ProxyLauncher, RunningProxy (proxy.py): the one proxy launcher: config written from a dict, lines
+- start_proxy, ProxyLauncher, RunningProxy, tls_server (proxy.py): the one proxy launcher: config written from a dict, lines
   or text; start-up and bound addresses read from the log; SIGTERM and a clean exit at the end.
 - wait_until, poll_until (waits.py): bounded polling; http_request (http1.py); parse_metrics (metrics.py).
 - plugin.py: the common pytest fixtures (proxy_bin, cert_pair, demo_backend, backends, proxy_launcher), loaded
@@ -20,7 +20,7 @@ from .binaries import ROOT, proxy_binary, target_dir
 from .http1 import Answer, http_request
 from .metrics import Sample, metric_sum, parse_metrics
 from .process import START_TIMEOUT, STOP_TIMEOUT, Process
-from .proxy import LISTENERS, ProxyLauncher, RunningProxy, config_text, start_proxy, write_config
+from .proxy import LISTENERS, ProxyLauncher, RunningProxy, config_text, start_proxy, tls_server, write_config
 from .waits import POLL, poll_until, wait_until
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "proxy_binary",
     "start_demo_backend",
     "start_proxy",
+    "tls_server",
     "target_dir",
     "wait_until",
     "write_config",

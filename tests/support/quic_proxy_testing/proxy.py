@@ -32,6 +32,16 @@ PANIC = "panicked at"
 Config = dict | list[str] | str
 
 
+def tls_server(cert_pair: tuple[Path, Path]) -> dict:
+    """The `server` section of a proxy with TLS from `cert_pair` and every listener on 127.0.0.1 port 0."""
+    cert, key = cert_pair
+    return {
+        "address": "127.0.0.1:0",
+        "fallback_address": "127.0.0.1:0",
+        "tls": {"cert_file": str(cert), "key_file": str(key)},
+    }
+
+
 def config_text(config: Config) -> str:
     """A dict as JSON (YAML reads it, so nothing here needs a YAML library), lines joined, text as it is."""
     if isinstance(config, dict):

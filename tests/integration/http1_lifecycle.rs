@@ -71,6 +71,44 @@ async fn upgrade_tunnels_bytes_both_ways() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_silent_both_ways_for_the_idle_timeout_is_closed() {
+    guarded(async {
+        let addrs = start_backends(&["ws"]);
+        let running = start_proxy(&render_config(
+            &["idle_timeout: 1s"],
+            &format!("backends: {}", equal_backends(&["ws"], &addrs)),
+        ))
+        .await;
+        let mut stream = TcpStream::connect(running.fallback_addr)
+            .await
+            .expect("connect to the proxy");
+        stream
+            .write_all(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: byte-echo\r\n\r\n")
+            .await
+            .expect("send the upgrade request");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+        stream.write_all(b"ping").await.expect("write into the tunnel");
+        let mut echoed = [0u8; 4];
+        stream.read_exact(&mut echoed).await.expect("the echo");
+        let silent_since = std::time::Instant::now();
+        // Nothing more either way: the proxy closes the tunnel once it has been silent for the idle timeout.
+        let mut rest = Vec::new();
+        let read = stream.read_to_end(&mut rest).await;
+        assert!(
+            matches!(read, Ok(0)) || read.is_err(),
+            "the tunnel ended with {read:?}, {rest:?}"
+        );
+        assert!(
+            silent_since.elapsed() >= Duration::from_millis(900),
+            "closed after {:?}, before the idle timeout",
+            silent_since.elapsed()
+        );
+    })
+    .await;
+}
+
 const LARGE: usize = 64 * 1024 * 1024;
 const CHUNK: usize = 64 * 1024;
 /// Streaming 64 MiB through unoptimised builds, hashing it on both ends, takes a while.

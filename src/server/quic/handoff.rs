@@ -651,6 +651,25 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_queue_holds_at_most_its_bytes_and_drops_the_rest() {
+        let group = HandOff::new(codec(), 2, 0);
+        let datagram = vec![0x40; 64 * 1024];
+        let fits = QUEUE_BYTES / datagram.len();
+        for _ in 0..fits + 8 {
+            group.hand_to(1, &datagram, &RecvMeta::default());
+        }
+        assert_eq!(group.mailboxes[1].queued.load(Ordering::Relaxed), fits * datagram.len());
+        let mut receiver = group.receivers.lock().unwrap_or_else(PoisonError::into_inner)[1]
+            .take()
+            .expect("worker 1's queue");
+        let mut queued = 0;
+        while receiver.try_recv().is_ok() {
+            queued += 1;
+        }
+        assert_eq!(queued, fits, "the datagrams past the bound were dropped, not queued");
+    }
+
+    #[test]
     fn ids_of_the_other_generation_go_to_the_previous_process_while_it_is_there() {
         let codec = codec();
         let group = HandOff::new(Arc::clone(&codec), 2, 1);

@@ -17,10 +17,24 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+backends=()
 for n in 1 2 3; do
   "$bin" backend --listen "127.0.0.1:800$n" --name "backend$n" &
-  pids+=($!)
+  backends+=($!)
 done
+pids+=("${backends[@]}")
 "$bin" --config "$config" &
-pids+=($!)
-wait -n "${pids[@]}"
+proxy=$!
+pids+=("$proxy")
+
+# Runs until a backend or the proxy ends. A binary upgrade (SIGUSR2 or `quic-proxy upgrade`) replaces the
+# proxy with a new process of itself, which is not this script's child: it is followed by its pid.
+alive() { ps -o stat= -p "$1" 2>/dev/null | grep -qv Z; }
+while sleep 1; do
+  for pid in "${backends[@]}"; do alive "$pid" || exit 1; done
+  if ! alive "$proxy"; then
+    wait "$proxy" 2>/dev/null || true
+    proxy=$(pgrep -n -f -- "quic-proxy --config $config") || exit 0
+    pids+=("$proxy")
+  fi
+done

@@ -32,6 +32,8 @@ import pytest
 import trustme
 from dnslib import QTYPE, DNSRecord
 
+from quic_proxy_testing.ports import bind_tcp_and_udp
+
 # pebble and challtestsrv start in well under a second; generous, but bounded.
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -56,19 +58,9 @@ class Ports:
 
     def tcp_and_udp(self) -> int:
         """A port free for both TCP and UDP, as HTTPS and QUIC (or DNS) share one."""
-        for _ in range(50):
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            tcp.bind(("127.0.0.1", 0))
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                udp.bind(tcp.getsockname())
-            except OSError:
-                tcp.close()
-                udp.close()
-                continue
-            self._held += [tcp, udp]
-            return tcp.getsockname()[1]
-        pytest.fail("no port free for both TCP and UDP on 127.0.0.1 in 50 attempts")
+        tcp, udp = bind_tcp_and_udp()
+        self._held += [tcp, udp]
+        return tcp.getsockname()[1]
 
     def release(self) -> None:
         for sock in self._held:

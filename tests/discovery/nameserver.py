@@ -15,8 +15,8 @@ import time
 import pytest
 from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord
 
-# Binding UDP on port 0 and TCP on the same port can lose a race with another process taking that TCP port.
-BIND_ATTEMPTS = 50
+from quic_proxy_testing.ports import bind_tcp_and_udp
+
 TTL = 1
 
 
@@ -42,19 +42,9 @@ class Nameserver:
 
     @staticmethod
     def _bind() -> tuple[socket.socket, socket.socket]:
-        for _ in range(BIND_ATTEMPTS):
-            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            udp.bind(("127.0.0.1", 0))
-            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                tcp.bind(udp.getsockname())
-            except OSError:
-                udp.close()
-                tcp.close()
-                continue
-            tcp.listen(16)
-            return udp, tcp
-        pytest.fail(f"no port free for both UDP and TCP on 127.0.0.1 in {BIND_ATTEMPTS} attempts")
+        tcp, udp = bind_tcp_and_udp()
+        tcp.listen(16)
+        return udp, tcp
 
     def answer(self, name: str, *addresses: str) -> None:
         """`name` resolves to `addresses` (IPv4 ones as A records, IPv6 ones as AAAA); none: an empty answer."""

@@ -7,7 +7,8 @@
 - DemoBackend, start_demo_backend (backends.py): the proxy's own demo backends.
 - start_proxy, ProxyLauncher, RunningProxy, tls_server (proxy.py): the one proxy launcher: config written from a dict, lines
   or text; start-up and bound addresses read from the log; SIGTERM and a clean exit at the end.
-- wait_until, poll_until (waits.py): bounded polling; http_request (http1.py); parse_metrics (metrics.py).
+- wait_until, poll_until (waits.py): bounded polling; http_request (http1.py); parse_metrics (metrics.py);
+  bind_tcp_and_udp (ports.py): one port for a test's own TCP and UDP server.
 - plugin.py: the common pytest fixtures (proxy_bin, cert_pair, demo_backend, backends, proxy_launcher), loaded
   by a suite's conftest.py with `pytest_plugins = ["quic_proxy_testing.plugin"]`.
 

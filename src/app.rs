@@ -70,8 +70,9 @@ impl Running {
         self.shared.readiness().set_draining();
         let drain_timeout = self.shared.snapshot().config.server.drain_timeout;
         self.quic.begin();
-        let finished = self.tcp.drain(drain_timeout).await & self.quic.finished(drain_timeout).await;
-        self.finish(finished).await
+        // One drain timeout for both sides, not one after the other.
+        let (tcp, quic) = tokio::join!(self.tcp.drain(drain_timeout), self.quic.finished(drain_timeout));
+        self.finish(tcp && quic).await
     }
 
     /// Stops the worker threads and the control plane once the data plane has drained.

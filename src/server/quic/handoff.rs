@@ -478,6 +478,7 @@ impl HandOffSocket {
             let buf = &mut bufs[count];
             // Datagrams are handed over whole and a buffer holds the largest one quinn reads.
             let Some(target) = buf.get_mut(..handed.data.len()) else {
+                self.group.dropped.increment(1);
                 continue;
             };
             target.copy_from_slice(&handed.data);
